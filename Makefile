@@ -1,0 +1,14 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv on first use.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test env
+env: $(VENV)/.ready
+$(VENV)/.ready: pyproject.toml tools/setup_venv.sh
+	bash tools/setup_venv.sh
+
+demo: $(VENV)/.ready
+	$(VENV)/bin/repro demo
+
+test: $(VENV)/.ready
+	$(PY) -m pytest -q

@@ -1,0 +1,288 @@
+"""Typed configuration: dataclasses <- YAML (with `base:` inheritance) <- dotted overrides.
+
+Every paper value lives in configs/alexnet_paper.yaml; the dataclass defaults
+below equal it so that `Config()` is the paper's recipe too. Anything wrong in
+a config (unknown key, wrong type, impossible value) raises ConfigError naming
+the key and where it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 1000
+    in_channels: int = 3
+    groups: int = 2                  # the paper's two towers; 1 = one tower, same widths
+    half_kernels: bool = False       # the paper's "one-GPU" comparison net (section 3.2)
+    conv1_padding: int = 0
+    lrn: str = "paper"               # paper | cuda-convnet | caffe | none
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    pool_kernel: int = 3             # 3/2 overlapping (paper); 2/2 the ablation
+    pool_stride: int = 2
+    dropout: float = 0.5
+    init: str = "paper"              # paper | torch
+    weight_std: float = 0.01
+    bias_one: list[str] = field(default_factory=lambda: ["conv2", "conv4", "conv5", "fc6", "fc7"])
+    bias_value: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "paper_sgd"          # paper_sgd (the paper's rule) | sgd (torch.optim.SGD)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_biases: bool = True        # the paper is silent; cuda-convnet2 gave biases none
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "plateau"            # plateau | steps | constant
+    epochs: int = 90
+    factor: float = 0.1
+    patience: int = 5                # epochs without improvement before a drop
+    threshold: float = 0.1           # improvement in val top-1 error (points) that counts
+    max_drops: int = 3
+    milestones: list[int] = field(default_factory=list)  # epochs for kind=steps
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 128            # global, split across DDP ranks
+    val_batch_size: int = 256
+    image_size: int = 256            # stored shard images are image_size^2
+    crop_size: int = 227
+    workers: int = 6                 # loader processes per rank
+    shuffle_buffer: int = 4096
+    decode: str = "cpu"              # cpu (Pillow-SIMD workers) | gpu (nvJPEG)
+    steps_per_epoch: int = 0         # 0 = a full pass over the shards
+    val_limit: int = 0               # 0 = every val image
+
+
+@dataclass
+class AugmentConfig:
+    random_crop: bool = True
+    flip: bool = True
+    pca_std: float = 0.1             # alpha_i ~ N(0, pca_std)
+    pca_scale: str = "sqrt_eigval"   # sqrt_eigval (author's code) | eigval (paper's text)
+    mean: str = "image"              # image (paper) | rgb | none
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    precision: str = "fp32"          # fp32 | bf16
+    channels_last: bool = False
+    compile: bool = False
+    parallel: str = "ddp"            # ddp (also single process) | towers
+    deterministic: bool = False
+    log_every: int = 50
+
+
+@dataclass
+class CheckpointConfig:
+    every_minutes: float = 30.0
+    keep_last: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    wandb: str = "online"            # online | offline | disabled
+    project: str = "alexnet-repro"
+    entity: str = ""
+    progress: str = "auto"           # auto | bar | lines | off
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+CHOICES = {
+    "model.lrn": ("paper", "cuda-convnet", "caffe", "none"),
+    "model.init": ("paper", "torch"),
+    "optim.name": ("paper_sgd", "sgd"),
+    "schedule.kind": ("plateau", "steps", "constant"),
+    "data.decode": ("cpu", "gpu"),
+    "augment.pca_scale": ("sqrt_eigval", "eigval"),
+    "augment.mean": ("image", "rgb", "none"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16"),
+    "train.parallel": ("ddp", "towers"),
+    "logging.wandb": ("online", "offline", "disabled"),
+    "logging.progress": ("auto", "bar", "lines", "off"),
+}
+POSITIVE = ("model.num_classes", "model.in_channels", "model.lrn_size",
+            "model.pool_kernel", "model.pool_stride", "optim.lr", "schedule.epochs",
+            "schedule.factor", "data.batch_size", "data.val_batch_size", "data.image_size",
+            "data.crop_size", "checkpoint.every_minutes", "checkpoint.keep_last",
+            "train.log_every", "model.lrn_beta")
+NON_NEGATIVE = ("model.conv1_padding", "model.lrn_alpha", "model.lrn_k", "model.weight_std",
+                "optim.momentum", "optim.weight_decay", "schedule.patience", "schedule.threshold",
+                "schedule.max_drops", "data.workers", "data.shuffle_buffer", "data.steps_per_epoch",
+                "data.val_limit", "augment.pca_std")
+
+
+def _check_type(value, tp, key: str, where: str):
+    """Coerce `value` to the annotated type `tp` or raise naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        return [_check_type(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+        return _check_type(value, next(a for a in typing.get_args(tp) if a is not type(None)), key, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: {key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _apply(cfg: Config, key: str, value, where: str) -> None:
+    section_name, _, name = key.partition(".")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    if section_name not in sections or not name:
+        raise ConfigError(f"{where}: unknown key '{key}' (sections: {', '.join(sorted(sections))})")
+    section = getattr(cfg, section_name)
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if name not in fields:
+        raise ConfigError(f"{where}: unknown key '{key}' (known in {section_name}: "
+                          f"{', '.join(fields)})")
+    hints = typing.get_type_hints(type(section))
+    setattr(section, name, _check_type(value, hints[name], key, where))
+
+
+def _load_yaml(path: Path, cfg: Config, seen: tuple = ()) -> None:
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    base = doc.pop("base", None)
+    if base is not None:
+        _load_yaml((path.parent / base).resolve(), cfg, seen + (path,))
+    for section_name, body in doc.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: section '{section_name}' must be a mapping")
+        for name, value in body.items():
+            _apply(cfg, f"{section_name}.{name}", value, str(path))
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def validate(cfg: Config, where: str) -> None:
+    def get(key):
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    for key, options in CHOICES.items():
+        if get(key) not in options:
+            raise ConfigError(f"{where}: {key} = {get(key)!r} is not one of {', '.join(options)}")
+    for key in POSITIVE:
+        if not get(key) > 0:
+            raise ConfigError(f"{where}: {key} must be > 0, got {get(key)!r}")
+    for key in NON_NEGATIVE:
+        if get(key) < 0:
+            raise ConfigError(f"{where}: {key} must be >= 0, got {get(key)!r}")
+    m, d = cfg.model, cfg.data
+    if d.crop_size > d.image_size:
+        raise ConfigError(f"{where}: data.crop_size = {d.crop_size} is larger than the stored "
+                          f"image (data.image_size = {d.image_size})")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"{where}: model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0 < cfg.schedule.factor < 1:
+        raise ConfigError(f"{where}: schedule.factor must be in (0, 1), got {cfg.schedule.factor}")
+    if m.groups not in (1, 2):
+        raise ConfigError(f"{where}: model.groups must be 1 or 2, got {m.groups}")
+    if m.half_kernels and m.groups != 1:
+        raise ConfigError(f"{where}: model.half_kernels (the one-GPU net) needs model.groups = 1")
+    if cfg.schedule.kind == "steps" and not cfg.schedule.milestones:
+        raise ConfigError(f"{where}: schedule.kind = steps needs schedule.milestones")
+    if cfg.train.parallel == "towers" and m.groups != 2:
+        raise ConfigError(f"{where}: train.parallel = towers needs model.groups = 2")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The paper defaults, then the YAML at `path` (and its bases), then `overrides`."""
+    cfg = Config()
+    where = "defaults"
+    if path is not None:
+        path = Path(path).resolve()
+        _load_yaml(path, cfg)
+        where = str(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply(cfg, key, value, f"command-line override '{text}'")
+    if overrides:
+        where += " + overrides " + " ".join(overrides)
+    validate(cfg, where)
+    return cfg
+
+
+def model_kwargs(cfg: Config) -> dict:
+    """Keyword arguments for repro.model.build_model: the model section plus the crop size."""
+    return dataclasses.asdict(cfg.model) | {"input_size": cfg.data.crop_size}
+
+
+def config_from_dict(doc: dict, where: str = "checkpoint") -> Config:
+    """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint)."""
+    cfg = Config()
+    for section_name, body in doc.items():
+        for name, value in body.items():
+            _apply(cfg, f"{section_name}.{name}", value, where)
+    validate(cfg, where)
+    return cfg

@@ -1,0 +1,77 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repro.cli import main
+from repro.config import Config, ConfigError, config_from_dict, load_config
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+PAPER = CONFIGS / "alexnet_paper.yaml"
+
+
+def test_paper_yaml_sets_every_key_and_equals_defaults():
+    doc = yaml.safe_load(PAPER.read_text())
+    for section in dataclasses.fields(Config):
+        names = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert set(doc[section.name]) == names, section.name
+    assert load_config(PAPER) == Config()
+
+
+def test_paper_values():
+    cfg = load_config(PAPER)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 0.0005)
+    assert (cfg.data.batch_size, cfg.data.image_size, cfg.data.crop_size) == (128, 256, 227)
+    assert (cfg.model.lrn_k, cfg.model.lrn_size, cfg.model.lrn_alpha, cfg.model.lrn_beta) == (
+        2.0, 5, 1e-4, 0.75)
+    assert (cfg.schedule.epochs, cfg.schedule.factor, cfg.schedule.max_drops) == (90, 0.1, 3)
+    assert cfg.augment.pca_std == 0.1 and cfg.model.dropout == 0.5
+
+
+def test_overrides_and_base_inheritance():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["optim.lr=0.02", "model.bias_one=[conv2]"])
+    assert cfg.optim.lr == 0.02 and cfg.model.bias_one == ["conv2"]
+    assert cfg.model.num_classes == 10          # from smoke.yaml
+    assert cfg.model.groups == 2                # inherited from the paper config
+
+
+@pytest.mark.parametrize("override, words", [
+    (["optim.lrr=1"], ["optim.lrr", "unknown"]),
+    (["nosection.x=1"], ["nosection.x", "unknown"]),
+    (["optim.lr=-0.1"], ["optim.lr", "> 0"]),
+    (["model.groups=two"], ["model.groups", "integer"]),
+    (["data.crop_size=300"], ["data.crop_size", "larger than the stored image"]),
+    (["model.lrn=fancy"], ["model.lrn", "paper"]),
+    (["model.dropout=1.5"], ["model.dropout"]),
+    (["augment.flip=maybe"], ["augment.flip", "true or false"]),
+    (["lr"], ["section.key=value"]),
+])
+def test_bad_overrides_name_the_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(PAPER, override)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_bad_file_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: %s\noptim:\n  momentun: 0.9\n" % PAPER)
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert "optim.momentun" in str(e.value) and str(bad) in str(e.value)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["optim.lr=0.003"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_prints_resolved_config(capsys):
+    assert main(["config", str(PAPER), "optim.lr=0.05"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.05 and printed["model"]["groups"] == 2
+    assert main(["config", str(PAPER), "optim.nope=1"]) == 2
+    assert "optim.nope" in capsys.readouterr().err
