@@ -1,0 +1,141 @@
+"""AlexNet as in Krizhevsky, Sutskever & Hinton (NIPS 2012), section 3 and Figure 2.
+
+The paper splits every layer over two GPUs ("towers"); conv2, conv4 and conv5 read
+only their own tower's maps, conv3 and the fully connected layers read both. Here
+that is grouped convolution (groups=2) in one module per layer, so the state_dict
+is one tensor per layer (conv1.weight ... fc8.bias) whatever the device layout.
+"""
+
+import contextlib
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.lrn import LocalResponseNorm
+
+# Figure 2: conv layer -> (kernels, kernel size, stride). conv2..conv5 use "same"
+# padding (kernel // 2); conv1's padding is a knob (0 in the paper at 227 input).
+CONVS = {"conv1": (96, 11, 4), "conv2": (256, 5, 1), "conv3": (384, 3, 1),
+         "conv4": (384, 3, 1), "conv5": (256, 3, 1)}
+GROUPED = ("conv2", "conv4", "conv5")  # read only their own tower
+NORMED = ("conv1", "conv2")            # followed by ReLU then LRN
+POOLED = ("conv1", "conv2", "conv5")   # followed by max pooling
+HALVED = ("conv1", "conv2", "conv3", "conv4")  # section 3.2's one-GPU net halves these
+FC_WIDTH = 4096
+LAYERS = (*CONVS, "fc6", "fc7", "fc8")
+LRN_MODES = {"paper": False, "cuda-convnet": True, "caffe": True}  # -> alpha_over_n; or "none"
+
+
+def feature_size(input_size: int, conv1_padding: int, pool_kernel: int, pool_stride: int) -> int:
+    """Side of conv5's pooled feature map (6 at the paper's 227 input).
+
+    Sizes are floored like PyTorch's conv/pool (d2l's 224 input with padding 1 relies on it).
+    """
+    size = input_size
+    for name, (_, kernel, stride) in CONVS.items():
+        padding = conv1_padding if name == "conv1" else kernel // 2
+        if size + 2 * padding < kernel:
+            raise ValueError(f"input_size={input_size} with conv1_padding={conv1_padding} leaves a "
+                             f"{size}x{size} map, smaller than {name}'s {kernel}x{kernel} kernel")
+        size = (size + 2 * padding - kernel) // stride + 1
+        if name in POOLED:
+            if size < pool_kernel:
+                raise ValueError(f"pool_kernel={pool_kernel} is larger than the {size}x{size} map "
+                                 f"after {name} (input_size={input_size})")
+            size = (size - pool_kernel) // pool_stride + 1
+    return size
+
+
+class AlexNet(nn.Module):
+    def __init__(self, num_classes=1000, *, in_channels=3, input_size=227, groups=2, half_kernels=False,
+                 conv1_padding=0, lrn="paper", lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_k=2.0,
+                 pool_kernel=3, pool_stride=2, dropout=0.5, init="paper", weight_std=0.01,
+                 bias_one=("conv2", "conv4", "conv5", "fc6", "fc7"), bias_value=1.0, seed=None):
+        super().__init__()
+        for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                           ("input_size", input_size), ("groups", groups), ("lrn_size", lrn_size),
+                           ("pool_kernel", pool_kernel), ("pool_stride", pool_stride)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+        if not isinstance(conv1_padding, int) or conv1_padding < 0:
+            raise ValueError(f"conv1_padding must be a non-negative integer, got {conv1_padding!r}")
+        if half_kernels and groups != 1:
+            raise ValueError(f"half_kernels=True is the paper's one-GPU net and needs groups=1, got groups={groups}")
+        widths = {name: out // 2 if half_kernels and name in HALVED else out
+                  for name, (out, _, _) in CONVS.items()}
+        for name in GROUPED:
+            previous = list(CONVS)[list(CONVS).index(name) - 1]
+            if widths[previous] % groups or widths[name] % groups:
+                raise ValueError(f"groups={groups} does not divide {name}'s channels "
+                                 f"({widths[previous]} in, {widths[name]} out)")
+        if lrn != "none" and lrn not in LRN_MODES:
+            raise ValueError(f"lrn must be one of {[*LRN_MODES, 'none']}, got {lrn!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if init not in ("paper", "torch"):
+            raise ValueError(f"init must be 'paper' or 'torch', got {init!r}")
+        if isinstance(bias_one, str) or not set(bias_one) <= set(LAYERS):
+            raise ValueError(f"bias_one must be a list of layer names from {list(LAYERS)}, got {bias_one!r}")
+        if seed is not None and not isinstance(seed, int):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        side = feature_size(input_size, conv1_padding, pool_kernel, pool_stride)
+
+        # A seed forks the global RNG, so seeded builds neither depend on nor advance it
+        # (PyTorch's default init, which init="torch" keeps, draws from the global RNG).
+        with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            channels = in_channels
+            for name, (_, kernel, stride) in CONVS.items():
+                padding = conv1_padding if name == "conv1" else kernel // 2
+                setattr(self, name, nn.Conv2d(channels, widths[name], kernel, stride, padding,
+                                              groups=groups if name in GROUPED else 1))
+                channels = widths[name]
+            self.fc6 = nn.Linear(channels * side * side, FC_WIDTH)
+            self.fc7 = nn.Linear(FC_WIDTH, FC_WIDTH)
+            self.fc8 = nn.Linear(FC_WIDTH, num_classes)
+            if init == "paper":
+                self._init_paper(weight_std, bias_one, bias_value)
+
+        def norm():
+            if lrn == "none":
+                return nn.Identity()
+            return LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k, alpha_over_n=LRN_MODES[lrn])
+
+        self.norm1, self.norm2 = norm(), norm()
+        self.pool1, self.pool2, self.pool5 = (nn.MaxPool2d(pool_kernel, pool_stride) for _ in range(3))
+        # nn.Dropout is inverted dropout: it scales kept units by 1/(1-p) while training and
+        # is the identity at test time. The paper instead multiplies outputs by 0.5 at test
+        # time; both give test-time activations equal to the training-time expectation.
+        self.drop6, self.drop7 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    @torch.no_grad()
+    def _init_paper(self, weight_std, bias_one, bias_value):
+        # Section 5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+        # Biases of 1 give the ReLUs positive inputs early on.
+        for name in LAYERS:
+            layer = getattr(self, name)
+            layer.weight.normal_(0.0, weight_std)
+            layer.bias.fill_(bias_value if name in bias_one else 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.norm1(F.relu(self.conv1(x))))
+        x = self.pool2(self.norm2(F.relu(self.conv2(x))))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))
+        x = self.pool5(F.relu(self.conv5(x)))
+        x = torch.flatten(x, 1)
+        x = self.drop6(F.relu(self.fc6(x)))
+        x = self.drop7(F.relu(self.fc7(x)))
+        return self.fc8(x)  # logits; the softmax lives in the loss
+
+
+def build_model(model_cfg: dict) -> AlexNet:
+    """AlexNet from a plain dict of AlexNet's keyword arguments (num_classes included)."""
+    known = set(inspect.signature(AlexNet.__init__).parameters) - {"self"}
+    unknown = sorted(set(model_cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown model keys: {unknown}")
+    return AlexNet(**model_cfg)

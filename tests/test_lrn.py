@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from repro.lrn import LocalResponseNorm, local_response_norm
+
+# (k, alpha_over_n) of each convention; n=5, alpha=1e-4, beta=0.75 throughout.
+CONVENTIONS = {"paper": (2.0, False), "cuda-convnet": (2.0, True), "caffe": (1.0, True)}
+
+
+def lrn_by_loops(a, n, alpha, beta, k, alpha_over_n):
+    """Section 3.3's formula written out channel by channel."""
+    channels = a.shape[1]
+    coeff = alpha / n if alpha_over_n else alpha
+    b = torch.empty_like(a)
+    for i in range(channels):
+        total = torch.zeros_like(a[:, 0])
+        for j in range(max(0, i - n // 2), min(channels - 1, i + n // 2) + 1):
+            total += a[:, j] ** 2
+        b[:, i] = a[:, i] / (k + coeff * total) ** beta
+    return b
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_matches_formula_including_channel_edges(convention):
+    k, alpha_over_n = CONVENTIONS[convention]
+    g = torch.Generator().manual_seed(0)
+    # Large activations so alpha * sum is not negligible next to k; 7 channels: every
+    # channel within n/2 of an edge is exercised, and channel 3 has a full window.
+    a = torch.randn(2, 7, 3, 4, generator=g, dtype=torch.float64) * 60
+    expected = lrn_by_loops(a, 5, 1e-4, 0.75, k, alpha_over_n)
+    got = LocalResponseNorm(5, 1e-4, 0.75, k, alpha_over_n)(a)
+    assert (expected / a - 1).abs().max() > 0.05  # the normalisation is doing something
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_paper_and_cuda_convnet_differ_by_alpha_over_n():
+    a = torch.randn(1, 8, 2, 2, dtype=torch.float64) * 60
+    paper = local_response_norm(a, 5, 1e-4, 0.75, 2.0, alpha_over_n=False)
+    assert not torch.allclose(paper, local_response_norm(a, 5, 1e-4, 0.75, 2.0, alpha_over_n=True))
+    torch.testing.assert_close(paper, local_response_norm(a, 5, 5e-4, 0.75, 2.0, alpha_over_n=True))
+
+
+def test_cuda_convnet_equals_torch_lrn():
+    a = torch.randn(2, 16, 5, 5, dtype=torch.float64) * 60
+    ours = local_response_norm(a, 5, 1e-4, 0.75, 2.0, alpha_over_n=True)
+    torch.testing.assert_close(ours, torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_gives_same_result_and_layout(dtype):
+    a = (torch.randn(2, 12, 6, 5) * 60).to(dtype)
+    ref = local_response_norm(a, 5, 1e-4, 0.75, 2.0, alpha_over_n=False)
+    got = local_response_norm(a.contiguous(memory_format=torch.channels_last), 5, 1e-4, 0.75, 2.0, False)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_bfloat16_close_to_float64():
+    a = torch.randn(2, 12, 6, 5, dtype=torch.float64) * 60
+    ref = local_response_norm(a, 5, 1e-4, 0.75, 2.0, alpha_over_n=False)
+    got = local_response_norm(a.bfloat16(), 5, 1e-4, 0.75, 2.0, alpha_over_n=False)
+    torch.testing.assert_close(got.double(), ref, rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("alpha_over_n", [False, True])
+def test_gradcheck(alpha_over_n):
+    a = (torch.randn(1, 6, 2, 2, dtype=torch.float64) * 30).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: local_response_norm(x, 5, 1e-3, 0.75, 2.0, alpha_over_n), (a,))

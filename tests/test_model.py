@@ -1,0 +1,189 @@
+import pytest
+import torch
+from torch import nn
+
+from repro.lrn import LocalResponseNorm
+from repro.model import AlexNet, build_model
+
+# A small input (67 -> 15 -> 7 -> 7 -> 3 -> 3 -> 1) keeps the fc6 matrix tiny where
+# a test is not about the full-size net.
+SMALL = dict(num_classes=10, input_size=67)
+D2L = dict(num_classes=10, in_channels=1, input_size=224, conv1_padding=1, lrn="none", groups=1, init="torch")
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def conv_params(c_in, c_out, kernel, groups=1):
+    return c_out * (c_in // groups) * kernel * kernel + c_out
+
+
+def fc_params(n_in, n_out):
+    return n_in * n_out + n_out
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return AlexNet(num_classes=1000)
+
+
+def test_paper_parameter_count(paper):
+    assert n_params(paper) == 60_965_224
+
+
+def test_one_tower_parameter_count():
+    assert n_params(AlexNet(groups=1)) == 62_378_344
+
+
+def test_half_kernels_parameter_count():
+    # Section 3.2's one-GPU net: half the kernels in conv1..conv4; conv5 and the fc layers kept.
+    expected = (conv_params(3, 48, 11) + conv_params(48, 128, 5) + conv_params(128, 192, 3)
+                + conv_params(192, 192, 3) + conv_params(192, 256, 3)
+                + fc_params(256 * 6 * 6, 4096) + fc_params(4096, 4096) + fc_params(4096, 1000))
+    assert n_params(AlexNet(groups=1, half_kernels=True)) == expected
+
+
+def test_half_kernels_needs_one_tower():
+    with pytest.raises(ValueError, match="groups"):
+        AlexNet(half_kernels=True)
+
+
+def test_state_dict_layout(paper):
+    layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    assert list(paper.state_dict()) == [f"{l}.{p}" for l in layers for p in ("weight", "bias")]
+
+
+def test_paper_feature_maps(paper):
+    # Figure 2, as (C, H, W).
+    expected = {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27),
+                "pool2": (256, 13, 13), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
+                "conv5": (256, 13, 13), "pool5": (256, 6, 6), "fc6": (4096,), "fc7": (4096,),
+                "fc8": (1000,)}
+    seen = {}
+    handles = [getattr(paper, name).register_forward_hook(
+        lambda m, i, out, name=name: seen.__setitem__(name, tuple(out.shape[1:]))) for name in expected]
+    with torch.no_grad():
+        paper.eval()(torch.zeros(1, 3, 227, 227))
+    for h in handles:
+        h.remove()
+    assert seen == expected
+    assert paper.fc6.in_features == 256 * 6 * 6
+
+
+def test_d2l_fashion_mnist_variant():
+    model = AlexNet(**D2L)
+    assert model.fc6.in_features == 6400  # 224 +2 pad -> 54 -> 26 -> 26 -> 12 -> 12 -> 5; 256*5*5
+    assert not any(isinstance(m, LocalResponseNorm) for m in model.modules())
+    with torch.no_grad():
+        assert model(torch.zeros(3, 1, 224, 224)).shape == (3, 10)
+
+
+def test_torch_init_keeps_pytorch_default():
+    conv1 = AlexNet(**SMALL, init="torch").conv1
+    bound = 1 / (3 * 11 * 11) ** 0.5  # kaiming_uniform(a=sqrt(5)) is U(-1/sqrt(fan_in), +)
+    assert conv1.weight.abs().max() <= bound
+    assert abs(conv1.weight.std().item() - bound / 3 ** 0.5) < 0.05 * bound
+
+
+def test_non_overlapping_pool_ablation():
+    model = AlexNet(**SMALL | {"input_size": 227}, pool_kernel=2, pool_stride=2)
+    # 55 -> (55-2)//2+1 = 27 -> 27 -> 13 -> 13 -> 6
+    assert model.fc6.in_features == 256 * 6 * 6
+    assert model.pool1.kernel_size == 2 and model.pool1.stride == 2
+
+
+def test_init_statistics(paper):
+    bias = {"conv1": 0.0, "conv2": 1.0, "conv3": 0.0, "conv4": 1.0, "conv5": 1.0,
+            "fc6": 1.0, "fc7": 1.0, "fc8": 0.0}
+    for name, value in bias.items():
+        layer = getattr(paper, name)
+        w = layer.weight.detach()
+        assert abs(w.std().item() - 0.01) < 0.02 * 0.01, name
+        assert abs(w.mean().item()) < 5 * 0.01 / w.numel() ** 0.5, name
+        assert torch.equal(layer.bias, torch.full_like(layer.bias, value)), name
+
+
+def test_init_options():
+    model = AlexNet(**SMALL, weight_std=0.05, bias_one=["conv1"], bias_value=0.1)
+    assert abs(model.fc7.weight.std().item() - 0.05) < 0.001
+    assert torch.equal(model.conv1.bias, torch.full((96,), 0.1))
+    assert torch.equal(model.conv2.bias, torch.zeros(256))
+    with pytest.raises(ValueError, match="bias_one"):
+        AlexNet(**SMALL, bias_one=["conv6"])
+
+
+@pytest.mark.parametrize("init", ["paper", "torch"])
+def test_seed_is_reproducible_and_leaves_global_rng_alone(init):
+    state = torch.get_rng_state()
+    a, b = AlexNet(**SMALL, init=init, seed=3), AlexNet(**SMALL, init=init, seed=3)
+    c = AlexNet(**SMALL, init=init, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
+    assert not torch.equal(a.fc8.weight, c.fc8.weight)
+
+
+def _changed_outputs(conv, in_channels, perturbed):
+    x = torch.randn(1, in_channels, 7, 7)
+    y = x.clone()
+    y[:, perturbed] += torch.randn_like(y[:, perturbed])
+    with torch.no_grad():
+        diff = (conv(y) - conv(x)).abs().amax(dim=(0, 2, 3))
+    return diff > 0
+
+
+@pytest.mark.parametrize("name, c_in, c_out", [("conv2", 96, 256), ("conv4", 384, 384), ("conv5", 384, 256)])
+def test_grouped_layers_keep_towers_apart(paper, name, c_in, c_out):
+    changed = _changed_outputs(getattr(paper, name), c_in, slice(0, c_in // 2))
+    assert changed[: c_out // 2].all()       # tower A's outputs see tower A's maps
+    assert not changed[c_out // 2:].any()    # tower B's do not
+
+
+def test_conv3_reads_both_towers(paper):
+    assert _changed_outputs(paper.conv3, 256, slice(0, 128)).all()
+
+
+def test_lrn_conventions():
+    paper_lrn = AlexNet(**SMALL).norm1
+    assert (paper_lrn.k, paper_lrn.alpha, paper_lrn.alpha_over_n) == (2.0, 1e-4, False)
+    convnet = AlexNet(**SMALL, lrn="cuda-convnet").norm2
+    x = torch.rand(1, 256, 3, 3) * 100
+    torch.testing.assert_close(convnet(x), nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x))
+    caffe = AlexNet(**SMALL, lrn="caffe", lrn_k=1.0).norm1
+    assert (caffe.k, caffe.alpha_over_n) == (1.0, True)
+    with pytest.raises(ValueError, match="lrn"):
+        AlexNet(**SMALL, lrn="batchnorm")
+
+
+def test_dropout_only_in_training():
+    model = AlexNet(**SMALL, seed=0)
+    assert model.drop6.p == model.drop7.p == 0.5
+    x = torch.randn(2, 3, 67, 67)
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(x), model(x))
+        model.train()
+        assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(input_size=40), "input_size"),
+    (dict(input_size=67, pool_kernel=9), "pool_kernel"),
+    (dict(groups=5), "groups"),
+    (dict(groups=0), "groups"),
+    (dict(conv1_padding=-1), "conv1_padding"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(init="xavier"), "init"),
+])
+def test_rejects_bad_arguments(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        AlexNet(**kwargs)
+
+
+def test_build_model_from_dict():
+    model = build_model(D2L | {"seed": 1})
+    assert model.conv1.in_channels == 1 and model.fc8.out_features == 10
+    with pytest.raises(ValueError, match="lrn_n"):
+        build_model(D2L | {"lrn_n": 5})

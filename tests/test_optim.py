@@ -1,0 +1,126 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from repro.optim import PaperSGD, param_groups
+
+LRS = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01]  # an lr drop in the middle
+
+
+def small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).double()
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 2, 6, 6, generator=g, dtype=torch.float64),
+             torch.randint(0, 2, (4,), generator=g)) for _ in LRS]
+
+
+def grads_at(model, x, y):
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def train(model, opt, data, lrs):
+    for (x, y), lr in zip(data, lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_matches_the_paper_update_rule(foreach):
+    data = batches()
+    model = small_model()
+    got = train(model, PaperSGD(model.parameters(), lr=LRS[0], foreach=foreach), data, LRS)
+
+    # Section 5, written out: v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v.
+    ref = small_model()
+    velocity = [torch.zeros_like(p) for p in ref.parameters()]
+    for (x, y), eps in zip(data, LRS):
+        grads = grads_at(ref, x, y)
+        with torch.no_grad():
+            for p, v, g in zip(ref.parameters(), velocity, grads):
+                v.copy_(0.9 * v - 0.0005 * eps * p - eps * g)
+                p.add_(v)
+    for a, b in zip(got, ref.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-15)
+
+
+def test_differs_from_torch_sgd_only_after_lr_change():
+    data = batches()
+    ours, theirs = small_model(), small_model()
+    opt_ours = PaperSGD(ours.parameters(), lr=LRS[0])
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=LRS[0], momentum=0.9, weight_decay=5e-4)
+    before_drop = LRS.index(0.01)
+    a = train(ours, opt_ours, data[:before_drop], LRS)
+    b = train(theirs, opt_theirs, data[:before_drop], LRS)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    a = train(ours, opt_ours, data[before_drop:], LRS[before_drop:])
+    b = train(theirs, opt_theirs, data[before_drop:], LRS[before_drop:])
+    assert max((x - y).abs().max().item() for x, y in zip(a, b)) > 1e-6
+
+
+def test_works_with_lr_scheduler():
+    model = small_model()
+    opt = PaperSGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.1)
+    x, y = batches()[0]
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_state_dict_round_trip_continues_identically():
+    data = batches()
+    model = small_model()
+    opt = PaperSGD(model.parameters(), lr=0.1)
+    train(model, opt, data[:3], LRS[:3])
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    assert all("velocity" in s for s in saved_opt["state"].values())
+    expected = train(model, opt, data[3:], LRS[3:])
+
+    resumed = small_model()
+    resumed.load_state_dict(saved_model)
+    resumed_opt = PaperSGD(resumed.parameters(), lr=0.5)
+    resumed_opt.load_state_dict(saved_opt)
+    got = train(resumed, resumed_opt, data[3:], LRS[3:])
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+
+
+def test_param_groups_decay_biases():
+    model = small_model()
+    weights = [model[0].weight, model[3].weight]
+    biases = [model[0].bias, model[3].bias]
+    (all_params,) = param_groups(model, 5e-4, decay_biases=True)
+    assert all_params["weight_decay"] == 5e-4 and len(all_params["params"]) == 4
+    decayed, undecayed = param_groups(model, 5e-4, decay_biases=False)
+    assert decayed["weight_decay"] == 5e-4 and undecayed["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in weights}
+    assert {id(p) for p in undecayed["params"]} == {id(p) for p in biases}
+
+
+def test_zero_decay_group_leaves_biases_undecayed():
+    # With zero gradient, a decayed parameter shrinks and an undecayed one stays put.
+    model = small_model()
+    opt = PaperSGD(param_groups(model, 0.5, decay_biases=False), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    conv_w, conv_b = model[0].weight, model[0].bias
+    torch.testing.assert_close(conv_w, before[0] * (1 - 0.5 * 0.1))
+    assert torch.equal(conv_b, before[1])
