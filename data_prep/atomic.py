@@ -1,0 +1,68 @@
+"""Files that are either absent or complete under their final name.
+
+Everything is written to ``<name>.tmp-<pid>`` in the same directory, flushed
+and fsynced, then ``os.replace``d onto the final name (atomic on POSIX). A
+build killed at any moment leaves at worst a stale ``*.tmp-*`` file, which the
+next run removes with :func:`remove_stale_tmp`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str):
+    """Open a binary file for writing that appears under `path` only if the block succeeds."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    f = open(tmp, "wb")
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def write_json(path: Path | str, obj) -> None:
+    write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def remove_stale_tmp(directory: Path | str) -> int:
+    """Delete ``*.tmp-*`` files left in `directory` by a killed run; returns how many."""
+    n = 0
+    directory = Path(directory)
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if TMP_MARK in p.name and p.is_file():
+                p.unlink()
+                n += 1
+    return n

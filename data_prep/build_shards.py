@@ -1,0 +1,383 @@
+"""python -m data_prep.build_shards --source PATH --out DIR: ImageNet -> WebDataset shards + stats.
+
+The build, top to bottom:
+
+1. detect the source layout (sources.py) and refuse an --out that holds a
+   build with other settings;
+2. plan: list every image, sort by key; shuffle train by a keyed hash of
+   (seed, key) so a shard holds many classes; take --limit; cut into shards.
+   The plan is fixed by source and settings alone;
+3. build each shard not yet finished, one whole shard per worker process:
+   decode -> 256x256 (image.py) -> JPEG -> tar (shardfile.py), with exact
+   per-shard statistics sums for train (stats.py); each shard and its sidecar
+   (.build/parts/NAME.json, .npz) are written atomically, so a killed build
+   resumes where it stopped;
+4. merge the sums into stats.npz, write manifest.json last, print a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import PIL
+from tqdm import tqdm
+
+from . import atomic, image
+from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
+from .shardfile import ShardWriter
+from .sources import SPLITS, Record, Source, SourceError, open_source, read_record
+from .stats import Sums, finalize, save_stats
+
+DEFAULT_SHARD_SIZE = 1024
+DEFAULT_QUALITY = 95
+DEFAULT_SEED = 0
+WORK = ".build"  # resume state inside --out; removed when the build completes
+
+
+class BuildError(Exception):
+    """The build cannot go on as asked (the message says why and what to do)."""
+
+
+# ---- plan ------------------------------------------------------------------------------
+def shuffle_key(seed: int, key: str) -> bytes:
+    """Sort key of the fixed training shuffle: a hash, so it is the same on every platform and version."""
+    return hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=16).digest()
+
+
+def plan_split(records: list[Record], split: str, shard_size: int, seed: int, limit: int | None):
+    """Records (sorted by key) -> list of shards, each a list of records, in final order."""
+    if split == "train":
+        records = sorted(records, key=lambda r: shuffle_key(seed, r.key))
+    if limit is not None:
+        records = records[:limit]
+    return [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
+
+
+def plan_digest(shards: list[list[Record]]) -> str:
+    h = hashlib.sha256()
+    for shard in shards:
+        for r in shard:
+            h.update(f"{r.key}\t{r.wnid}\n".encode())
+        h.update(b"--\n")
+    return h.hexdigest()
+
+
+# ---- one shard, in a worker process ------------------------------------------------------
+_ctx: dict = {}
+
+
+def _init_worker(ctx: dict, parent: int | None = None) -> None:
+    _ctx.update(ctx)
+    if parent is not None:  # a pool worker: die with the parent, never finish a shard for a dead build
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def build_shard(task: tuple[str, int, list[Record]]) -> dict:
+    split, index, records = task
+    out, quality, labels = Path(_ctx["out"]), _ctx["quality"], _ctx["labels"]
+    parts = out / WORK / "parts"
+    name = shard_name(split, index)
+    sums = Sums.zeros() if split == "train" else None
+    skipped, converted = [], []
+    with ShardWriter(out / name) as w:
+        for r in records:
+            try:
+                dec = image.decode_256(read_record(r))
+            except image.UnreadableImage as e:
+                skipped.append({"key": r.key, "path": r.origin, "reason": str(e)})
+                continue
+            if dec.notes:
+                converted.append({"key": r.key, "path": r.origin, "notes": dec.notes})
+            w.add(r.key, image.encode_jpeg(dec.pixels, quality), labels[r.wnid], r.wnid)
+            if sums is not None:
+                sums.add(dec.pixels)
+    if sums is not None:
+        sums.save(parts / f"{name}.npz")
+    part = {"name": name, "count": w.count, "sha256": w.sha256, "bytes": w.size,
+            "planned": len(records), "skipped": skipped, "converted": converted}
+    atomic.write_json(parts / f"{name}.json", part)  # written last: the shard counts as done
+    return part
+
+
+def _finished(out: Path, split: str, index: int) -> dict | None:
+    name = shard_name(split, index)
+    parts = out / WORK / "parts"
+    try:
+        part = json.loads((parts / f"{name}.json").read_text())
+        ok = (out / name).stat().st_size == part["bytes"] and (split != "train" or (parts / f"{name}.npz").exists())
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    return part if ok else None
+
+
+# ---- the output directory ----------------------------------------------------------------
+def _settings(src: Source, args) -> dict:
+    return {
+        "source": str(src.root), "layout": src.layout, "splits": list(args.splits),
+        "shard_size": args.shard_size, "quality": args.quality, "seed": args.seed, "limit": args.limit,
+        "image": {"size": image.SIZE, "resize": "shorter side to 256, antialiased bicubic, centre crop",
+                  "draft": True, "jpeg_subsampling": image.SUBSAMPLING},
+        "pillow": PIL.__version__,
+    }
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    return "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
+
+
+def _claim_out(out: Path, settings: dict) -> dict | None:
+    """Make `out` ours for this build; returns the manifest if the build is already complete."""
+    if (out / MANIFEST).exists():
+        old = json.loads((out / MANIFEST).read_text())
+        if old.get("settings") == settings:
+            return old
+        raise BuildError(f"{out} holds a finished build with other settings ({_diff(old.get('settings', {}), settings)}); "
+                         "use another --out (or delete it) rather than mixing shards")
+    work = out / WORK
+    if (work / "settings.json").exists():
+        old = json.loads((work / "settings.json").read_text())
+        if old != settings:
+            raise BuildError(f"{out} holds an unfinished build with other settings ({_diff(old, settings)}); "
+                             "rerun that command to finish it, or use another --out")
+    else:
+        strays = sorted(p.name for p in out.glob("*-*.tar"))
+        if strays:
+            raise BuildError(f"{out} holds shards ({strays[0]}, ...) from no build this tool knows; use an empty --out")
+        (work / "parts").mkdir(parents=True, exist_ok=True)
+        atomic.write_json(work / "settings.json", settings)
+    return None
+
+
+def _lock(out: Path):
+    (out / WORK).mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / WORK / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BuildError(f"another build is running in {out}") from None
+    return fd
+
+
+# ---- the build ---------------------------------------------------------------------------
+def _progress_enabled(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "on"
+    return sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ
+
+
+def _count_check(src: Source, split: str, records: list[Record], log) -> dict:
+    """Source image count vs what the devkit (or ILSVRC2012 itself) says; per class where known."""
+    found = len(records) + len(src.unlabelled[split])
+    expected, who = src.expected(split)
+    info = {"source_count": found, "expected_count": expected, "expected_from": who}
+    if expected is not None and expected != found:
+        info["count_warning"] = f"the source has {found} images, {who} says {expected} ({found - expected:+d})"
+        log(f"WARNING {split}: {info['count_warning']}")
+        if split == "train" and src.devkit and src.devkit.num_train_images:
+            have: dict[str, int] = {}
+            for r in records:
+                have[r.wnid] = have.get(r.wnid, 0) + 1
+            info["class_count_mismatch"] = {w: {"found": have.get(w, 0), "expected": n}
+                                            for w, n in src.devkit.num_train_images.items() if have.get(w, 0) != n}
+    return info
+
+
+def build_shards(source, out, *, workers: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
+                 quality: int = DEFAULT_QUALITY, limit: int | None = None, seed: int = DEFAULT_SEED,
+                 splits=SPLITS, layout: str = "auto", progress: str = "off", log=print) -> dict:
+    """Python entry point of the CLI; returns the manifest. Raises SourceError / BuildError."""
+    args = argparse.Namespace(source=source, out=out, workers=workers, shard_size=shard_size, quality=quality,
+                              limit=limit, seed=seed, splits=list(splits), layout=layout, progress=progress)
+    return build(args, log)
+
+
+def build(args, log=print) -> dict:
+    t0 = time.time()
+    out = Path(args.out).resolve()
+    splits = [s for s in SPLITS if s in args.splits]
+    args.splits = splits
+    src = open_source(args.source, args.layout, splits)
+    log(f"source: {src.root} (layout: {src.layout}, {len(src.wnids)} classes)")
+    settings = _settings(src, args)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        done = _claim_out(out, settings)
+        if done is not None:
+            log(f"{out} already holds this build, complete: nothing to do "
+                + ", ".join(f"({s}: {done['splits'][s]['count']} images)" for s in done["splits"]))
+            return done
+        work = out / WORK
+        for d in (out, work, work / "parts"):
+            atomic.remove_stale_tmp(d)
+        ctx = {"out": str(out), "quality": args.quality, "labels": {w: i for i, w in enumerate(src.wnids)}}
+        workers = args.workers or len(os.sched_getaffinity(0))
+        if workers > 1:
+            pool = mp.get_context("fork").Pool(workers, _init_worker, (ctx, os.getpid()))
+            imap = lambda f, xs: pool.imap_unordered(f, xs, chunksize=1)  # noqa: E731
+            imap_ordered = lambda f, xs: pool.imap(f, xs, chunksize=1)  # noqa: E731
+        else:
+            pool = None
+            _init_worker(ctx)
+            imap = imap_ordered = map
+        try:
+            manifest = _run(args, src, settings, out, workers, imap, imap_ordered, log, t0)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        return manifest
+    finally:
+        if (out / MANIFEST).exists():  # complete: the resume state has served its purpose
+            shutil.rmtree(out / WORK, ignore_errors=True)
+        os.close(lock)
+
+
+def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict:
+    work = out / WORK
+    plans, split_info = {}, {}
+    for split in args.splits:
+        t = time.time()
+        records = src.records(split, cache_dir=work, imap=imap_ordered)
+        info = _count_check(src, split, records, log)
+        plans[split] = plan_split(records, split, args.shard_size, args.seed, args.limit)
+        info["plan_sha256"] = plan_digest(plans[split])
+        split_info[split] = info
+        log(f"{split}: {info['source_count']} images in the source ({time.time() - t:.1f} s to list), "
+            f"{sum(map(len, plans[split]))} to build in {len(plans[split])} shards")
+    plan_file = work / "plan.json"
+    digests = {s: split_info[s]["plan_sha256"] for s in args.splits}
+    if plan_file.exists() and json.loads(plan_file.read_text()) != digests:
+        raise BuildError(f"the images under {src.root} changed since this build started in {out}; "
+                         "use another --out (or delete it) to start over")
+    atomic.write_json(plan_file, digests)
+
+    parts, todo = {}, []
+    for split in args.splits:
+        for i, shard in enumerate(plans[split]):
+            part = _finished(out, split, i)
+            if part is None:
+                todo.append((split, i, shard))
+            else:
+                parts[(split, i)] = part
+    if parts:
+        log(f"resuming: {len(parts)} shards already done, {len(todo)} to go")
+    total = sum(len(t[2]) for t in todo)
+    t_build = time.time()
+    with tqdm(total=total, unit="img", desc="shards", disable=not _progress_enabled(args.progress),
+              dynamic_ncols=True, smoothing=0.05) as bar:
+        for part in imap(build_shard, todo):
+            split, index = part["name"].split("-")[0], int(part["name"].split("-")[1][:6])
+            parts[(split, index)] = part
+            bar.update(part["planned"])
+    build_s = time.time() - t_build
+
+    manifest = {"format_version": FORMAT_VERSION, "settings": settings, "classes": src.wnids, "splits": {}}
+    for split in args.splits:
+        plist = [parts[(split, i)] for i in range(len(plans[split]))]
+        manifest["splits"][split] = {
+            "count": sum(p["count"] for p in plist),
+            "shards": [{k: p[k] for k in ("name", "count", "sha256", "bytes")} for p in plist],
+            "skipped": src.unlabelled[split] + [s for p in plist for s in p["skipped"]],
+            "converted": [c for p in plist for c in p["converted"]],
+            **split_info[split],
+        }
+    if "train" in args.splits:
+        sums = Sums.zeros()
+        for i in range(len(plans["train"])):
+            sums += Sums.load(work / "parts" / f"{shard_name('train', i)}.npz")
+        if sums.count:
+            save_stats(out / STATS, finalize(sums))
+            manifest["stats"] = {"file": STATS, "sha256": _sha256(out / STATS), "count": sums.count}
+    atomic.write_json(out / MANIFEST, manifest)  # last: from now on the build is complete
+    _summary(manifest, out, time.time() - t0, total, build_s, workers, log)
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _summary(m: dict, out: Path, seconds: float, built: int, build_s: float, workers: int, log) -> None:
+    log(f"done: {out} (layout {m['settings']['layout']}, quality {m['settings']['quality']})")
+    for split, s in m["splits"].items():
+        exp = f", expected {s['expected_count']} ({s['expected_from']})" if s["expected_count"] is not None else ""
+        log(f"  {split}: {s['count']} images in {len(s['shards'])} shards; {s['source_count']} in the source{exp}; "
+            f"{len(s['skipped'])} skipped, {len(s['converted'])} converted")
+        if "count_warning" in s:
+            log(f"    WARNING: {s['count_warning']}")
+        for k in s["skipped"]:
+            log(f"    skipped {k['path']}: {k['reason']}")
+    if "stats" in m:
+        log(f"  stats: {STATS} over {m['stats']['count']} training images")
+    rate = built / build_s if build_s > 0 else 0.0
+    log(f"  time {seconds:.1f} s; {built} images built at {rate:.1f} images/s "
+        f"({rate / workers:.1f} per worker, {workers} workers)")
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_prep.build_shards", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", required=True, help="directory with the official tarballs, train/ val/ folders, "
+                                                   "or the Kaggle tree")
+    p.add_argument("--out", required=True, help="shard directory (created; resumable)")
+    p.add_argument("--workers", type=int, default=0, help="processes; 0 = all cores available")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard")
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality of the re-encoded images")
+    p.add_argument("--limit", type=int, default=None,
+                   help="build at most N images per split (train: the first N of the fixed shuffle; val: first N by key)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the fixed training-shard shuffle")
+    p.add_argument("--splits", default="train,val", help="comma-separated splits to build")
+    p.add_argument("--layout", default="auto", choices=("auto", "official", "folder", "kaggle"),
+                   help="source layout; auto = detect")
+    p.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
+                   help="tqdm bar; auto = on a terminal and not under SLURM")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    bad = [s for s in args.splits if s not in SPLITS]
+    problems = ([f"--splits: unknown {bad}, choose from {SPLITS}"] if bad or not args.splits else []) \
+        + (["--shard-size must be >= 1"] if args.shard_size < 1 else []) \
+        + (["--quality must be 1..100"] if not 1 <= args.quality <= 100 else []) \
+        + (["--limit must be >= 1"] if args.limit is not None and args.limit < 1 else []) \
+        + (["--workers must be >= 0"] if args.workers < 0 else [])
+    if problems:
+        parser().error("; ".join(problems))
+    try:
+        build(args)
+    except (SourceError, BuildError) as e:
+        print(f"build_shards: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("build_shards: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""python -m data_prep.make_fixture: a small fake ImageNet in any of the three layouts.
+
+Each class has its own colour, stripe orientation and stripe frequency, with
+per-image phase, jitter and noise, so a CNN can learn it; images are real
+JPEGs of assorted sizes (180..500 px a side, any aspect ratio). The devkit
+numbers classes by an ILSVRC2012_ID permutation that is deliberately not
+sorted-WNID order, and its meta.mat has inner (non-leaf) synsets, as the real
+one does. ``--quirks`` adds ImageNet's odd files: a PNG named .JPEG, a CMYK
+JPEG, a greyscale JPEG, a palette PNG with transparency, a JPEG with
+extraneous bytes (a libjpeg warning), a large JPEG (decoded via draft), a
+truncated JPEG and a zero-byte file (the last two are unreadable), and a CMYK
+and a greyscale-PNG file in val.
+
+The same --seed gives the same image bytes under the same keys in every
+layout, so all three give identical shards. ``fixture.json`` at the top says
+what is there (labels, expected counts) for tests and the demo.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import csv
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from .devkit import DEVKIT_NAME, GROUND_TRUTH, META
+from .sources import KAGGLE_DATA, KAGGLE_MAPPING, KAGGLE_VAL, LAYOUTS, TRAIN_TAR, VAL_TAR
+
+# Real ILSVRC2012 classes (Imagenette's ten, then Imagewoof's ten); more classes get synthetic ids.
+REAL_WNIDS = {
+    "n01440764": "tench, Tinca tinca", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw, chainsaw", "n03028079": "church, church building", "n03394916": "French horn, horn",
+    "n03417042": "garbage truck, dustcart", "n03425413": "gas pump, gasoline pump", "n03445777": "golf ball",
+    "n03888605": "parachute, chute", "n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback",
+    "n02088364": "beagle", "n02089973": "English foxhound", "n02093754": "Border terrier",
+    "n02096294": "Australian terrier", "n02099601": "golden retriever", "n02105641": "Old English sheepdog",
+    "n02111889": "Samoyed, Samoyede", "n02115641": "dingo, warrigal, warragal, Canis dingo",
+}
+TRAIN_QUIRKS = ["png", "cmyk", "grey", "palette", "extraneous", "large", "truncated", "empty"]
+VAL_QUIRKS = ["cmyk", "grey_png"]
+UNREADABLE = {"truncated", "empty"}
+INNER_SYNSETS = 3  # non-leaf synsets in meta.mat, ids after the leaves
+
+
+def fixture_wnids(n: int) -> list[str]:
+    real = list(REAL_WNIDS)
+    return real[:n] + [f"n{99000000 + 7919 * i:08d}" for i in range(max(0, n - len(real)))]
+
+
+# ---- images ----------------------------------------------------------------------------
+def class_image(c: int, n_classes: int, rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
+    """An RGB image of class `c`: class colour and stripes, random size, phase and noise."""
+    w, h = size or (int(rng.integers(180, 501)), int(rng.integers(180, 501)))
+    short = min(w, h)
+    hue = (c / n_classes + rng.normal(0, 0.01)) % 1.0
+    base = np.array(colorsys.hsv_to_rgb(hue, 0.55 + 0.3 * ((c * 7) % 3) / 2, 0.75)) * 255
+    theta = (c * 0.61803398875 * np.pi) % np.pi + rng.normal(0, 0.05)
+    cycles = 3 + (c * 5) % 9  # stripes per shorter side
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) / short
+    wave = np.sin(2 * np.pi * cycles * (x * np.cos(theta) + y * np.sin(theta)) + rng.uniform(0, 2 * np.pi))
+    img = base[None, None, :] * (0.65 + 0.35 * wave[..., None]) + rng.normal(0, 1, 3) * 12
+    img += rng.normal(0, 10, (h, w, 1)) + rng.normal(0, 4, (h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def _jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def _png(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def image_bytes(kind: str, c: int, n_classes: int, rng: np.random.Generator) -> bytes:
+    """File contents of a normal image (kind 'jpeg') or of one of the quirks."""
+    if kind == "empty":
+        return b""
+    im = class_image(c, n_classes, rng, (1200, 900) if kind == "large" else None)
+    if kind in ("jpeg", "large"):
+        return _jpeg(im)
+    if kind == "png":
+        return _png(im)
+    if kind == "cmyk":
+        return _jpeg(im.convert("CMYK"))
+    if kind == "grey":
+        return _jpeg(im.convert("L"))
+    if kind == "grey_png":
+        return _png(im.convert("L"))
+    if kind == "palette":
+        p = im.quantize(64)
+        return _png(p, transparency=0)
+    if kind == "extraneous":
+        data = _jpeg(im)
+        return data[:-2] + b"\x00\x00\x00" + data[-2:]  # bytes before EOI: "Corrupt JPEG data" warning
+    if kind == "truncated":
+        data = _jpeg(im)
+        return data[: len(data) * 2 // 5]
+    raise ValueError(kind)
+
+
+# ---- the fake dataset --------------------------------------------------------------------
+def plan(classes: int, train_per_class: int, val_per_class: int, quirks: bool, seed: int) -> dict:
+    """What the fixture holds: keys, labels, kinds and ILSVRC2012_IDs; no bytes yet."""
+    rng = np.random.default_rng([seed, 0])
+    wnids = fixture_wnids(classes)
+    ids = np.arange(1, classes + 1)
+    while classes > 1 and np.array_equal(ids, np.arange(1, classes + 1)):
+        ids = rng.permutation(classes) + 1  # ILSVRC2012_ID of wnids[i]; never sorted-WNID order
+    ilsvrc_id = {w: int(i) for w, i in zip(wnids, ids)}
+    train = {}  # key -> (wnid, kind)
+    for c, w in enumerate(wnids):
+        for n in sorted(rng.choice(np.arange(1, 20000), train_per_class, replace=False)):
+            train[f"{w}_{n}"] = (w, "jpeg")
+    val_items = [(w, "jpeg") for w in wnids for _ in range(val_per_class)]
+    if quirks:
+        for q, kind in enumerate(TRAIN_QUIRKS):
+            w = wnids[q % classes]
+            train[f"{w}_{90001 + q}"] = (w, kind)
+        val_items += [(wnids[q % classes], kind) for q, kind in enumerate(VAL_QUIRKS)]
+    order = rng.permutation(len(val_items))
+    val = {f"ILSVRC2012_val_{i + 1:08d}": val_items[j] for i, j in enumerate(order)}
+    return {"seed": seed, "classes": sorted(wnids), "ilsvrc2012_id": ilsvrc_id, "train": train, "val": val}
+
+
+def _bytes_for(p: dict, split: str, key: str) -> bytes:
+    wnid, kind = p[split][key]
+    c = fixture_wnids(len(p["classes"])).index(wnid)
+    digits = int("".join(ch for ch in key if ch.isdigit()) or 0)
+    rng = np.random.default_rng([p["seed"], 1 if split == "train" else 2, c, digits])
+    return image_bytes(kind, c, len(p["classes"]), rng)
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(data), 1_338_000_000, 0o644
+            tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _meta_mat(p: dict, counts: dict[str, int]) -> bytes:
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images"]
+    n = len(p["classes"])
+    by_id = sorted(p["ilsvrc2012_id"].items(), key=lambda kv: kv[1])
+    rows = [(i, w, REAL_WNIDS.get(w, f"synthetic class {w}"), "a fixture class", 0, np.zeros((0,), np.uint8), 0,
+             counts[w]) for w, i in by_id]
+    for k in range(INNER_SYNSETS):  # inner nodes: ids after the leaves, children among the leaves
+        kids = np.array([i for _, i in by_id][k::INNER_SYNSETS], np.uint16)
+        rows.append((n + 1 + k, f"n{98000000 + k:08d}", f"inner node {k}", "a fixture inner synset", len(kids),
+                     kids, 1 + k, int(sum(counts[w] for w, i in by_id if i in kids))))
+    arr = np.empty((len(rows), 1), dtype=[(f, "O") for f in fields])
+    for r, row in enumerate(rows):
+        arr[r, 0] = row
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"synsets": arr})
+    return buf.getvalue()
+
+
+def _devkit(p: dict) -> bytes:
+    counts = {w: 0 for w in p["classes"]}
+    for w, _ in p["train"].values():
+        counts[w] += 1
+    truth = "".join(f"{p['ilsvrc2012_id'][p['val'][k][0]]}\n" for k in sorted(p["val"]))
+    raw = _tar_bytes([(f"ILSVRC2012_devkit_t12/{META}", _meta_mat(p, counts)),
+                      (f"ILSVRC2012_devkit_t12/{GROUND_TRUTH}", truth.encode())])
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        gz.write(raw)
+    return buf.getvalue()
+
+
+def make_fixture(out, layout: str, classes: int, train_per_class: int, val_per_class: int,
+                 quirks: bool = False, seed: int = 0) -> dict:
+    """Write the fixture under `out`; returns (and writes to out/fixture.json) its description."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}")
+    if classes < 1 or train_per_class < 0 or val_per_class < 0:
+        raise ValueError("need classes >= 1 and non-negative image counts")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = plan(classes, train_per_class, val_per_class, quirks, seed)
+    rng = np.random.default_rng([seed, 3])
+    files = {s: {k: _bytes_for(p, s, k) for k in sorted(p[s])} for s in ("train", "val")}
+    name = lambda k: f"{k}.JPEG"  # noqa: E731  (ImageNet names every file .JPEG, PNGs included)
+
+    if layout == "official":
+        inner = []
+        for w in p["classes"]:
+            keys = [k for k in files["train"] if p["train"][k][0] == w]
+            keys = [keys[i] for i in rng.permutation(len(keys))]
+            inner.append((f"{w}.tar", _tar_bytes([(name(k), files["train"][k]) for k in keys])))
+        inner = [inner[i] for i in rng.permutation(len(inner))]
+        (out / TRAIN_TAR).write_bytes(_tar_bytes(inner))
+        vkeys = sorted(files["val"])
+        vkeys = [vkeys[i] for i in rng.permutation(len(vkeys))]  # member order is not name order
+        (out / VAL_TAR).write_bytes(_tar_bytes([(name(k), files["val"][k]) for k in vkeys]))
+        (out / DEVKIT_NAME).write_bytes(_devkit(p))
+    else:
+        top = out / KAGGLE_DATA if layout == "kaggle" else out
+        for k, data in files["train"].items():
+            d = top / "train" / p["train"][k][0]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / name(k)).write_bytes(data)
+        for k, data in files["val"].items():
+            d = top / "val" / (p["val"][k][0] if layout == "folder" else "")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / name(k)).write_bytes(data)
+        (top / "val").mkdir(parents=True, exist_ok=True)
+        if layout == "kaggle":
+            (out / KAGGLE_MAPPING).write_text(
+                "".join(f"{w} {REAL_WNIDS.get(w, 'synthetic class ' + w)}\n" for w in p["classes"]))
+            vkeys = sorted(p["val"])
+            with open(out / KAGGLE_VAL, "w", newline="") as f:
+                wr = csv.writer(f)
+                wr.writerow(["ImageId", "PredictionString"])
+                for i in rng.permutation(len(vkeys)):
+                    k = vkeys[i]
+                    wr.writerow([k, f"{p['val'][k][0]} 10 12 150 160 "])
+
+    desc = {
+        "layout": layout, "seed": seed, "classes": p["classes"], "ilsvrc2012_id": p["ilsvrc2012_id"],
+        "labels": {s: {k: p[s][k][0] for k in sorted(p[s])} for s in ("train", "val")},
+        "quirks": {s: {k: p[s][k][1] for k in sorted(p[s]) if p[s][k][1] != "jpeg"} for s in ("train", "val")},
+        "unreadable": {s: sorted(k for k in p[s] if p[s][k][1] in UNREADABLE) for s in ("train", "val")},
+    }
+    desc["expected_count"] = {s: len(p[s]) - len(desc["unreadable"][s]) for s in ("train", "val")}
+    (out / "fixture.json").write_text(json.dumps(desc, indent=1) + "\n")
+    return desc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m data_prep.make_fixture", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--layout", required=True, choices=LAYOUTS)
+    ap.add_argument("--classes", type=int, default=5)
+    ap.add_argument("--train-per-class", type=int, default=6)
+    ap.add_argument("--val-per-class", type=int, default=2)
+    ap.add_argument("--quirks", action="store_true", help="add ImageNet's odd files")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    d = make_fixture(a.out, a.layout, a.classes, a.train_per_class, a.val_per_class, a.quirks, a.seed)
+    print(f"wrote {a.out} ({a.layout}): {len(d['classes'])} classes, "
+          f"{len(d['labels']['train'])} train and {len(d['labels']['val'])} val files "
+          f"({sum(map(len, d['unreadable'].values()))} unreadable on purpose)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""manifest.json: what a shard directory holds, and how to check it later.
+
+::
+
+    {"format_version": 1,
+     "settings": {...everything that changes the bytes: source, layout, quality, shard_size,
+                  seed, limit, splits, image pipeline, Pillow version...},
+     "classes": ["n01440764", ...],           # index -> wnid, sorted WNID order
+     "splits": {"train": {"count": N, "shards": [{"name", "count", "sha256", "bytes"}],
+                          "skipped": [{"key", "path", "reason"}],
+                          "converted": [{"key", "path", "notes"}],
+                          "source_count": M, "expected_count": E, "expected_from": "...",
+                          "plan_sha256": "..."}, "val": {...}},
+     "stats": {"file": "stats.npz", "sha256": "...", "count": N}}
+
+It carries no timings or worker counts, so the same source and settings give
+the same manifest. Readers: :func:`load_manifest`, :func:`shard_paths`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STATS = "stats.npz"
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def load_manifest(directory: Path | str) -> dict:
+    path = Path(directory) / MANIFEST
+    with open(path) as f:
+        m = json.load(f)
+    if m.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {m.get('format_version')}, this code reads {FORMAT_VERSION}")
+    return m
+
+
+def shard_paths(directory: Path | str, split: str) -> list[str]:
+    """The shard files of `split`, in order (e.g. for ``webdataset.WebDataset``)."""
+    m = load_manifest(directory)
+    return [str(Path(directory) / s["name"]) for s in m["splits"][split]["shards"]]

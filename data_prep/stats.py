@@ -1,0 +1,100 @@
+"""Training-set statistics, accumulated exactly: the mean image and the RGB covariance/PCA.
+
+The paper subtracts the mean image (256x256x3) and adds PCA colour noise from
+the eigenvectors/eigenvalues of the 3x3 RGB covariance over all training
+pixels. Both are taken here over the decoded, resized 256x256 pixels (before
+JPEG re-encoding), in one pass with the shard build.
+
+Exactness: per shard, integer sums in int64 (per-position pixel sums, and the
+RGB cross-products summed over all pixels; full ImageNet stays below 2^63:
+1.28e6 * 65536 * 255^2 ~ 5.5e18). Shard sums add up in any order to the same
+integers, so the result does not depend on how many workers ran. Only the
+final mean/covariance are divided, from exact Python integers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+
+SIZE = 256
+STATS_KEYS = ("mean_image", "rgb_mean", "rgb_cov", "eigval", "eigvec", "count")
+
+
+@dataclass
+class Sums:
+    count: int
+    pixel_sum: np.ndarray  # (256, 256, 3) int64: sum over images of each position
+    outer_sum: np.ndarray  # (3, 3) int64: sum over all pixels of rgb rgb^T
+
+    @classmethod
+    def zeros(cls, size: int = SIZE) -> "Sums":
+        return cls(0, np.zeros((size, size, 3), np.int64), np.zeros((3, 3), np.int64))
+
+    def add(self, pixels: np.ndarray) -> None:
+        """Add one (H, W, 3) uint8 image."""
+        np.add(self.pixel_sum, pixels, out=self.pixel_sum)
+        x = np.ascontiguousarray(pixels.reshape(-1, 3).T).astype(np.float64)
+        # Exact in float64: one image's sums stay below 2^53 (65536 * 255^2 ~ 4.3e9).
+        self.outer_sum += (x @ x.T).astype(np.int64)
+        self.count += 1
+
+    def __iadd__(self, other: "Sums") -> "Sums":
+        self.count += other.count
+        self.pixel_sum += other.pixel_sum
+        self.outer_sum += other.outer_sum
+        return self
+
+    def save(self, path: Path) -> None:
+        with atomic.atomic_open(path) as f:
+            np.savez_compressed(f, count=np.int64(self.count), pixel_sum=self.pixel_sum, outer_sum=self.outer_sum)
+
+    @classmethod
+    def load(cls, path: Path) -> "Sums":
+        with np.load(path) as z:
+            return cls(int(z["count"]), z["pixel_sum"].astype(np.int64), z["outer_sum"].astype(np.int64))
+
+
+def pca(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns), each column's largest-magnitude entry positive."""
+    val, vec = np.linalg.eigh(cov)
+    order = np.argsort(val)[::-1]
+    val, vec = val[order], vec[:, order]
+    signs = np.sign(vec[np.argmax(np.abs(vec), axis=0), np.arange(vec.shape[1])])
+    return val, vec * np.where(signs == 0, 1, signs)
+
+
+def finalize(s: Sums) -> dict[str, np.ndarray]:
+    """The stats.npz arrays (DESIGN.md contract) from exact sums."""
+    if s.count == 0:
+        raise ValueError("no training images: statistics are undefined")
+    n_pix = s.count * s.pixel_sum.shape[0] * s.pixel_sum.shape[1]
+    s1 = [int(v) for v in s.pixel_sum.sum(axis=(0, 1))]
+    s2 = [[int(v) for v in row] for row in s.outer_sum]
+    # cov_ij = (n * S2_ij - S1_i * S1_j) / n^2, numerator exact in Python integers.
+    cov = np.array([[(n_pix * s2[i][j] - s1[i] * s1[j]) / (n_pix * n_pix) for j in range(3)] for i in range(3)])
+    eigval, eigvec = pca(cov)
+    return {
+        "mean_image": (s.pixel_sum / s.count).astype(np.float32),
+        "rgb_mean": np.array([v / n_pix for v in s1]),
+        "rgb_cov": cov,
+        "eigval": eigval,
+        "eigvec": eigvec,
+        "count": np.int64(s.count),
+    }
+
+
+def save_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
+    """Write stats.npz atomically; uncompressed np.savez is byte-deterministic."""
+    with atomic.atomic_open(path) as f:
+        np.savez(f, **{k: stats[k] for k in STATS_KEYS})
+
+
+def load_stats(path: Path | str) -> dict[str, np.ndarray]:
+    """stats.npz as a dict: mean_image (256,256,3) float32 0-255, rgb_mean (3,), rgb_cov (3,3),
+    eigval (3,) descending, eigvec (3,3) eigenvectors as columns, count (int)."""
+    with np.load(path) as z:
+        return {k: z[k] for k in STATS_KEYS}
