@@ -1,0 +1,65 @@
+"""Per-pixel work on the device, batched: float conversion, PCA colour noise,
+and subtraction of the mean image cut at each sample's crop window.
+
+The workers have already cut each crop (at y, x, maybe mirrored); the mean
+image is cut and mirrored the same way here, which is the same as subtracting
+it from the 256x256 image before cropping, as the paper describes (section 2).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repro.config import AugmentConfig
+
+
+class Normalizer:
+    def __init__(self, stats_path: str | Path, cfg: AugmentConfig, device: torch.device):
+        stats = np.load(stats_path)
+        self.cfg = cfg
+        self.device = device
+        mean_image = torch.from_numpy(np.asarray(stats["mean_image"], dtype=np.float32))
+        if cfg.mean == "rgb":
+            mean_image = mean_image.mean(dim=(0, 1), keepdim=True).expand_as(mean_image)
+        elif cfg.mean == "none":
+            mean_image = torch.zeros_like(mean_image)
+        self.mean_image = mean_image.permute(2, 0, 1).contiguous().to(device)  # 3,256,256
+        eigval = torch.as_tensor(np.asarray(stats["eigval"], dtype=np.float64))
+        eigvec = torch.as_tensor(np.asarray(stats["eigvec"], dtype=np.float64))  # columns
+        # The paper writes alpha_i * lambda_i; the author's code scales by sqrt(lambda_i),
+        # the standard deviation along each principal axis (PAPER_NOTES: "PCA magnitude").
+        scale = eigval.clamp(min=0).sqrt() if cfg.pca_scale == "sqrt_eigval" else eigval
+        self.pca_basis = (eigvec * scale).float().to(device)  # column i = p_i * scale_i
+
+    def mean_crops(self, ys: torch.Tensor, xs: torch.Tensor, flips: torch.Tensor,
+                   size: int) -> torch.Tensor:
+        """(B,3,size,size): the mean image cut at each window, mirrored where flipped."""
+        offsets = torch.arange(size, device=self.device)
+        rows = ys.to(self.device)[:, None] + offsets                          # B,size
+        flips = flips.to(self.device)[:, None].bool()
+        cols = xs.to(self.device)[:, None] + torch.where(flips, size - 1 - offsets, offsets)
+        return self.mean_image[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
+
+    def pca_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n,3) RGB offsets, one per image: sum_i p_i * alpha_i * scale_i, alpha ~ N(0, std)."""
+        alpha = torch.randn(n, 3, generator=generator, device=self.device) * self.cfg.pca_std
+        return alpha @ self.pca_basis.T
+
+    def __call__(self, images: torch.Tensor, ys, xs, flips, generator: torch.Generator | None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 crops (B,3,S,S) -> model input in 0-255 units minus the mean image
+        (+ PCA noise when a generator is given, i.e. in training)."""
+        x = images.to(self.device, non_blocking=True).float()
+        x = x - self.mean_crops(ys, xs, flips, x.shape[-1])
+        if generator is not None and self.cfg.pca_std > 0:
+            x = x + self.pca_noise(x.shape[0], generator)[:, :, None, None]
+        return x.to(dtype)
+
+
+def step_generator(device: torch.device, *keys: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch, step, rank...): no state to save for resume."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1))
+    return g

@@ -1,0 +1,208 @@
+"""Streaming the WebDataset shards: exact-once epochs across DDP ranks and loader workers.
+
+Each epoch the shards are put in a seeded order and read as one sequence of N
+samples. Rank r owns the contiguous slice [N*r/W, N*(r+1)/W) (sizes differ by
+at most one), cut into batches of the per-rank batch size; every batch is full
+except the rank's last. Loader workers own contiguous runs of those batches,
+and torch's DataLoader returns them round-robin, so the order is a function of
+(seed, epoch, world size, workers) alone. Each worker passes its samples
+through a seeded webdataset shuffle buffer, draws every sample's crop and flip
+from its own seeded RNG, and only then skips what a resumed run has already
+trained on, so a resume replays exactly the same stream. Workers decode and
+cut the crop (CPU Pillow path); per-pixel float work happens on the device
+(repro.augment).
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from webdataset.tariterators import tarfile_samples
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    count: int
+
+
+def read_manifest(shards_dir: str | Path) -> dict:
+    path = Path(shards_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest.json; build shards with "
+                                f"`python -m data_prep.build_shards --source ... --out {shards_dir}`")
+    return json.loads(path.read_text())
+
+
+def split_shards(shards_dir: str | Path, split: str) -> list[Shard]:
+    manifest = read_manifest(shards_dir)
+    entries = manifest["splits"][split]["shards"]
+    if not entries:
+        raise ValueError(f"{shards_dir}: manifest lists no {split} shards")
+    return [Shard(str(Path(shards_dir) / e["name"]), int(e["count"])) for e in entries]
+
+
+def even_range(n: int, parts: int, i: int) -> tuple[int, int]:
+    return n * i // parts, n * (i + 1) // parts
+
+
+def segments(shards: list[Shard], start: int, stop: int) -> list[tuple[str, int, int]]:
+    """The pieces (path, first, last+1) of shards that cover sequence positions [start, stop)."""
+    out, offset = [], 0
+    for shard in shards:
+        lo, hi = max(start, offset), min(stop, offset + shard.count)
+        if lo < hi:
+            out.append((shard.path, lo - offset, hi - offset))
+        offset += shard.count
+    return out
+
+
+def worker_batch_counts(num_batches: int, workers: int) -> list[int]:
+    return [even_range(num_batches, workers, w)[1] - even_range(num_batches, workers, w)[0]
+            for w in range(workers)]
+
+
+def round_robin(counts: list[int], done: int) -> tuple[list[int], int]:
+    """The DataLoader cycles over its workers, passing over exhausted ones. After it has
+    yielded `done` batches: how many came from each worker, and which worker is next."""
+    taken, w = [0] * len(counts), 0
+    while done > 0:
+        if taken[w] < counts[w]:
+            taken[w] += 1
+            done -= 1
+        w = (w + 1) % len(counts)
+    while sum(taken) < sum(counts) and taken[w] == counts[w]:
+        w = (w + 1) % len(counts)
+    return taken, w
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one rank reads in one epoch, and how."""
+    shards: tuple[Shard, ...]
+    epoch: int
+    seed: int
+    rank: int
+    world: int
+    batch_size: int          # per rank
+    workers: int             # >= 1 logical streams (DataLoader workers, or 1 in-process)
+    crop: str                # random | center | none
+    crop_size: int
+    flip: bool
+    shuffle: bool
+    shuffle_buffer: int
+    skip_batches: int = 0    # batches this rank already trained on (resume)
+    limit: int = 0           # 0 = every sample; else the first `limit` of the sequence
+
+    def ordered_shards(self) -> list[Shard]:
+        shards = list(self.shards)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
+            shards = [shards[i] for i in order]
+        return shards
+
+    @property
+    def total(self) -> int:
+        n = sum(s.count for s in self.shards)
+        return min(n, self.limit) if self.limit else n
+
+    def rank_range(self) -> tuple[int, int]:
+        return even_range(self.total, self.world, self.rank)
+
+    @property
+    def num_batches(self) -> int:
+        lo, hi = self.rank_range()
+        return -(-(hi - lo) // self.batch_size)
+
+    @property
+    def steps(self) -> int:
+        """Batches per rank per epoch, the same on every rank: slices differ by at most one
+        sample, so a rank with one fewer ends on a batch one smaller (or an empty one)."""
+        largest = -(-self.total // self.world)
+        return -(-largest // self.batch_size)
+
+    def worker_stream(self, w: int):
+        """Worker w's samples: (image tensor, label, crop y, crop x, flipped) tuples."""
+        lo, hi = self.rank_range()
+        counts = worker_batch_counts(self.num_batches, self.workers)
+        first_batch = sum(counts[:w])
+        start = lo + first_batch * self.batch_size
+        stop = min(hi, start + counts[w] * self.batch_size)
+        pieces = segments(self.ordered_shards(), start, stop)
+        samples = itertools.chain.from_iterable(
+            itertools.islice(tarfile_samples([{"url": path}]), a, b) for path, a, b in pieces)
+        stream_seed = [self.seed, self.epoch, self.rank, w]
+        if self.shuffle and self.shuffle_buffer > 1:
+            samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
+                                          rng=random.Random(str(stream_seed)))(samples)
+        rng = np.random.default_rng(stream_seed)
+        samples = ((s, self._window(rng)) for s in samples)
+        skip = round_robin(counts, self.skip_batches)[0][w] * self.batch_size
+        for sample, (y, x, flipped) in itertools.islice(samples, skip, None):
+            yield decode_crop(sample["jpg"], y, x, self.crop_size if self.crop != "none" else 0,
+                              flipped), int(sample["cls"]), y, x, flipped
+
+    def _window(self, rng: np.random.Generator) -> tuple[int, int, bool]:
+        # Drawn for every sample, skipped or not, so that a resume sees the same draws.
+        y, x = rng.integers(0, 2 ** 31, size=2)
+        flipped = bool(rng.integers(0, 2))
+        if self.crop == "random":
+            span = STORED - self.crop_size + 1
+            return int(y % span), int(x % span), self.flip and flipped
+        if self.crop == "center":
+            c = (STORED - self.crop_size) // 2
+            return c, c, False
+        return 0, 0, False
+
+
+STORED = 256  # shard images are 256x256 (data_prep contract); checked on decode
+
+
+def decode_crop(jpeg: bytes, y: int, x: int, size: int, flipped: bool) -> torch.Tensor:
+    """JPEG bytes -> uint8 CHW tensor of the size x size window at (y, x), mirrored if asked.
+    size 0 keeps the whole image."""
+    with Image.open(io.BytesIO(jpeg)) as img:
+        img = img.convert("RGB")
+        if img.size != (STORED, STORED):
+            raise ValueError(f"shard image is {img.size}, expected {STORED}x{STORED}")
+        if size:
+            img = img.crop((x, y, x + size, y + size))
+        if flipped:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+class _WorkerStreams(torch.utils.data.IterableDataset):
+    """Yields batches: worker w (of the DataLoader) batches its own stream."""
+
+    def __init__(self, plan: EpochPlan):
+        self.plan = plan
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        # A resumed DataLoader starts its cycle at worker 0: rotate the streams so that
+        # worker 0 serves the stream whose batch comes next.
+        counts = worker_batch_counts(self.plan.num_batches, self.plan.workers)
+        first = round_robin(counts, self.plan.skip_batches)[1]
+        w = ((info.id if info is not None else 0) + first) % self.plan.workers
+        stream = self.plan.worker_stream(w)
+        while batch := list(itertools.islice(stream, self.plan.batch_size)):
+            images, labels, ys, xs, flips = zip(*batch)
+            yield (torch.stack(images), torch.tensor(labels), torch.tensor(ys),
+                   torch.tensor(xs), torch.tensor(flips))
+
+
+def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches (uint8 images B,3,H,W; labels; crop ys; crop xs; flips) in the plan's order."""
+    workers = plan.workers if plan.workers > 1 else 0  # 1 stream: read in-process
+    return torch.utils.data.DataLoader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
+                                       pin_memory=pin_memory,
+                                       prefetch_factor=4 if workers else None)

@@ -1,0 +1,58 @@
+"""Process-group setup from torchrun's or SLURM's environment variables
+(the torchvision references' init_distributed_mode, reduced to what we use)."""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device_kind: str) -> Dist:
+    """device_kind 'cuda' -> NCCL, one GPU per local rank; 'cpu' -> gloo."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:           # torchrun, or srun with env:// set up
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", 0))
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:  # srun tasks
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local = int(env.get("SLURM_LOCALID", 0))
+        env.setdefault("MASTER_PORT", "29500")
+        if "MASTER_ADDR" not in env:
+            raise RuntimeError("SLURM launch with several tasks needs MASTER_ADDR "
+                               "(slurm/train.sbatch exports it from the first node's name)")
+    else:
+        return Dist()
+    if world == 1:
+        return Dist()
+    if device_kind == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(minutes=30))
+    return Dist(rank, world, local)
+
+
+def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def shutdown(d: Dist) -> None:
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()

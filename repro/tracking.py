@@ -1,0 +1,79 @@
+"""Run records: metrics.jsonl always (one JSON object per event), W&B when enabled.
+
+W&B never fails a run: if it cannot start (no network, no key) the run goes on
+with metrics.jsonl alone and says so. The W&B run id is kept in the run
+directory, so a resumed or requeued job continues the same W&B run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_context() -> dict:
+    return {"git_commit": git_commit(), "argv": sys.argv,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            "host": os.uname().nodename}
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, config: dict, mode: str, project: str, entity: str = ""):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.wandb = None
+        context = run_context()
+        self.log({"event": "start", **context})
+        if mode == "disabled":
+            return
+        id_file = Path(run_dir) / "wandb_id.txt"
+        try:
+            import wandb
+            run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+            id_file.write_text(run_id)
+            self.wandb = wandb.init(project=project, entity=entity or None, id=run_id,
+                                    resume="allow", dir=str(run_dir), mode=mode,
+                                    config=config | {"run": context})
+            self.wandb.summary["restart_count"] = context["restart_count"]
+            self.log({"event": "wandb", "id": run_id, "mode": mode})
+        except Exception as e:  # noqa: BLE001 - any failure here must not stop training
+            warnings.warn(f"W&B logging disabled for this run: {e}")
+            self.log({"event": "wandb", "error": str(e)})
+            self.wandb = None
+
+    def log(self, record: dict, step: int | None = None) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None and record.get("event") in ("train", "val", "epoch"):
+            metrics = {f"{record['event']}/{k}": v for k, v in record.items()
+                       if isinstance(v, (int, float)) and k not in ("time",)}
+            try:
+                self.wandb.log(metrics, step=step)
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"W&B log failed, continuing: {e}")
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.wandb is not None:
+            try:
+                self.wandb.finish(exit_code=exit_code)
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"W&B finish failed: {e}")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

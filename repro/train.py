@@ -1,0 +1,319 @@
+"""`repro train`: the paper's recipe (section 5) on 1..N processes, resumable exactly.
+
+Everything random is derived from (seed, epoch, step, rank): the loader's
+stream (repro.data), the PCA noise and the dropout masks are re-seeded every
+step, so a checkpoint needs only the weights, the optimizer, the schedule and
+the position (epoch, step) to continue bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from repro import checkpoint, distributed
+from repro.augment import Normalizer, step_generator
+from repro.config import Config, model_kwargs
+from repro.data import EpochPlan, even_range, loader, read_manifest, split_shards
+from repro.evaluate import topk_correct
+from repro.model import build_model
+from repro.optim import PaperSGD, param_groups
+from repro.schedule import Schedule
+from repro.tracking import Tracker
+
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: a checkpoint was written on SIGUSR1/SIGTERM; run again to resume
+EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint is kept
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def pick_device(kind: str, local_rank: int = 0) -> torch.device:
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = param_groups(model, o.weight_decay, o.decay_biases)
+    if o.name == "paper_sgd":
+        return PaperSGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def check_classes(cfg: Config, manifest: dict, data_dir: Path) -> None:
+    n = len(manifest["classes"])
+    if n != cfg.model.num_classes:
+        raise SystemExit(f"{data_dir}/manifest.json has {n} classes but model.num_classes = "
+                         f"{cfg.model.num_classes}; set model.num_classes={n}")
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM (SLURM's warning before a time limit or preemption)."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+
+def seed_dropout(*keys: int) -> None:
+    torch.manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1))
+
+
+def rank_batch_size(plan: EpochPlan, rank: int, step: int) -> int:
+    lo, hi = even_range(plan.total, plan.world, rank)
+    return max(0, min(plan.batch_size, hi - lo - step * plan.batch_size))
+
+
+def make_plan(cfg: Config, shards, split: str, epoch: int, d, skip: int = 0) -> EpochPlan:
+    train = split == "train"
+    batch = cfg.data.batch_size if train else cfg.data.val_batch_size
+    return EpochPlan(shards=tuple(shards), epoch=epoch, seed=cfg.train.seed, rank=d.rank,
+                     world=d.world, batch_size=batch // d.world if train else batch,
+                     workers=max(1, cfg.data.workers),
+                     crop="random" if train and cfg.augment.random_crop else "center",
+                     crop_size=cfg.data.crop_size, flip=train and cfg.augment.flip,
+                     shuffle=train, shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=skip,
+                     limit=cfg.data.val_limit if not train else 0)
+
+
+def train_step(net, optimizer, x, labels, world: int, global_n: int, autocast=nullcontext()):
+    """One SGD step on this rank's share of a global batch of `global_n` images.
+    Returns this rank's (summed loss, correct count) as device tensors."""
+    with autocast:
+        logits = net(x)
+    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+    optimizer.zero_grad(set_to_none=True)
+    # The gradient of the mean over the global batch; DDP averages over ranks, hence * world.
+    (loss_sum * (world / global_n)).backward()
+    optimizer.step()
+    return loss_sum.detach(), (logits.argmax(1) == labels).sum().float()
+
+
+@torch.no_grad()
+def validate(model, cfg: Config, shards, normalizer: Normalizer, d, device, autocast) -> dict:
+    """Centre-crop top-1/top-5 error over the val split (each rank its slice)."""
+    model.eval()
+    plan = make_plan(cfg, shards, "val", 0, d)
+    totals = np.zeros(3)
+    for images, labels, ys, xs, flips in loader(plan, pin_memory=device.type == "cuda"):
+        x = normalizer(images, ys, xs, flips, None)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(x)
+        c1, c5 = topk_correct(logits.float(), labels.to(device), (1, 5))
+        totals += (c1, c5, len(labels))
+    c1, c5, n = distributed.all_sum(totals.tolist(), d, device)
+    model.train()
+    return {"top1_err": 100 * (1 - c1 / n), "top5_err": 100 * (1 - c5 / n), "n": int(n)}
+
+
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
+    """Train (or resume) into run_dir; returns the process exit status."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    d = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
+    device = pick_device(cfg.train.device, d.local_rank)
+    if cfg.data.batch_size % d.world:
+        raise SystemExit(f"data.batch_size = {cfg.data.batch_size} is not divisible by the "
+                         f"world size {d.world}")
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    manifest = read_manifest(data_dir)
+    check_classes(cfg, manifest, data_dir)
+    train_shards, val_shards = split_shards(data_dir, "train"), split_shards(data_dir, "val")
+    normalizer = Normalizer(data_dir / "stats.npz", cfg.augment, device)
+
+    model = build_model(model_kwargs(cfg)).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    schedule = Schedule(cfg.schedule, cfg.optim.lr)
+    epoch, first_step, global_step, best = 0, 0, 0, float("inf")
+
+    ckpt_path = checkpoint.latest(run_dir)
+    if ckpt_path is not None:
+        state = checkpoint.load(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        epoch, first_step, global_step = state["epoch"], state["step"], state["global_step"]
+        best = state["best_top1_err"]
+        if state.get("world_size", d.world) != d.world and first_step:
+            print(f"warning: checkpoint was written with world size {state['world_size']}, now "
+                  f"{d.world}: restarting epoch {epoch} from its beginning", file=sys.stderr)
+            first_step = 0
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    tracker = Tracker(run_dir, cfg.to_dict(), cfg.logging.wandb, cfg.logging.project,
+                      cfg.logging.entity) if d.is_main else None
+    if tracker and ckpt_path is not None:
+        tracker.log({"event": "resume", "checkpoint": str(ckpt_path), "epoch": epoch,
+                     "step": first_step, "global_step": global_step})
+
+    net = model
+    if d.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if cfg.train.precision == "bf16" else nullcontext())
+    stop = StopFlag()
+    last_save = time.monotonic()
+    show_bar = cfg.logging.progress == "bar" or (
+        cfg.logging.progress == "auto" and sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ)
+
+    def save(next_epoch: int, next_step: int, is_best: bool = False) -> None:
+        nonlocal last_save
+        last_save = time.monotonic()
+        if not d.is_main:
+            return
+        path = checkpoint.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "config": cfg.to_dict(), "epoch": next_epoch,
+            "step": next_step, "global_step": global_step, "best_top1_err": best,
+            "world_size": d.world, "classes": manifest["classes"],
+        }, run_dir / "checkpoints", cfg.checkpoint.keep_last, is_best)
+        tracker.log({"event": "checkpoint", "path": str(path), "epoch": next_epoch,
+                     "step": next_step, "global_step": global_step})
+
+    try:
+        while epoch < cfg.schedule.epochs:
+            plan = make_plan(cfg, train_shards, "train", epoch, d, skip=first_step)
+            if cfg.data.steps_per_epoch:
+                plan_steps = min(plan.steps, cfg.data.steps_per_epoch)
+            else:
+                plan_steps = plan.steps
+            batches = iter(loader(plan, pin_memory=device.type == "cuda"))
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr
+            window = np.zeros(3)        # loss sum, correct, count since the last log line
+            t_window = time.perf_counter()
+            pending = None              # the previous step's all-reduced stats (read one step late)
+            bar = tqdm(total=plan_steps, initial=first_step, desc=f"epoch {epoch}",
+                       disable=not (show_bar and d.is_main), dynamic_ncols=True)
+            for step in range(first_step, plan_steps):
+                batch = next(batches, None)
+                if batch is None:       # this rank's slice is one sample short: an empty batch
+                    s = cfg.data.crop_size
+                    batch = (torch.zeros(0, 3, s, s, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                             torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                             torch.zeros(0, dtype=torch.bool))
+                images, labels, ys, xs, flips = batch
+                labels = labels.to(device, non_blocking=True)
+                seed_dropout(cfg.train.seed, epoch, step, d.rank)
+                x = normalizer(images, ys, xs, flips,
+                               step_generator(device, cfg.train.seed, epoch, step, d.rank))
+                if cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                global_n = sum(rank_batch_size(plan, r, step) for r in range(d.world))
+                loss_sum, correct = train_step(net, optimizer, x, labels, d.world, global_n,
+                                               autocast)
+                global_step += 1
+                save_due = d.is_main and (
+                    time.monotonic() - last_save > 60 * cfg.checkpoint.every_minutes)
+                stats = torch.cat([
+                    torch.stack([loss_sum, correct]),
+                    torch.tensor([len(labels), stop.raised, save_due], dtype=torch.float32,
+                                 device=device)])
+                if d.world > 1:
+                    torch.distributed.all_reduce(stats)
+                # Stats are read one step late so the host never waits for the device,
+                # except at log lines and when a flag (stop, save) asks for it. Every
+                # decision comes from all-reduced values, so all ranks agree on it.
+                flags = np.zeros(2)
+                if pending is not None:
+                    flags += settle(pending, window, epoch, step - 1)
+                pending = stats
+                log_now = step == plan_steps - 1 or (step + 1) % cfg.train.log_every == 0
+                if log_now or flags.any():
+                    flags += settle(pending, window, epoch, step)
+                    pending = None
+                if log_now:
+                    bar.update(step + 1 - bar.n)
+                    if d.is_main and window[2]:
+                        log_train(tracker, bar, show_bar, window, time.perf_counter() - t_window,
+                                  epoch, step, plan_steps, global_step, schedule.lr, device)
+                    window[:] = 0
+                    t_window = time.perf_counter()
+                if flags.any():
+                    save(epoch, step + 1)
+                if flags[0]:
+                    if tracker:
+                        tracker.log({"event": "preempted", "epoch": epoch, "step": step + 1})
+                        tracker.finish(EXIT_PREEMPTED)
+                    print(f"stop requested: checkpoint written at epoch {epoch} step {step + 1}; "
+                          f"exiting with status {EXIT_PREEMPTED} (run the same command to resume)",
+                          flush=True)
+                    return EXIT_PREEMPTED
+            bar.close()
+            val = validate(net, cfg, val_shards, normalizer, d, device, autocast)
+            is_best = val["top1_err"] < best
+            best = min(best, val["top1_err"])
+            lr_used = schedule.lr
+            schedule.step(epoch, val["top1_err"])
+            epoch, first_step = epoch + 1, 0
+            if tracker:
+                tracker.log({"event": "val", "epoch": epoch, "global_step": global_step,
+                             "lr": lr_used, "next_lr": schedule.lr, **val}, step=global_step)
+                print(f"epoch {epoch - 1} val top-1 {val['top1_err']:.2f}% top-5 "
+                      f"{val['top5_err']:.2f}% (n={val['n']}) lr {lr_used:g} -> {schedule.lr:g}",
+                      flush=True)
+            save(epoch, 0, is_best)
+    except NonFiniteLoss as e:
+        print(f"error: {e}; the last good checkpoint is kept in {run_dir / 'checkpoints'}",
+              file=sys.stderr, flush=True)
+        if tracker:
+            tracker.log({"event": "nonfinite", "message": str(e)})
+            tracker.finish(EXIT_NONFINITE)
+        return EXIT_NONFINITE
+    finally:
+        distributed.shutdown(d)
+    if tracker:
+        tracker.log({"event": "done", "epoch": epoch, "global_step": global_step,
+                     "best_top1_err": best})
+        tracker.finish(0)
+    return 0
+
+
+def settle(stats: torch.Tensor, window: np.ndarray, epoch: int, step: int) -> np.ndarray:
+    """Read a step's all-reduced stats: add them to the log window, stop on a non-finite
+    loss, and return the (stop, save) flags."""
+    loss_sum, correct, n, stop, save_due = stats.tolist()
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLoss(f"loss is {loss_sum} at epoch {epoch} step {step + 1}")
+    window += (loss_sum, correct, n)
+    return np.array([stop > 0, save_due > 0], dtype=float)
+
+
+def log_train(tracker, bar, show_bar, window, dt, epoch, step, steps, global_step, lr, device):
+    record = {"event": "train", "epoch": epoch, "step": step + 1, "global_step": global_step,
+              "loss": window[0] / window[2], "top1_err": 100 * (1 - window[1] / window[2]),
+              "lr": lr, "images_per_s": window[2] / dt}
+    if device.type == "cuda":
+        record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    tracker.log(record, step=global_step)
+    bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+    if not show_bar:
+        print(f"epoch {epoch} step {step + 1}/{steps} loss {record['loss']:.4f} lr {lr:g} "
+              f"{record['images_per_s']:.0f} img/s", flush=True)

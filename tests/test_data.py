@@ -1,0 +1,94 @@
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+from repro.data import EpochPlan, loader, round_robin, split_shards, worker_batch_counts
+from shard_helpers import write_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = write_shards(tmp_path_factory.mktemp("shards"), classes=3, train=37, val=9, shard_size=8)
+    return split_shards(d, "train")
+
+
+def plan(shards, **kw):
+    base = dict(shards=tuple(shards), epoch=0, seed=1, rank=0, world=1, batch_size=5, workers=1,
+                crop="random", crop_size=227, flip=True, shuffle=True, shuffle_buffer=16)
+    return EpochPlan(**base | kw)
+
+
+def keys_of(p: EpochPlan):
+    """Every sample of the plan as (image bytes hash, label), in order, with batch sizes."""
+    out, sizes = [], []
+    for images, labels, ys, xs, flips in loader(p):
+        sizes.append(len(labels))
+        out += [(int(img.sum()), int(y), int(l)) for img, y, l in zip(images, ys, labels)]
+    return out, sizes
+
+
+@pytest.mark.parametrize("world, workers", [(1, 1), (1, 3), (2, 1), (2, 2), (3, 2)])
+def test_epoch_covers_every_sample_once(shards, world, workers):
+    ids = []
+    for rank in range(world):
+        p = plan(shards, rank=rank, world=world, workers=workers, crop="none", flip=False)
+        seen, sizes = keys_of(p)
+        assert len(sizes) <= p.steps and all(s == p.batch_size for s in sizes[:-1])
+        ids += [(s, l) for s, _, l in seen]
+    # crop="none" keeps the whole image: its pixel sum identifies it (all distinct here).
+    reference = []
+    for images, labels, *_ in loader(plan(shards, crop="none", flip=False, shuffle=False)):
+        reference += [(int(i.sum()), int(l)) for i, l in zip(images, labels)]
+    assert len(reference) == 37 and len(set(reference)) == 37
+    assert collections.Counter(ids) == collections.Counter(reference)
+
+
+def test_order_is_deterministic_and_changes_with_epoch(shards):
+    a, _ = keys_of(plan(shards, workers=2))
+    b, _ = keys_of(plan(shards, workers=2))
+    c, _ = keys_of(plan(shards, workers=2, epoch=1))
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_skip_resumes_the_same_stream(shards, workers):
+    full, _ = keys_of(plan(shards, workers=workers, batch_size=4))
+    for skip in (1, 3, 5):
+        rest, _ = keys_of(plan(shards, workers=workers, batch_size=4, skip_batches=skip))
+        assert rest == full[skip * 4:]
+
+
+def test_round_robin_accounting_matches_the_dataloader():
+    counts = worker_batch_counts(7, 3)
+    assert counts == [2, 2, 3]
+    assert round_robin(counts, 7) == (counts, 0)
+    assert round_robin(counts, 4) == ([2, 1, 1], 1)
+    assert round_robin(counts, 6) == ([2, 2, 2], 2)     # workers 0, 1 are done: 2 is next
+
+
+def test_crop_offsets_are_uniform_and_flip_rate_half(shards):
+    ys, xs, flips = [], [], []
+    for epoch in range(30):
+        for _, _, y, x, f in loader(plan(shards, epoch=epoch, batch_size=37)):
+            ys += y.tolist(); xs += x.tolist(); flips += f.tolist()
+    ys, xs = np.array(ys), np.array(xs)
+    n = len(ys)
+    assert ys.min() >= 0 and ys.max() <= 29 and xs.max() <= 29
+    # 30 positions per axis: each should get ~1/30; chi-square against uniform.
+    for v in (ys, xs):
+        counts = np.bincount(v, minlength=30)
+        chi2 = ((counts - n / 30) ** 2 / (n / 30)).sum()
+        assert chi2 < 70, chi2          # 29 dof: p ~ 5e-5 at 70
+    assert abs(np.mean(flips) - 0.5) < 4 * 0.5 / np.sqrt(n)
+
+
+def test_center_crop_and_flip_match_pixels(shards):
+    full = next(iter(loader(plan(shards, crop="none", flip=False, shuffle=False, batch_size=3))))
+    center = next(iter(loader(plan(shards, crop="center", flip=False, shuffle=False, batch_size=3))))
+    torch.testing.assert_close(center[0], full[0][:, :, 14:241, 14:241])
+    rand = next(iter(loader(plan(shards, shuffle=False, batch_size=3, epoch=2))))
+    for img, whole, y, x, f in zip(rand[0], full[0], rand[2], rand[3], rand[4]):
+        expect = whole[:, y:y + 227, x:x + 227]
+        torch.testing.assert_close(img, expect.flip(-1) if f else expect)

@@ -1,0 +1,129 @@
+"""The trainer end to end on tiny shards (CPU). Images are cropped to 67 px here
+(data.crop_size) so the full-width model runs fast; the architecture is unchanged."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro.checkpoint import load
+from repro.config import load_config
+from repro.tracking import read_metrics
+from repro.train import EXIT_NONFINITE, EXIT_PREEMPTED, train
+from shard_helpers import write_shards
+from wandb_records import history
+
+ROOT = Path(__file__).parent.parent
+SMOKE = ROOT / "configs" / "smoke.yaml"
+FAST = ["model.num_classes=4", "data.crop_size=67", "data.steps_per_epoch=0",
+        "train.deterministic=true", "checkpoint.every_minutes=1e-9"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=44, val=12,
+                        shard_size=10)
+
+
+def cli(shards, run, *overrides):
+    return [sys.executable, "-m", "repro.cli", "train", "--config", str(SMOKE), "--data",
+            str(shards), "--out", str(run), *FAST, "data.workers=2", "schedule.epochs=2",
+            *overrides]
+
+
+def final_weights(run: Path) -> dict:
+    return load(run / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "full"
+    subprocess.run(cli(shards, run), check=True, cwd=ROOT, capture_output=True)
+    return run
+
+
+def test_loss_falls_on_learnable_data(tmp_path):
+    d = write_shards(tmp_path / "s", classes=4, train=128, val=32, shard_size=32)
+    cfg = load_config(SMOKE, FAST[:3] + ["model.init=torch", "optim.lr=0.005",
+                                         "schedule.epochs=3", "train.log_every=4"])
+    assert train(cfg, d, tmp_path / "run") == 0
+    m = read_metrics(tmp_path / "run")
+    losses = [r["loss"] for r in m if r["event"] == "train"]
+    val = [r["top1_err"] for r in m if r["event"] == "val"]
+    assert sum(losses[-2:]) / 2 < 0.6 * math.log(4), losses
+    assert min(val) < 40, val               # chance is 75%
+
+
+def test_kill_9_then_resume_is_bit_identical(shards, uninterrupted, tmp_path):
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cli(shards, run), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    ckpts = run / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ckpts.glob("step-00000000[4-9].pt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load(ckpts / "last.pt")
+    assert (state["epoch"], state["step"]) != (2, 0), "the kill came too late to test anything"
+    subprocess.run(cli(shards, run), check=True, cwd=ROOT, capture_output=True)
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+    events = [r["event"] for r in read_metrics(run)]
+    assert "resume" in events and events[-1] == "done"
+
+
+def test_sigusr1_checkpoints_and_exits_with_documented_status(shards, uninterrupted, tmp_path):
+    run = tmp_path / "signalled"
+    proc = subprocess.Popen(cli(shards, run, "checkpoint.every_minutes=1000"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:                 # wait until training is under way
+        if line.startswith("epoch 0 step 2/"):
+            break
+    sent = time.time()
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.stdout.read()
+    assert proc.wait() == EXIT_PREEMPTED, out
+    assert time.time() - sent < 30
+    state = load(run / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step"]) < (2, 0)
+    assert "preempted" in [r["event"] for r in read_metrics(run)]
+    subprocess.run(cli(shards, run), check=True, cwd=ROOT, capture_output=True)
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path):
+    cfg = load_config(SMOKE, FAST + ["optim.lr=1e12", "schedule.epochs=3"])
+    assert train(cfg, shards, tmp_path / "run") == EXIT_NONFINITE
+    for name in ("last.pt",):
+        path = tmp_path / "run" / "checkpoints" / name
+        if path.exists():
+            state = load(path)
+            assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert read_metrics(tmp_path / "run")[-1]["event"] == "nonfinite"
+
+
+def test_offline_wandb_run_holds_the_metrics(shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(SMOKE, FAST + ["logging.wandb=offline", "schedule.epochs=1"])
+    os.environ["WANDB_SILENT"] = "true"
+    assert train(cfg, shards, run) == 0
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    assert files[0].name == f"run-{(run / 'wandb_id.txt').read_text()}.wandb"
+    rows = history(files[0])
+    local = read_metrics(run)
+    logged = [r["loss"] for r in local if r["event"] == "train"]
+    assert [r["train/loss"] for r in rows if "train/loss" in r] == pytest.approx(logged)
+    val = next(r for r in local if r["event"] == "val")
+    assert any(r.get("val/top1_err") == pytest.approx(val["top1_err"]) for r in rows)
