@@ -26,11 +26,14 @@ def cmd_model_summary(args) -> int:
 def cmd_train(args) -> int:
     from repro.train import train
 
+    from repro.checkpoint import latest
+
     cfg = load_config(args.config, args.overrides)
-    if not args.resume:
-        from repro.checkpoint import latest
-        if latest(args.out) is not None:
-            print(f"{args.out} has a checkpoint: resuming it", flush=True)
+    if latest(args.out) is not None:
+        print(f"{args.out} has a checkpoint: resuming it", flush=True)
+    elif args.resume:
+        print(f"--resume: no checkpoint in {args.out}/checkpoints", file=sys.stderr)
+        return 2
     return train(cfg, args.data, args.out)
 
 
