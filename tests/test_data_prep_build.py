@@ -1,0 +1,186 @@
+"""build_shards on make_fixture's three layouts: counts, labels, quirks, determinism, refusals."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import scipy.io
+
+from data_prep.build_shards import BuildError
+from data_prep.sources import SourceError
+from data_prep.verify import verify
+from data_prep_helpers import build, cli, fixture, manifest, output_digest, read_split
+
+LAYOUTS = ("official", "folder", "kaggle")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Each layout of the same quirky fixture, built with 2 workers: {layout: (source, out, desc)}."""
+    root = tmp_path_factory.mktemp("layouts")
+    res = {}
+    for layout in LAYOUTS:
+        desc = fixture(root / f"src-{layout}", layout)
+        build(root / f"src-{layout}", root / f"out-{layout}", workers=2)
+        res[layout] = (root / f"src-{layout}", root / f"out-{layout}", desc)
+    return res
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layout_counts_labels_and_images(built, layout):
+    source, out, desc = built[layout]
+    m = manifest(out)
+    assert m["settings"]["layout"] == layout
+    assert m["classes"] == sorted(desc["classes"])
+    for split in ("train", "val"):
+        samples = read_split(out, split)
+        expect = {k: w for k, w in desc["labels"][split].items() if k not in desc["unreadable"][split]}
+        assert len(samples) == m["splits"][split]["count"] == desc["expected_count"][split]
+        assert {k: w for k, _, _, w in samples} == expect
+        for key, img, cls, wnid in samples:
+            assert img.shape == (256, 256, 3) and img.dtype == np.uint8
+            assert m["classes"][cls] == wnid
+        # the odd-but-readable files are converted, not dropped; the unreadable ones are listed
+        assert set(desc["quirks"][split]) - set(desc["unreadable"][split]) <= {k for k, *_ in samples}
+        skipped = {s["key"]: s for s in m["splits"][split]["skipped"]}
+        assert set(skipped) == set(desc["unreadable"][split])
+        assert all(s["reason"] and s["path"] for s in skipped.values())
+    converted = {c["key"]: c["notes"] for c in m["splits"]["train"]["converted"]}
+    by_kind = {kind: key for key, kind in desc["quirks"]["train"].items()}
+    assert "format PNG" in converted[by_kind["png"]]
+    assert "mode CMYK" in converted[by_kind["cmyk"]]
+    assert "mode L" in converted[by_kind["grey"]]
+    assert "mode P" in converted[by_kind["palette"]]
+    assert verify(out, decode=True) == []
+
+
+def test_training_shards_mix_classes(built):
+    _, out, _ = built["official"]
+    first = [wnid for *_, wnid in read_split(out, "train")][:8]
+    assert len(set(first)) >= 3
+
+
+def test_val_labels_follow_the_devkit_ids(built):
+    """Read the devkit with scipy directly: ground-truth ILSVRC2012_ID -> WNID -> sorted index."""
+    source, out, _ = built["official"]
+    with tarfile.open(source / "ILSVRC2012_devkit_t12.tar.gz") as tar:
+        names = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers()}
+        meta = scipy.io.loadmat(io.BytesIO(tar.extractfile(names["meta.mat"]).read()), squeeze_me=True)["synsets"]
+        truth = tar.extractfile(names["ILSVRC2012_validation_ground_truth.txt"]).read().split()
+    id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in meta.ravel() if int(s["num_children"]) == 0}
+    assert len(meta.ravel()) > len(id_to_wnid)  # inner synsets are there, and ignored
+    wnids = sorted(id_to_wnid.values())
+    assert [id_to_wnid[i] for i in sorted(id_to_wnid)] != wnids  # ID order is not sorted-WNID order
+    samples = read_split(out, "val")
+    assert samples
+    for key, _, cls, wnid in samples:
+        n = int(key.rsplit("_", 1)[1])
+        assert wnid == id_to_wnid[int(truth[n - 1])]
+        assert cls == wnids.index(wnid)
+
+
+def test_three_layouts_give_identical_shards_and_stats(built):
+    digests = [output_digest(built[layout][1]) for layout in LAYOUTS]
+    assert digests[0] == digests[1] == digests[2]
+    ms = [manifest(built[layout][1]) for layout in LAYOUTS]
+    for split in ("train", "val"):
+        assert ms[0]["splits"][split]["shards"] == ms[1]["splits"][split]["shards"] == ms[2]["splits"][split]["shards"]
+
+
+def test_worker_count_does_not_change_the_output(built, tmp_path):
+    source, out2, _ = built["folder"]
+    build(source, tmp_path / "w1", workers=1)
+    assert output_digest(tmp_path / "w1") == output_digest(out2)
+    assert manifest(tmp_path / "w1") == manifest(out2)
+
+
+def test_rerun_of_a_complete_build_is_a_noop(built):
+    source, out, _ = built["kaggle"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = cli("data_prep.build_shards", "--source", str(source), "--out", str(out), "--shard-size", "8")
+    assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_refuses_to_mix_settings(built, tmp_path):
+    source, out, _ = built["kaggle"]
+    with pytest.raises(BuildError, match="quality"):
+        build(source, out, quality=90)
+    # an unfinished build with other settings is refused too
+    work = tmp_path / "partial"
+    shutil.copytree(out, work)
+    (work / "manifest.json").unlink()
+    (work / ".build").mkdir()
+    (work / ".build" / "settings.json").write_text(json.dumps({"quality": 80}))
+    with pytest.raises(BuildError, match="unfinished build with other settings"):
+        build(source, work)
+    # and so are shards from no known build
+    (work / ".build" / "settings.json").unlink()
+    with pytest.raises(BuildError, match="no build this tool knows"):
+        build(source, work)
+
+
+def test_limit_takes_a_prefix_of_the_fixed_order(built, tmp_path):
+    source, full, _ = built["folder"]
+    build(source, tmp_path / "lim", limit=5, shard_size=3)
+    m = manifest(tmp_path / "lim")
+    assert m["settings"]["limit"] == 5
+    full_train = [k for k, *_ in read_split(full, "train")]
+    lim_train = [k for k, *_ in read_split(tmp_path / "lim", "train")]
+    assert set(lim_train) <= set(full_train) and 3 <= len(lim_train) <= 5  # up to 2 of 5 may be unreadable
+    assert [k for k, *_ in read_split(tmp_path / "lim", "val")] == [k for k, *_ in read_split(full, "val")][:5]
+    assert m["stats"]["count"] == len(lim_train)
+
+
+def test_bad_source_names_the_path_and_the_layouts(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "photo.jpg").write_bytes(b"x")
+    for src in (tmp_path / "stuff", tmp_path / "missing"):
+        r = cli("data_prep.build_shards", "--source", str(src), "--out", str(tmp_path / "out"))
+        assert r.returncode == 2
+        assert str(src) in r.stderr
+        for name in ("official", "folder", "kaggle", "ILSVRC2012_img_train.tar", "LOC_val_solution.csv"):
+            assert name in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_incomplete_official_layout_says_what_is_missing(tmp_path):
+    fixture(tmp_path / "src", "official", quirks=False, classes=2, train_per_class=1, val_per_class=1)
+    (tmp_path / "src" / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    with pytest.raises(SourceError, match="lacks ILSVRC2012_devkit_t12.tar.gz"):
+        build(tmp_path / "src", tmp_path / "out")
+
+
+def test_count_disagreeing_with_the_devkit_is_reported(built, tmp_path):
+    """A folder tree with the devkit beside it (torchvision's root), one training image missing."""
+    official, _, desc = built["official"]
+    src = tmp_path / "src"
+    fixture(src, "folder")
+    shutil.copy(official / "ILSVRC2012_devkit_t12.tar.gz", src)
+    victim = next(k for k, kind in desc["quirks"]["train"].items() if kind == "large")
+    wnid = desc["labels"]["train"][victim]
+    (src / "train" / wnid / f"{victim}.JPEG").unlink()
+    r = cli("data_prep.build_shards", "--source", str(src), "--out", str(tmp_path / "out"), "--shard-size", "8",
+            "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" in r.stdout and "-1" in r.stdout
+    t = manifest(tmp_path / "out")["splits"]["train"]
+    assert t["expected_count"] == t["source_count"] + 1
+    assert t["class_count_mismatch"][wnid]["found"] == t["class_count_mismatch"][wnid]["expected"] - 1
+
+
+def test_cli_summary_lists_skipped_files(tmp_path):
+    fixture(tmp_path / "src", "folder", classes=3, train_per_class=2, val_per_class=1)
+    r = cli("data_prep.build_shards", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+            "--shard-size", "4", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "layout: folder" in r.stdout
+    assert "2 skipped" in r.stdout and "truncated" in r.stdout and "0 bytes" in r.stdout
+    assert "images/s" in r.stdout
+    v = cli("data_prep.verify", str(tmp_path / "out"))
+    assert v.returncode == 0 and "OK" in v.stdout
