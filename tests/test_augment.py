@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from repro.augment import Normalizer, step_generator
+from repro.config import AugmentConfig
+
+
+@pytest.fixture
+def stats(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 3))
+    cov = a @ a.T * 100
+    eigval, eigvec = np.linalg.eigh(cov)
+    path = tmp_path / "stats.npz"
+    np.savez(path, mean_image=rng.uniform(0, 255, (256, 256, 3)).astype(np.float32),
+             rgb_mean=np.zeros(3), rgb_cov=cov, eigval=eigval[::-1], eigvec=eigvec[:, ::-1],
+             count=1)
+    return path, cov, eigval[::-1], eigvec[:, ::-1]
+
+
+@pytest.mark.parametrize("scale", ["sqrt_eigval", "eigval"])
+def test_pca_noise_covariance_matches_its_definition(stats, scale):
+    path, cov, eigval, eigvec = stats
+    norm = Normalizer(path, AugmentConfig(pca_scale=scale, pca_std=0.1), torch.device("cpu"))
+    noise = norm.pca_noise(200_000, step_generator(torch.device("cpu"), 1, 2)).double().numpy()
+    lam = eigval if scale == "sqrt_eigval" else eigval ** 2   # variance along p_i / std^2
+    expected = eigvec @ np.diag(0.1 ** 2 * lam) @ eigvec.T
+    if scale == "sqrt_eigval":                                 # = 0.01 * the pixel covariance
+        np.testing.assert_allclose(expected, 0.01 * cov, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.cov(noise, rowvar=False), expected, rtol=0.03,
+                               atol=0.03 * np.abs(expected).max())
+    np.testing.assert_allclose(noise.mean(0), 0, atol=0.02 * np.sqrt(expected.diagonal().max()))
+
+
+def test_mean_is_cut_at_the_crop_window_and_mirrored(stats):
+    path = stats[0]
+    norm = Normalizer(path, AugmentConfig(pca_std=0.0), torch.device("cpu"))
+    full = norm.mean_image
+    ys, xs, flips = torch.tensor([0, 29, 7]), torch.tensor([29, 0, 11]), torch.tensor([0, 1, 1])
+    crops = norm.mean_crops(ys, xs, flips, 227)
+    for c, y, x, f in zip(crops, ys, xs, flips):
+        window = full[:, y:y + 227, x:x + 227]
+        torch.testing.assert_close(c, window.flip(-1) if f else window)
+    images = torch.randint(0, 256, (3, 3, 227, 227), dtype=torch.uint8)
+    out = norm(images, ys, xs, flips, generator=None)
+    torch.testing.assert_close(out, images.float() - crops)
+
+
+def test_mean_modes(stats):
+    path = stats[0]
+    ys = xs = torch.tensor([3])
+    flips = torch.tensor([0])
+    images = torch.full((1, 3, 227, 227), 100, dtype=torch.uint8)
+    rgb = Normalizer(path, AugmentConfig(mean="rgb", pca_std=0), torch.device("cpu"))
+    per_channel = torch.from_numpy(np.load(path)["mean_image"]).mean(dim=(0, 1))
+    torch.testing.assert_close(rgb(images, ys, xs, flips, None)[0, :, 5, 5], 100 - per_channel)
+    none = Normalizer(path, AugmentConfig(mean="none", pca_std=0), torch.device("cpu"))
+    assert torch.equal(none(images, ys, xs, flips, None), images.float())
+
+
+def test_noise_is_the_same_rgb_shift_for_every_pixel_and_reproducible(stats):
+    norm = Normalizer(stats[0], AugmentConfig(), torch.device("cpu"))
+    images = torch.randint(0, 256, (4, 3, 227, 227), dtype=torch.uint8)
+    args = (images, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long),
+            torch.zeros(4, dtype=torch.long))
+    plain = norm(*args, generator=None)
+    a = norm(*args, generator=step_generator(torch.device("cpu"), 0, 1, 2)) - plain
+    b = norm(*args, generator=step_generator(torch.device("cpu"), 0, 1, 2)) - plain
+    c = norm(*args, generator=step_generator(torch.device("cpu"), 0, 1, 3)) - plain
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.testing.assert_close(a, a[:, :, :1, :1].expand_as(a), atol=1e-3, rtol=0)
+    assert not torch.allclose(a[0, :, 0, 0], a[1, :, 0, 0])   # one draw per image
