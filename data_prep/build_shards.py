@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import PIL
 from tqdm import tqdm
 
@@ -92,7 +93,7 @@ def build_shard(task: tuple[str, int, list[Record]]) -> dict:
     out, quality, labels = Path(_ctx["out"]), _ctx["quality"], _ctx["labels"]
     parts = out / WORK / "parts"
     name = shard_name(split, index)
-    sums = Sums.zeros() if split == "train" else None
+    sums = Sums.zeros(dtype=np.uint32) if split == "train" else None
     skipped, converted = [], []
     with ShardWriter(out / name) as w:
         for r in records:

@@ -2,38 +2,28 @@
 
 Samples are ``<key>.cls`` (ASCII class index), ``<key>.jpg``, ``<key>.wnid``, in
 that order. Tar headers carry nothing that varies between runs or machines:
-mtime 0, uid/gid 0, empty user/group names, mode 0444, GNU format (long keys get a deterministic long-name header).
+mtime 0, uid/gid 0, empty user/group names, mode 0444, GNU format (a key too
+long for a plain header gets a GNU long-name record, equally deterministic).
+Headers come from ``tarfile.TarInfo.tobuf``; the archive ends as ``tarfile``
+ends one (two zero blocks, padded to a 10240-byte record).
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 from pathlib import Path
 
 from . import atomic
 
-
-class _HashingWriter:
-    def __init__(self, f):
-        self.f, self.sha, self.pos = f, hashlib.sha256(), 0
-
-    def write(self, b) -> int:
-        self.f.write(b)
-        self.sha.update(b)
-        self.pos += len(b)
-        return len(b)
-
-    def tell(self) -> int:
-        return self.pos
+BLOCK, RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 
 
-def _info(name: str, size: int) -> tarfile.TarInfo:
+def member_header(name: str, size: int) -> bytes:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode = size, 0, 0o444
     ti.uid = ti.gid = 0
     ti.uname = ti.gname = ""
-    return ti
+    return ti.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
 
 class ShardWriter:
@@ -45,18 +35,28 @@ class ShardWriter:
 
     def __enter__(self):
         self._ctx = atomic.atomic_open(self.path)
-        self._hw = _HashingWriter(self._ctx.__enter__())
-        self._tar = tarfile.open(fileobj=self._hw, mode="w", format=tarfile.GNU_FORMAT)
+        self._f = self._ctx.__enter__()
+        self._sha = hashlib.sha256()
+        self.size = 0
         return self
+
+    def _write(self, b: bytes) -> None:
+        self._f.write(b)
+        self._sha.update(b)
+        self.size += len(b)
 
     def add(self, key: str, jpg: bytes, cls: int, wnid: str) -> None:
         for ext, data in (("cls", str(cls).encode()), ("jpg", jpg), ("wnid", wnid.encode())):
-            self._tar.addfile(_info(f"{key}.{ext}", len(data)), io.BytesIO(data))
+            self._write(member_header(f"{key}.{ext}", len(data)))
+            self._write(data)
+            if len(data) % BLOCK:
+                self._write(bytes(BLOCK - len(data) % BLOCK))
         self.count += 1
 
     def __exit__(self, *exc):
         if exc[0] is None:
-            self._tar.close()  # writes the end-of-archive blocks through the hashing writer
-        self.sha256 = self._hw.sha.hexdigest()
-        self.size = self._hw.pos
+            self._write(bytes(2 * BLOCK))
+            if self.size % RECORD:
+                self._write(bytes(RECORD - self.size % RECORD))
+        self.sha256 = self._sha.hexdigest()
         return self._ctx.__exit__(*exc)
