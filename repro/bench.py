@@ -1,0 +1,198 @@
+"""`repro bench`: throughput of each stage on whatever device is here, as a table + JSON.
+
+(a) the training step alone on synthetic input, per precision/layout/compile
+setting; (b) the loader alone; (c) end to end from shards (loader + device
+augmentation + step); (e) a torchvision-reference-style baseline loop (Pillow
+decode and transforms in DataLoader workers, fp32, eager, torch SGD) on the
+same shards and model. Each figure is images per second after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from repro.augment import Normalizer, step_generator
+from repro.config import load_config, model_kwargs
+from repro.data import loader, read_manifest, split_shards
+from repro.model import build_model
+from repro.train import build_optimizer, make_plan, train_step
+from repro.distributed import Dist
+
+IMAGENET_TRAIN = 1_281_167
+CONFIG = Path(__file__).parent.parent / "configs" / "alexnet_paper.yaml"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, warmup: int, steps: int, device) -> float:
+    """Seconds per call of fn() after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t) / steps
+
+
+def model_and_opt(cfg, device, channels_last, compile_):
+    model = build_model(model_kwargs(cfg)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg, model)
+    return (torch.compile(model) if compile_ else model), opt
+
+
+def bench_step(cfg, device, precision, channels_last, compile_, warmup, steps) -> dict:
+    net, opt = model_and_opt(cfg, device, channels_last, compile_)
+    b, s = cfg.data.batch_size, cfg.data.crop_size
+    x = torch.randn(b, 3, s, s, device=device) * 60
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, cfg.model.num_classes, (b,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = timed(lambda: train_step(net, opt, x, y, 1, b, autocast), warmup, steps, device)
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"images_per_s": b / t, "peak_gpu_gb": mem}
+
+
+def bench_loader(cfg, shards, batches: int) -> dict:
+    plan = make_plan(cfg, shards, "train", 0, Dist())
+    it = iter(loader(plan))
+    next(it)
+    n, t = 0, time.perf_counter()
+    for _ in range(batches):
+        batch = next(it, None)
+        if batch is None:
+            break
+        n += len(batch[1])
+    return {"images_per_s": n / (time.perf_counter() - t)}
+
+
+def bench_end_to_end(cfg, shards, stats, device, precision, channels_last, compile_, batches) -> dict:
+    net, opt = model_and_opt(cfg, device, channels_last, compile_)
+    norm = Normalizer(stats, cfg.augment, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    plan = make_plan(cfg, shards, "train", 0, Dist())
+    n, t = 0, None
+    for i, (images, labels, ys, xs, flips) in enumerate(loader(plan, pin_memory=device.type == "cuda")):
+        if i == 5:                               # after compile and worker start-up
+            sync(device)
+            n, t = 0, time.perf_counter()
+        x = norm(images, ys, xs, flips, step_generator(device, 0, 0, i))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_step(net, opt, x, labels.to(device, non_blocking=True), 1, len(labels), autocast)
+        n += len(labels)
+        if i == 5 + batches:
+            break
+    sync(device)
+    return {"images_per_s": n / (time.perf_counter() - t)}
+
+
+def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
+    """The torchvision reference recipe's shape: PIL decode + transforms in workers, fp32."""
+    import webdataset as wds
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.RandomCrop(cfg.data.crop_size), T.RandomHorizontalFlip(), T.PILToTensor(),
+                    T.ConvertImageDtype(torch.float32),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    urls = [s.path for s in split_shards(shards_dir, "train")]
+    ds = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False)
+          .decode("pil").to_tuple("jpg", "cls").map_tuple(tf, lambda c: int(c)))
+    dl = torch.utils.data.DataLoader(ds.batched(cfg.data.batch_size), batch_size=None,
+                                     num_workers=workers, pin_memory=device.type == "cuda")
+    model = build_model(model_kwargs(cfg)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    n, t = 0, None
+    for i, (x, y) in enumerate(dl):
+        if i == 5:
+            sync(device)
+            n, t = 0, time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(y)
+        if i == 5 + batches:
+            break
+    sync(device)
+    return {"images_per_s": n / (time.perf_counter() - t)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="repro bench", description=__doc__)
+    p.add_argument("--data", help="shard directory (train split used); stages b, c, e need it")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=100, help="timed steps per synthetic variant")
+    p.add_argument("--batches", type=int, default=100, help="timed batches for data stages")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers")
+    p.add_argument("--variants", default="fp32,bf16,bf16+cl,bf16+cl+compile",
+                   help="synthetic step variants: fp32|bf16 [+cl] [+compile] [+nolrn]")
+    p.add_argument("--json", default="bench.json", help="where to write the results")
+    p.add_argument("overrides", nargs="*", help="config overrides")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available()
+                          else "cpu")
+    torch.backends.cudnn.benchmark = True
+    rows = []
+
+    def config(variant: str, extra=()):
+        cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra])
+        if "nolrn" in variant:
+            cfg.model.lrn = "none"
+        return cfg
+
+    def add(stage, variant, result):
+        rows.append({"stage": stage, "variant": variant, **result})
+        ips = result["images_per_s"]
+        print(f"{stage:<24} {variant:<22} {ips:>10.0f} img/s   90 epochs: "
+              f"{IMAGENET_TRAIN * 90 / ips / 3600:6.1f} h"
+              + (f"   peak {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""),
+              flush=True)
+
+    for v in args.variants.split(","):
+        add("a: step (synthetic)", v, bench_step(config(v), device, "bf16" if "bf16" in v else "fp32",
+                                                 "+cl" in v, "compile" in v, 10, args.steps))
+    if args.data:
+        manifest = read_manifest(args.data)
+        classes = [f"model.num_classes={len(manifest['classes'])}"]
+        shards = split_shards(args.data, "train")
+        stats = Path(args.data) / "stats.npz"
+        cfg = config("", classes)
+        add("b: loader (cpu decode)", f"{args.workers} workers", bench_loader(cfg, shards, args.batches))
+        best = args.variants.split(",")[-1]
+        add("c: end to end", best, bench_end_to_end(config(best, classes), shards, stats, device,
+                                                     "bf16" if "bf16" in best else "fp32",
+                                                     "+cl" in best, "compile" in best, args.batches))
+        base = bench_baseline(cfg, args.data, device, args.workers, args.batches)
+        add("e: baseline (reference)", "fp32 eager, PIL", base)
+        rows[-1]["speedup_of_c"] = rows[-2]["images_per_s"] / base["images_per_s"]
+        print(f"end to end / baseline: {rows[-1]['speedup_of_c']:.2f}x")
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": rows}
+    Path(args.json).write_text(json.dumps(info, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

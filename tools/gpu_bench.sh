@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU benchmark behind BENCHMARKS.md: builds a 256x256 shard set from a
+# generated fixture with the real data_prep path, then runs `repro bench`.
+# Usage: bash tools/gpu_bench.sh OUT_DIR [extra repro.bench args]
+set -euo pipefail
+out=${1:?output dir}; shift
+mkdir -p "$out"
+work=${WORK:-/tmp/alexnet-bench}
+if [ ! -f "$work/shards/manifest.json" ]; then
+  python3 -m data_prep.make_fixture --out "$work/src" --layout folder --classes 100 \
+      --train-per-class ${PER_CLASS:-100} --val-per-class 10 --seed 0
+  python3 -m data_prep.build_shards --source "$work/src" --out "$work/shards" --progress off
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
+python3 -m repro.bench --data "$work/shards" --json "$out/bench.json" "$@" 2>&1 | tee "$out/bench.txt"
