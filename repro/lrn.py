@@ -4,6 +4,9 @@
 
 alpha_over_n=False is the paper's formula as printed; alpha_over_n=True divides
 alpha by n, as the author's cuda-convnet code, Caffe and torch.nn.LocalResponseNorm do.
+With groups=2 each tower normalises over its own maps only: in the paper's
+two-GPU net the window never crosses from one GPU's maps to the other's
+(cuda-convnet2's layers-imagenet-2gpu-model.cfg has rnorm1a/rnorm1b, 48 maps each).
 """
 
 import torch
@@ -12,12 +15,16 @@ from torch import nn
 
 
 def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-                        alpha_over_n: bool) -> torch.Tensor:
-    """Normalise an (N, C, H, W) tensor over windows of `size` adjacent channels."""
+                        alpha_over_n: bool, groups: int = 1) -> torch.Tensor:
+    """Normalise an (N, C, H, W) tensor over windows of `size` adjacent channels
+    of the same group."""
     if x.dim() != 4:
         raise ValueError(f"local_response_norm expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
+    if groups > 1:
+        return torch.cat([local_response_norm(part, size, alpha, beta, k, alpha_over_n)
+                          for part in x.chunk(groups, dim=1)], dim=1)
     channels = x.shape[1]
     # Sum of a_j^2 over the window [i - size//2, i + (size-1)//2] (torch's window; the
     # formula's for odd size): zero-pad the channel axis, add `size` shifted slices.
@@ -31,14 +38,16 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
 
 
 class LocalResponseNorm(nn.Module):
-    def __init__(self, size: int, alpha: float, beta: float, k: float, alpha_over_n: bool):
+    def __init__(self, size: int, alpha: float, beta: float, k: float, alpha_over_n: bool,
+                 groups: int = 1):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.alpha_over_n = alpha_over_n
+        self.alpha_over_n, self.groups = alpha_over_n, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.alpha_over_n)
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k,
+                                   self.alpha_over_n, self.groups)
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
-                f"alpha_over_n={self.alpha_over_n}")
+                f"alpha_over_n={self.alpha_over_n}, groups={self.groups}")

@@ -102,7 +102,9 @@ class AlexNet(nn.Module):
         def norm():
             if lrn == "none":
                 return nn.Identity()
-            return LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k, alpha_over_n=LRN_MODES[lrn])
+            # Per tower: the paper's window never crosses to the other GPU's maps.
+            return LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k,
+                                     alpha_over_n=LRN_MODES[lrn], groups=groups)
 
         self.norm1, self.norm2 = norm(), norm()
         self.pool1, self.pool2, self.pool5 = (nn.MaxPool2d(pool_kernel, pool_stride) for _ in range(3))

@@ -66,3 +66,13 @@ def test_bfloat16_close_to_float64():
 def test_gradcheck(alpha_over_n):
     a = (torch.randn(1, 6, 2, 2, dtype=torch.float64) * 30).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: local_response_norm(x, 5, 1e-3, 0.75, 2.0, alpha_over_n), (a,))
+
+
+def test_groups_normalise_each_group_alone():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(2, 10, 3, 3, generator=g, dtype=torch.float64) * 60
+    expected = torch.cat([lrn_by_loops(a[:, :5], 5, 1e-4, 0.75, 2.0, False),
+                          lrn_by_loops(a[:, 5:], 5, 1e-4, 0.75, 2.0, False)], dim=1)
+    got = local_response_norm(a, 5, 1e-4, 0.75, 2.0, False, groups=2)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert not torch.allclose(got, local_response_norm(a, 5, 1e-4, 0.75, 2.0, False))

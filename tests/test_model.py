@@ -141,6 +141,16 @@ def test_grouped_layers_keep_towers_apart(paper, name, c_in, c_out):
     assert not changed[c_out // 2:].any()    # tower B's do not
 
 
+@pytest.mark.parametrize("norm, maps", [("norm1", 96), ("norm2", 256)])
+def test_lrn_window_stays_inside_each_tower(paper, norm, maps):
+    # cuda-convnet2's two-GPU net has one rnorm layer per GPU (rnorm1a/rnorm1b, 48 maps
+    # each): perturbing tower A's maps must leave every tower-B output unchanged.
+    changed = _changed_outputs(getattr(paper, norm), maps, slice(0, maps // 2))
+    assert changed[: maps // 2].all() and not changed[maps // 2:].any()
+    one_tower = AlexNet(**SMALL, groups=1)
+    assert _changed_outputs(getattr(one_tower, norm), maps, slice(0, maps // 2))[maps // 2]
+
+
 def test_conv3_reads_both_towers(paper):
     assert _changed_outputs(paper.conv3, 256, slice(0, 128)).all()
 
@@ -150,7 +160,9 @@ def test_lrn_conventions():
     assert (paper_lrn.k, paper_lrn.alpha, paper_lrn.alpha_over_n) == (2.0, 1e-4, False)
     convnet = AlexNet(**SMALL, lrn="cuda-convnet").norm2
     x = torch.rand(1, 256, 3, 3) * 100
-    torch.testing.assert_close(convnet(x), nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x))
+    torch_lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    # Two towers: torch's LRN applied to each half of the maps separately.
+    torch.testing.assert_close(convnet(x), torch.cat([torch_lrn(x[:, :128]), torch_lrn(x[:, 128:])], 1))
     caffe = AlexNet(**SMALL, lrn="caffe", lrn_k=1.0).norm1
     assert (caffe.k, caffe.alpha_over_n) == (1.0, True)
     with pytest.raises(ValueError, match="lrn"):
