@@ -37,6 +37,78 @@ def cmd_train(args) -> int:
     return train(cfg, args.data, args.out)
 
 
+def reports_errors(cmd):
+    """Bad input to eval/report/figures/demo (a missing file, a checkpoint that does not fit
+    the shards) is one line on stderr and status 2, not a traceback."""
+    def run(args) -> int:
+        from repro.evaluate import EvalError
+
+        try:
+            return cmd(args)
+        except (EvalError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from repro.evaluate import evaluate, format_result, write_breakdown
+
+    result = evaluate(args.checkpoint, args.data, args.ten_crop, args.batch_size, args.device,
+                      args.workers, args.limit)
+    summary = result.summary()
+    if args.out:
+        written = write_breakdown(result, args.out, args.worst)
+        print("wrote " + ", ".join(map(str, written)), file=sys.stderr if args.json else sys.stdout)
+    print(json.dumps(summary) if args.json else format_result(summary))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from repro.evaluate import default_checkpoint, evaluate
+    from repro.report import write_report
+
+    evals = []
+    if args.data:
+        ckpts = args.checkpoint or [default_checkpoint(args.run_dir)]
+        evals.append(evaluate(ckpts, args.data, not args.centre, args.batch_size, args.device,
+                              limit=args.limit).summary())
+    path = write_report(args.run_dir, evals, args.out)
+    print(path.read_text(), end="")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from repro.figures import make_figures
+
+    if args.data is None:
+        print("no --data: skipping the nearest-neighbour figure (it needs the shards)",
+              file=sys.stderr)
+    for path in make_figures(args.run_dir, args.data, args.checkpoint, args.queries, args.scan,
+                             args.device):
+        print(path)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from repro.demo import run_demo
+
+    run_demo(args.out, args.device, args.fast, classes=args.classes,
+             train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
+    return 0
+
+
+def add_eval_options(p) -> None:
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="val images a batch (x10 crops); 0 = the checkpoint's data.val_batch_size")
+    p.add_argument("--limit", type=int, default=0, help="only the first N val images (0 = all)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="repro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +131,51 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue from RUN_DIR/checkpoints/last.pt (also automatic when it exists)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 error on the val shards (10 crops, ensembles)")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="a checkpoint; repeat for the paper's averaged ensemble")
+    p.add_argument("--data", required=True, help="shard directory (its val split, stats.npz)")
+    p.add_argument("--ten-crop", action="store_true",
+                   help="the paper's 10 crops (corners, centre, mirrored) instead of the centre")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", help="directory for eval.json, per_class.csv, worst_confusions.*")
+    p.add_argument("--worst", type=int, default=10, help="classes in worst_confusions")
+    p.add_argument("--workers", type=int, default=0,
+                   help="loader processes; 0 = the checkpoint's data.workers")
+    add_eval_options(p)
+    p.set_defaults(run=reports_errors(cmd_eval))
+
+    p = sub.add_parser("report", help="markdown table: this run beside the paper's numbers")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", action="append",
+                   help="default RUN_DIR/checkpoints/best.pt (else last.pt); repeat for an ensemble")
+    p.add_argument("--data", help="shard directory: adds the 10-crop eval of the checkpoint(s)")
+    p.add_argument("--centre", action="store_true", help="evaluate the centre crop, not 10 crops")
+    p.add_argument("--out", help="markdown file (default RUN_DIR/report.md)")
+    add_eval_options(p)
+    p.set_defaults(run=reports_errors(cmd_report))
+
+    p = sub.add_parser("figures", help="PNGs: first-layer filters, nearest neighbours, curves")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="shard directory (needed for the nearest-neighbour figure)")
+    p.add_argument("--checkpoint", help="default RUN_DIR/checkpoints/best.pt (else last.pt)")
+    p.add_argument("--queries", type=int, default=5, help="val images in the neighbour figure")
+    p.add_argument("--scan", type=int, default=1024,
+                   help="training images searched for neighbours (the first N in shard order)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(run=reports_errors(cmd_figures))
+
+    p = sub.add_parser("demo", help="the whole pipeline on a generated fixture")
+    p.add_argument("--out", default="demo_out", help="working directory (default ./demo_out)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--fast", action="store_true", help="the smallest sizes (the test suite's)")
+    p.add_argument("--classes", type=int)
+    p.add_argument("--train-per-class", type=int)
+    p.add_argument("--val-per-class", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.set_defaults(run=reports_errors(cmd_demo))
 
     args = parser.parse_args(argv)
     try:

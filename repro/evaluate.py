@@ -1,7 +1,33 @@
-"""Top-k error counting (and, with issue 5, 10-crop evaluation and ensembles)."""
+"""`repro eval`: top-1/top-5 error on the val shards, centre crop or the paper's 10 crops,
+one checkpoint or the paper's averaged ensemble (section 6, Table 2).
+
+The val images come whole (256x256) from the loader; the crops are cut on the
+device, all crops of a batch in one forward pass. Each crop has the mean image
+subtracted at its own window (mirrored with it), as in training. The softmax
+is averaged over the crops, then over the models.
+"""
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
 import torch
+from tqdm import tqdm
+
+from repro import checkpoint
+from repro.augment import Normalizer
+from repro.config import Config, config_from_dict, model_kwargs
+from repro.data import STORED, EpochPlan, loader, read_manifest, split_shards
+from repro.model import build_model
+
+
+class EvalError(ValueError):
+    """A checkpoint or data set that cannot be evaluated as asked (the message says why)."""
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
@@ -11,3 +37,195 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[
     top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hits = top == labels[:, None]
     return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+def default_checkpoint(run_dir: str | Path) -> Path:
+    """The run's best checkpoint (lowest centre-crop val error), else its last."""
+    ckpts = Path(run_dir) / "checkpoints"
+    for name in ("best.pt", "last.pt"):
+        if (ckpts / name).is_file():
+            return ckpts / name
+    raise EvalError(f"{ckpts}: no best.pt or last.pt (has `repro train --out {run_dir}` run?)")
+
+
+def pick_device(kind: str) -> torch.device:
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise EvalError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if kind != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def stats_path(data_dir: Path) -> Path:
+    stats = Path(data_dir) / "stats.npz"
+    if not stats.is_file():
+        raise EvalError(f"{stats}: missing (the mean image is needed to preprocess like training)")
+    return stats
+
+
+def crop_windows(image: int, crop: int, ten_crop: bool) -> list[tuple[int, int, bool]]:
+    """(y, x, mirrored) of each test crop: the centre, or the paper's four corners and
+    centre with their horizontal reflections."""
+    c, far = (image - crop) // 2, image - crop
+    if not ten_crop:
+        return [(c, c, False)]
+    corners = [(0, 0), (0, far), (far, 0), (far, far), (c, c)]
+    return [(y, x, flip) for flip in (False, True) for y, x in corners]
+
+
+@dataclass
+class Member:
+    """One model of an ensemble, with the preprocessing it was trained with."""
+    path: Path
+    cfg: Config
+    model: torch.nn.Module
+    classes: list | None
+    normalizer: Normalizer | None     # None when loaded without the shards' stats.npz
+    autocast: object = field(default_factory=nullcontext)
+
+    @torch.no_grad()
+    def probs(self, images: torch.Tensor, ten_crop: bool) -> torch.Tensor:
+        """uint8 (B,3,256,256) on the device -> (B, classes) softmax averaged over the crops."""
+        size = self.cfg.data.crop_size
+        windows = crop_windows(images.shape[-1], size, ten_crop)
+        crops = [images[:, :, y:y + size, x:x + size] for y, x, _ in windows]
+        crops = torch.cat([c.flip(-1) if flip else c for c, (_, _, flip) in zip(crops, windows)])
+        ys, xs, flips = (torch.tensor([w[i] for w in windows]).repeat_interleave(len(images))
+                         for i in range(3))
+        x = self.normalizer(crops, ys, xs, flips, None)
+        if self.cfg.train.channels_last and x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            logits = self.model(x)
+        return logits.float().softmax(1).view(len(windows), len(images), -1).mean(0)
+
+
+def load_member(path: str | Path, stats: Path | None, device: torch.device) -> Member:
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"{path}: checkpoint not found")
+    state = checkpoint.load(path)
+    if "config" not in state or "model" not in state:
+        raise EvalError(f"{path}: not a repro checkpoint (no 'config' or 'model' entry)")
+    cfg = config_from_dict(state["config"], where=str(path))
+    model = build_model(model_kwargs(cfg))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    autocast = nullcontext()
+    if device.type == "cuda":
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.train.precision == "bf16":
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    normalizer = Normalizer(stats, cfg.augment, device) if stats is not None else None
+    return Member(path, cfg, model, state.get("classes"), normalizer, autocast)
+
+
+def check_members(members: list[Member], classes: list[str], manifest_path: Path) -> None:
+    """Refuse an ensemble whose members disagree, or a model trained on other classes."""
+    counts = {str(m.path): m.cfg.model.num_classes for m in members}
+    if len(set(counts.values())) > 1:
+        raise EvalError("ensemble members differ in model.num_classes: "
+                        + ", ".join(f"{p} has {n}" for p, n in counts.items()))
+    for m in members:
+        if m.cfg.model.num_classes != len(classes):
+            raise EvalError(f"{m.path} has model.num_classes = {m.cfg.model.num_classes} but "
+                            f"{manifest_path} lists {len(classes)} classes")
+        if m.classes is not None and list(m.classes) != list(classes):
+            i = next(i for i, (a, b) in enumerate(zip(m.classes, classes)) if a != b)
+            raise EvalError(f"{m.path} was trained on other classes than {manifest_path}: "
+                            f"class {i} is {m.classes[i]} in the checkpoint, {classes[i]} "
+                            f"in the shards")
+
+
+@dataclass
+class EvalResult:
+    checkpoints: list[str]
+    classes: list[str]
+    crops: int
+    confusion: np.ndarray          # (C, C): rows true class, columns top-1 prediction
+    top5_hits: np.ndarray          # (C,): images of each class with the label in the top 5
+
+    @property
+    def n(self) -> int:
+        return int(self.confusion.sum())
+
+    def summary(self) -> dict:
+        n = max(self.n, 1)
+        return {"top1_err": 100 * (1 - np.trace(self.confusion) / n),
+                "top5_err": 100 * (1 - self.top5_hits.sum() / n),
+                "n": self.n, "crops": self.crops, "checkpoints": self.checkpoints}
+
+
+def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool = False,
+             batch_size: int = 0, device: str = "auto", workers: int = 0,
+             limit: int = 0) -> EvalResult:
+    """Evaluate one checkpoint, or several as an averaged ensemble, on the val split.
+    batch_size / workers 0: the first checkpoint's data.val_batch_size / data.workers."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    dev = pick_device(device)
+    members = [load_member(p, stats_path(data_dir), dev) for p in checkpoints]
+    classes = manifest["classes"]
+    check_members(members, classes, data_dir / "manifest.json")
+    first = members[0].cfg.data
+    plan = EpochPlan(shards=tuple(split_shards(data_dir, "val")), epoch=0, seed=0, rank=0,
+                     world=1, batch_size=batch_size or first.val_batch_size,
+                     workers=workers or max(1, first.workers), crop="none", crop_size=STORED,
+                     flip=False, shuffle=False, shuffle_buffer=0, limit=limit)
+    c = len(classes)
+    confusion, top5_hits = torch.zeros(c * c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
+    bar = tqdm(total=plan.total, desc="eval", unit="img", disable=not sys.stderr.isatty())
+    for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
+        images = images.to(dev, non_blocking=True)
+        probs = torch.stack([m.probs(images, ten_crop) for m in members]).mean(0).cpu()
+        top5 = probs.topk(min(5, c), dim=1).indices
+        confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
+        top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)
+        bar.update(len(labels))
+    bar.close()
+    return EvalResult([str(p) for p in checkpoints], classes, 10 if ten_crop else 1,
+                      confusion.view(c, c).numpy(), top5_hits.numpy())
+
+
+def write_breakdown(result: EvalResult, out_dir: str | Path, worst: int = 10,
+                    confusions: int = 3) -> list[Path]:
+    """eval.json (the summary), per_class.csv, and the commonest wrong answers for the
+    `worst` classes with the highest top-1 error (worst_confusions.csv / .json)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = result.confusion.sum(1)
+    seen = np.maximum(counts, 1)
+    top1_err = 100 * (1 - np.diag(result.confusion) / seen)
+    top5_err = 100 * (1 - result.top5_hits / seen)
+    (out / "eval.json").write_text(json.dumps(result.summary(), indent=1) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "wnid", "n", "top1_err", "top5_err"])
+        for i, wnid in enumerate(result.classes):
+            w.writerow([i, wnid, int(counts[i]), f"{top1_err[i]:.2f}", f"{top5_err[i]:.2f}"])
+    rows = []
+    order = [i for i in np.argsort(-top1_err, kind="stable") if counts[i]][:worst]
+    for i in order:
+        wrong = result.confusion[i].copy()
+        wrong[i] = 0
+        for j in np.argsort(-wrong, kind="stable")[:confusions]:
+            if wrong[j]:
+                rows.append({"wnid": result.classes[i], "class": int(i), "n": int(counts[i]),
+                             "top1_err": round(float(top1_err[i]), 2),
+                             "predicted_wnid": result.classes[j], "predicted": int(j),
+                             "count": int(wrong[j])})
+    fields = ["wnid", "class", "n", "top1_err", "predicted_wnid", "predicted", "count"]
+    with open(out / "worst_confusions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "worst_confusions.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return [out / n for n in ("eval.json", "per_class.csv", "worst_confusions.csv",
+                              "worst_confusions.json")]
+
+
+def format_result(summary: dict) -> str:
+    k = len(summary["checkpoints"])
+    models = "1 checkpoint" if k == 1 else f"an ensemble of {k} checkpoints"
+    return (f"top-1 error {summary['top1_err']:.2f}%  top-5 error {summary['top5_err']:.2f}%  "
+            f"({summary['n']} val images, {summary['crops']} crop{'s' * (summary['crops'] > 1)}, "
+            f"{models})")

@@ -1,0 +1,100 @@
+"""`repro demo`: the whole pipeline on a generated fake ImageNet, on whatever device is there.
+
+fixture (official archives, with ImageNet's odd files) -> shards -> train (configs/smoke.yaml:
+the paper's model unchanged, a few short epochs) -> 10-crop eval -> report -> figures,
+everything under --out. The fixture has so few images and steps that the errors stay
+near chance: the demo shows the pipeline working, not AlexNet's accuracy.
+
+Run again in the same --out, the demo skips what is done (the fixture, the shards, a
+finished training run) and redoes eval, report and figures. If the sizes differ from
+the last run's (--out/demo.json), it first deletes its own outputs, and nothing else.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from data_prep.build_shards import build_shards
+from data_prep.make_fixture import make_fixture
+from repro.config import load_config
+from repro.evaluate import default_checkpoint, evaluate, format_result, write_breakdown
+from repro.figures import make_figures
+from repro.report import CONFIG_DIR, write_report
+from repro.train import train
+
+SIZES = {  # --fast: the test suite's end-to-end run
+    "default": {"classes": 10, "train_per_class": 20, "val_per_class": 5, "epochs": 3,
+                "steps_per_epoch": 4, "scan": 256, "queries": 5},
+    "fast": {"classes": 4, "train_per_class": 6, "val_per_class": 2, "epochs": 1,
+             "steps_per_epoch": 2, "scan": 24, "queries": 3},
+}
+OUTPUTS = ("fixture", "shards", "run", "eval")   # what the demo owns under --out
+DATA_KEYS = ("classes", "train_per_class", "val_per_class", "epochs", "steps_per_epoch", "seed")
+
+
+def claim(out: Path, settings: dict) -> None:
+    """Start afresh (deleting only the demo's own outputs) if the sizes changed."""
+    record = out / "demo.json"
+    wanted = {k: settings[k] for k in DATA_KEYS}
+    if record.is_file() and json.loads(record.read_text()) != wanted:
+        print(f"{record}: other sizes than last time; removing "
+              + ", ".join(f"{out / d}" for d in OUTPUTS if (out / d).exists()), flush=True)
+        for d in OUTPUTS:
+            shutil.rmtree(out / d, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(wanted, indent=1) + "\n")
+
+
+def stage(n: int, text: str) -> None:
+    print(f"\n[{n}/6] {text}", flush=True)
+
+
+def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes) -> dict:
+    """The pipeline into `out`; `sizes` override SIZES entries (None = keep). Returns paths
+    and the eval summary."""
+    t0 = time.time()
+    out = Path(out)
+    s = SIZES["fast" if fast else "default"] | {"seed": 0}
+    s |= {k: v for k, v in sizes.items() if v is not None}
+    claim(out, s)
+    fixture, shards, run = out / "fixture", out / "shards", out / "run"
+
+    stage(1, f"fixture: {s['classes']} classes in the official ILSVRC2012 layout, with quirks")
+    if (fixture / "fixture.json").is_file():
+        print(f"{fixture} exists: kept")
+    else:
+        make_fixture(fixture, "official", s["classes"], s["train_per_class"],
+                     s["val_per_class"], quirks=True, seed=s["seed"])
+    stage(2, "shards: python -m data_prep.build_shards")
+    manifest = build_shards(fixture, shards, progress="off")
+
+    stage(3, "train: configs/smoke.yaml (the paper's model, briefly)")
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [
+        f"model.num_classes={len(manifest['classes'])}", f"schedule.epochs={s['epochs']}",
+        f"data.steps_per_epoch={s['steps_per_epoch']}", f"train.device={device}"])
+    status = train(cfg, shards, run)
+    if status:
+        raise SystemExit(f"demo: training stopped with status {status}; see {run / 'metrics.jsonl'}")
+
+    stage(4, "eval: 10 crops, softmax averaged")
+    ckpt = default_checkpoint(run)
+    result = evaluate([ckpt], shards, ten_crop=True, device=device)
+    summary = result.summary()
+    write_breakdown(result, out / "eval")
+    print(format_result(summary))
+
+    stage(5, "report")
+    report = write_report(run, [summary])
+    stage(6, "figures")
+    figures = make_figures(run, shards, ckpt, queries=s["queries"], scan=s["scan"], device=device)
+
+    table = [line for line in report.read_text().splitlines() if line.startswith("|")]
+    print("\n" + "\n".join(table))
+    paths = {"fixture": fixture, "shards": shards, "run": run, "checkpoint": ckpt,
+             "eval": out / "eval", "report": report, "figures": run / "figures"}
+    print("\n" + "\n".join(f"{k:>10}: {v}" for k, v in paths.items()))
+    print(f"\n{', '.join(p.name for p in figures)} in {run / 'figures'}; "
+          f"demo done in {time.time() - t0:.0f} s")
+    return {"paths": paths, "summary": summary, "figures": figures}

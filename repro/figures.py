@@ -1,0 +1,173 @@
+"""`repro figures RUN_DIR`: the paper's Figure 3 (first-layer kernels), Figure 4 (val images
+and their nearest training images in the last hidden layer), and training curves, as PNGs
+in RUN_DIR/figures (and in the run's W&B run when it used one)."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+# Figure objects without pyplot: no global backend or GUI, PNGs are drawn by Agg.
+from matplotlib.figure import Figure
+from PIL import Image
+
+from repro.data import EpochPlan, loader, read_manifest, split_shards
+from repro.evaluate import (Member, check_members, default_checkpoint, load_member, pick_device,
+                            stats_path)
+from repro.tracking import read_metrics
+
+PER_ROW, SCALE, GAP, TOWER_GAP = 16, 4, 2, 8   # Figure 3 layout: pixels are kernel pixels * SCALE
+
+
+def filter_grid(weight: np.ndarray, towers: int) -> np.ndarray:
+    """(N,3,k,k) kernels -> uint8 RGB image: one block per tower (the paper's GPU 1 above
+    GPU 2), PER_ROW kernels a row, each kernel min-max scaled to [0, 1] on its own."""
+    n, _, k, _ = weight.shape
+    per_tower = n // towers
+    rows, cell = math.ceil(per_tower / PER_ROW), k * SCALE
+    block_h = rows * cell + (rows - 1) * GAP
+    grid = np.full((towers * block_h + (towers - 1) * TOWER_GAP,
+                    PER_ROW * cell + (PER_ROW - 1) * GAP, 3), 255, np.uint8)
+    for i, w in enumerate(weight):
+        lo, hi = w.min(), w.max()
+        w = (w - lo) / (hi - lo) if hi > lo else np.full_like(w, 0.5)
+        tile = np.kron(w.transpose(1, 2, 0), np.ones((SCALE, SCALE, 1)))
+        tower, j = divmod(i, per_tower)
+        y = tower * (block_h + TOWER_GAP) + (j // PER_ROW) * (cell + GAP)
+        x = (j % PER_ROW) * (cell + GAP)
+        grid[y:y + cell, x:x + cell] = np.round(tile * 255).astype(np.uint8)
+    return grid
+
+
+def save_filters(member: Member, path: Path) -> Path:
+    weight = member.model.conv1.weight.detach().float().cpu().numpy()
+    # conv1 itself is not grouped, but its first half of kernels feeds tower 1 (conv2 groups=2).
+    towers = member.cfg.model.groups if len(weight) % member.cfg.model.groups == 0 else 1
+    Image.fromarray(filter_grid(weight, towers)).save(path)
+    return path
+
+
+@torch.no_grad()
+def fc7(member: Member, images: torch.Tensor, ys, xs, flips) -> torch.Tensor:
+    """The last hidden layer (fc7 after its ReLU) for centre crops, in eval mode."""
+    out = {}
+    hook = member.model.fc7.register_forward_hook(lambda mod, inp, o: out.update(fc7=o))
+    try:
+        member.model(member.normalizer(images, ys, xs, flips, None))
+    finally:
+        hook.remove()
+    return F.relu(out["fc7"].float())
+
+
+def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, k: int = 6):
+    """The first `queries` val images and, for each, the k training images (of the first
+    `scan`) nearest in fc7 by Euclidean distance: (val images, labels), (neighbours
+    (Q,k,3,S,S), their labels, distances)."""
+    cfg, dev = member.cfg, member.normalizer.device
+
+    def plan(split, limit, batch):
+        return EpochPlan(shards=tuple(split_shards(data_dir, split)), epoch=0, seed=0, rank=0,
+                         world=1, batch_size=batch, workers=max(1, cfg.data.workers),
+                         crop="center", crop_size=cfg.data.crop_size, flip=False, shuffle=False,
+                         shuffle_buffer=0, limit=limit)
+
+    q_img, q_lab, *window = next(iter(loader(plan("val", queries, queries))))
+    q_feat = fc7(member, q_img, *window)
+    n = len(q_img)
+    best_d = torch.full((n, k), math.inf, device=dev)
+    best_img = torch.zeros((n, k, *q_img.shape[1:]), dtype=torch.uint8)
+    best_lab = torch.full((n, k), -1, dtype=torch.long)
+    for images, labels, *window in loader(plan("train", scan, cfg.data.val_batch_size)):
+        d = torch.cat([best_d, torch.cdist(q_feat, fc7(member, images, *window))], 1)
+        best_d, idx = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+        idx = idx.cpu()
+        for q in range(n):
+            best_img[q] = torch.cat([best_img[q], images])[idx[q]]
+            best_lab[q] = torch.cat([best_lab[q], labels])[idx[q]]
+    return (q_img, q_lab), (best_img, best_lab, best_d.cpu())
+
+
+def save_neighbours(member: Member, data_dir: Path, path: Path, queries: int, scan: int) -> Path:
+    classes = read_manifest(data_dir)["classes"]
+    (q_img, q_lab), (n_img, n_lab, n_dist) = nearest_neighbours(member, data_dir, queries, scan)
+    rows, cols = len(q_img), 1 + n_img.shape[1]
+    fig = Figure(figsize=(1.6 * cols, 1.75 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r in range(rows):
+        cells = [(q_img[r], f"val\n{classes[q_lab[r]]}")]
+        cells += [(n_img[r, j], f"d={n_dist[r, j]:.3g}\n{classes[n_lab[r, j]]}")
+                  for j in range(n_img.shape[1]) if n_lab[r, j] >= 0]
+        for ax in axes[r]:
+            ax.axis("off")
+        for ax, (img, title) in zip(axes[r], cells):
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.set_title(title, fontsize=7)
+    fig.suptitle("Val images (left) and the training images nearest in fc7 (Figure 4)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def save_curves(metrics: list[dict], path: Path) -> Path:
+    """Train loss, train/val top-1 error and the learning rate against the global step.
+    A resumed run logs some steps twice; the last record of a step wins."""
+    train = {r["global_step"]: r for r in metrics if r.get("event") == "train"}
+    val = {r["global_step"]: r for r in metrics if r.get("event") == "val"}
+    fig = Figure(figsize=(13, 3.6))
+    a_loss, a_err, a_lr = fig.subplots(1, 3)
+    steps = sorted(train)
+    a_loss.plot(steps, [train[s]["loss"] for s in steps])
+    a_loss.set(title="train loss", xlabel="step", ylabel="cross-entropy")
+    a_err.plot(steps, [train[s]["top1_err"] for s in steps], label="train top-1 (batches)")
+    vsteps = sorted(val)
+    a_err.plot(vsteps, [val[s]["top1_err"] for s in vsteps], "o-", label="val top-1 (centre)")
+    a_err.plot(vsteps, [val[s]["top5_err"] for s in vsteps], "s--", label="val top-5 (centre)")
+    a_err.set(title="error", xlabel="step", ylabel="%")
+    a_err.legend(fontsize=8)
+    a_lr.plot(steps, [train[s]["lr"] for s in steps])
+    a_lr.set(title="learning rate", xlabel="step", yscale="log")
+    for s in vsteps:  # epoch boundaries
+        for ax in (a_loss, a_err, a_lr):
+            ax.axvline(s, color="0.85", lw=0.8, zorder=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def log_to_wandb(run_dir: Path, member: Member, paths: list[Path]) -> None:
+    """Add the figures to the run's W&B run, if it had one; never fail because of W&B."""
+    log, id_file = member.cfg.logging, run_dir / "wandb_id.txt"
+    if log.wandb == "disabled" or not id_file.is_file():
+        return
+    try:
+        import wandb
+        run = wandb.init(project=log.project, entity=log.entity or None,
+                         id=id_file.read_text().strip(), resume="allow", mode=log.wandb,
+                         dir=str(run_dir))
+        run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in paths})
+        run.finish()
+    except Exception as e:  # noqa: BLE001 - the PNGs are written; W&B is a copy
+        warnings.warn(f"figures not logged to W&B: {e}")
+
+
+def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
+                 checkpoint: str | Path | None = None, queries: int = 5, scan: int = 1024,
+                 device: str = "auto") -> list[Path]:
+    """Write RUN_DIR/figures/{filters,neighbours,curves}.png; neighbours need the shards."""
+    run_dir = Path(run_dir)
+    out = run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    stats = stats_path(Path(data_dir)) if data_dir is not None else None
+    member = load_member(checkpoint or default_checkpoint(run_dir), stats, pick_device(device))
+    paths = [save_filters(member, out / "filters.png")]
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+        check_members([member], read_manifest(data_dir)["classes"], data_dir / "manifest.json")
+        paths.append(save_neighbours(member, data_dir, out / "neighbours.png", queries, scan))
+    if (run_dir / "metrics.jsonl").is_file():
+        paths.append(save_curves(read_metrics(run_dir), out / "curves.png"))
+    log_to_wandb(run_dir, member, paths)
+    return paths

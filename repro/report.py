@@ -1,0 +1,119 @@
+"""`repro report RUN_DIR`: a markdown table of a run's numbers beside the paper's, and the
+settings in which the run differs from the paper's recipe (configs/alexnet_paper.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.config import Config, load_config
+from repro.tracking import read_metrics
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PAPER_CONFIG = CONFIG_DIR / "alexnet_paper.yaml"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    model: str
+    top1_err: float
+    top5_err: float
+    source: str
+    delta: bool = False      # the numbers are a difference to another row, not an error
+
+
+# ILSVRC-2012 val unless said otherwise; see PAPER_FACTS.md "Results to compare against".
+ANCHORS = (
+    Anchor("paper: 1 CNN, 10 crops", 40.7, 18.2, "paper Table 2"),
+    Anchor("paper: 5 CNNs averaged, 10 crops", 38.1, 16.4, "paper Table 2"),
+    Anchor("paper: 1 CNN, ILSVRC-2010 test", 37.5, 17.0, "paper Table 1"),
+    Anchor("paper: one-GPU net (half kernels), change vs the two-GPU net", 1.7, 1.2,
+           "paper section 3.2", delta=True),
+    Anchor("cuda-convnet2 one-GPU net, multi-view", 40.42, 18.15, "cuda-convnet2 wiki"),
+    Anchor("Caffe bvlc_alexnet, centre crop", 42.9, 19.8, "BVLC/caffe models/bvlc_alexnet"),
+    Anchor("torchvision alexnet, centre crop", 43.48, 20.93, "torchvision docs"),
+    Anchor("PyTorch reproduction without LRN/groups, 10 crops", 41.2, 18.2,
+           "longrootchen/alexnet-imagenet-pytorch"),
+)
+
+
+def flat(cfg: Config) -> dict:
+    return {f"{section}.{key}": value
+            for section, body in cfg.to_dict().items() for key, value in body.items()}
+
+
+def differences(run: Config, paper: Config) -> list[tuple[str, object, object]]:
+    """(dotted key, run value, paper value) for every setting that differs."""
+    a, b = flat(run), flat(paper)
+    return [(key, a[key], b[key]) for key in a if a[key] != b[key]]
+
+
+def training_summary(metrics: list[dict]) -> dict:
+    """Epochs and steps done, and the best centre-crop val error seen during training."""
+    val = [r for r in metrics if r.get("event") == "val"]
+    steps = [r["global_step"] for r in metrics if "global_step" in r]
+    return {"epochs": max((r["epoch"] for r in val), default=0),
+            "steps": max(steps, default=0),
+            "best_val": min(val, key=lambda r: r["top1_err"], default=None)}
+
+
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _eval_label(summary: dict, run_dir: Path) -> str:
+    names = []
+    for p in summary["checkpoints"]:
+        p = Path(p).resolve()
+        names.append(str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p))
+    k = len(names)
+    models = f"1 CNN ({names[0]})" if k == 1 else f"{k} CNNs averaged ({', '.join(names)})"
+    crops = "10 crops" if summary["crops"] == 10 else "centre crop"
+    return f"this run: {models}, {crops}, {summary['n']} val images"
+
+
+def render(run_dir: Path, cfg: Config, paper: Config, metrics: list[dict],
+           evals: list[dict]) -> str:
+    run_dir = Path(run_dir).resolve()
+    t = training_summary(metrics)
+    lines = [f"# AlexNet reproduction: {run_dir.name}", "",
+             "Errors in %, ILSVRC-2012 val unless said otherwise.", "",
+             _row("model", "top-1 err", "top-5 err", "source"), _row("---", "---:", "---:", "---")]
+    for s in evals:
+        lines.append(_row(_eval_label(s, run_dir), f"{s['top1_err']:.2f}", f"{s['top5_err']:.2f}",
+                          "repro eval"))
+    if t["best_val"] is not None:
+        b = t["best_val"]
+        lines.append(_row(f"this run: best centre-crop val during training (after epoch {b['epoch']}, "
+                          f"{b['n']} images)", f"{b['top1_err']:.2f}", f"{b['top5_err']:.2f}",
+                          "metrics.jsonl"))
+    for a in ANCHORS:
+        sign = "+" if a.delta else ""
+        lines.append(_row(a.model, f"{sign}{a.top1_err}", f"{sign}{a.top5_err}", a.source))
+    c = cfg.model.num_classes
+    lines += ["", f"This run: {t['epochs']} of {cfg.schedule.epochs} epochs, {t['steps']} steps "
+              f"(metrics.jsonl); {c} classes, so chance is {100 * (1 - 1 / c):.1f}% top-1 and "
+              f"{100 * max(0.0, 1 - 5 / c):.1f}% top-5 error."]
+    if not evals:
+        lines.append("The 10-crop rows need the val shards: `repro report RUN_DIR --data SHARDS`.")
+    if c != paper.model.num_classes:
+        lines.append(f"The paper's rows are over {paper.model.num_classes} classes: "
+                     f"compare only a run on the full ImageNet.")
+    diffs = differences(cfg, paper)
+    lines += ["", f"## Settings that differ from the paper ({PAPER_CONFIG.relative_to(CONFIG_DIR.parent)})",
+              ""]
+    lines += [f"- {key}: {a!r} vs {b!r}" for key, a, b in diffs] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: str | Path, evals: list[dict] = (), out: str | Path | None = None) -> Path:
+    """Render RUN_DIR's report (with the given `repro eval` summaries) to `out`
+    (default RUN_DIR/report.md)."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path}: missing; is {run_dir} a `repro train` run directory?")
+    cfg = load_config(run_dir / "config.yaml")
+    text = render(run_dir, cfg, load_config(PAPER_CONFIG), read_metrics(run_dir), list(evals))
+    out = Path(out) if out else run_dir / "report.md"
+    out.write_text(text)
+    return out

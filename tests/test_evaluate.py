@@ -1,0 +1,164 @@
+"""repro eval: the 10 crops against torchvision's TenCrop, top-k by hand, ensembles, and the
+checkpoints it must refuse. A random model on 68 px crops (data.crop_size) keeps it fast;
+the architecture is the paper's.
+
+68 leaves an even margin (256 - 68): TenCrop takes the centre crop of the mirrored image,
+which is the mirror of the centre patch only when the margin is even; repro eval mirrors
+the patches themselves, as the paper says, whatever the margin."""
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2.functional import ten_crop
+
+from repro.cli import main
+from repro.config import config_from_dict, load_config, model_kwargs
+from repro.evaluate import (EvalError, EvalResult, evaluate, load_member, pick_device,
+                            topk_correct)
+from repro.model import build_model
+from shard_helpers import write_shards
+
+ROOT = Path(__file__).parent.parent
+SMOKE = ROOT / "configs" / "smoke.yaml"
+CROP = 68
+SMALL = ["model.num_classes=4", f"data.crop_size={CROP}", "model.init=torch",
+         "data.val_batch_size=5"]   # 12 val images: batches of 5, 5, 2
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=8, val=12,
+                        shard_size=5)
+
+
+def make_checkpoint(path: Path, *overrides: str, classes=None) -> Path:
+    cfg = load_config(SMOKE, SMALL + list(overrides))
+    model = build_model(model_kwargs(cfg))      # seeded by model.seed
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, shards):
+    d = tmp_path_factory.mktemp("ckpt")
+    classes = json.loads((shards / "manifest.json").read_text())["classes"]
+    return (make_checkpoint(d / "a.pt", classes=classes),
+            make_checkpoint(d / "b.pt", "model.seed=1", classes=classes))
+
+
+def val_images(shards: Path):
+    """The val split read with tarfile and PIL, in the manifest's order."""
+    manifest = json.loads((shards / "manifest.json").read_text())
+    images, labels = [], []
+    for entry in manifest["splits"]["val"]["shards"]:
+        with tarfile.open(shards / entry["name"]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in sorted(n for n in members if n.endswith(".jpg")):
+            images.append(np.asarray(Image.open(io.BytesIO(members[name])).convert("RGB")))
+            labels.append(int(members[name[:-4] + ".cls"]))
+    return np.stack(images), torch.tensor(labels)
+
+
+@torch.no_grad()
+def reference_probs(ckpt: Path, shards: Path, images: np.ndarray) -> torch.Tensor:
+    """The paper's test procedure written out independently: subtract the mean image from
+    the 256x256 image, take torchvision's TenCrop, average the softmax over the 10."""
+    state = torch.load(ckpt, weights_only=False)
+    model = build_model(model_kwargs(config_from_dict(state["config"])))
+    model.load_state_dict(state["model"])
+    model.eval()
+    mean = np.load(shards / "stats.npz")["mean_image"]
+    out = []
+    for img in images:
+        x = torch.from_numpy(img.astype(np.float32) - mean).permute(2, 0, 1)
+        out.append(model(torch.stack(ten_crop(x, CROP))).softmax(1).mean(0))
+    return torch.stack(out)
+
+
+def errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    top5 = probs.topk(5 if probs.shape[1] >= 5 else probs.shape[1], 1).indices
+    n = len(labels)
+    return (100 * (1 - (top5[:, 0] == labels).sum().item() / n),
+            100 * (1 - (top5 == labels[:, None]).any(1).sum().item() / n))
+
+
+def test_topk_correct_by_hand():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.9, 0.3, 0.0],    # order 3 1 4 2 0 5
+                           [0.6, 0.1, 0.0, 0.2, 0.3, 0.4],    # order 0 5 4 3 1 2
+                           [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])   # order 5 4 3 2 1 0
+    labels = torch.tensor([3, 2, 1])    # top-1 hit; rank 6; rank 5
+    assert topk_correct(scores, labels, (1, 2, 5)) == [1, 1, 2]
+    r = EvalResult(["x.pt"], ["a", "b", "c"], 1,
+                   confusion=np.array([[3, 1, 0], [0, 2, 2], [1, 0, 1]]),   # 6 of 10 right
+                   top5_hits=np.array([4, 3, 1]))
+    assert r.summary() == {"top1_err": pytest.approx(40.0), "top5_err": pytest.approx(20.0),
+                           "n": 10, "crops": 1, "checkpoints": ["x.pt"]}
+
+
+def test_ten_crop_equals_torchvision_tencrop(shards, ckpts):
+    images, labels = val_images(shards)
+    expected = reference_probs(ckpts[0], shards, images)
+    member = load_member(ckpts[0], shards / "stats.npz", pick_device("cpu"))
+    got = member.probs(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), ten_crop=True)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    centre = member.probs(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), False)
+    assert (centre - expected).abs().max() > 1e-3      # the 10 crops matter on this model
+
+    result = evaluate([ckpts[0]], shards, ten_crop=True, device="cpu")
+    s = result.summary()
+    assert (s["n"], s["crops"]) == (12, 10)
+    assert (s["top1_err"], s["top5_err"]) == pytest.approx(errors(expected, labels))
+    assert np.array_equal(result.confusion.sum(1), np.bincount(labels, minlength=4))
+
+
+def test_ensemble_averages_softmax_and_two_copies_equal_one(shards, ckpts):
+    images, labels = val_images(shards)
+    one = evaluate([ckpts[0]], shards, ten_crop=True, device="cpu")
+    two = evaluate([ckpts[0], ckpts[0]], shards, ten_crop=True, device="cpu")
+    assert np.array_equal(one.confusion, two.confusion)
+    assert np.array_equal(one.top5_hits, two.top5_hits)
+    assert len(two.summary()["checkpoints"]) == 2
+
+    mixed = (reference_probs(ckpts[0], shards, images) + reference_probs(ckpts[1], shards, images)) / 2
+    pair = evaluate(list(ckpts), shards, ten_crop=True, device="cpu", batch_size=7).summary()
+    assert (pair["top1_err"], pair["top5_err"]) == pytest.approx(errors(mixed, labels))
+
+
+def test_refuses_checkpoints_that_do_not_fit(shards, ckpts, tmp_path, capsys):
+    five = make_checkpoint(tmp_path / "five.pt", "model.num_classes=5")
+    with pytest.raises(EvalError, match=r"five.pt has model.num_classes = 5 but .*manifest.json "
+                                        r"lists 4 classes"):
+        evaluate([five], shards, device="cpu")
+    with pytest.raises(EvalError, match=r"differ in model.num_classes: .*a.pt has 4, .*five.pt has 5"):
+        evaluate([ckpts[0], five], shards, device="cpu")
+    other = make_checkpoint(tmp_path / "other.pt", classes=["n09999999", "n00000001",
+                                                            "n00000002", "n00000003"])
+    with pytest.raises(EvalError, match="class 0 is n09999999 in the checkpoint, n00000000"):
+        evaluate([other], shards, device="cpu")
+    assert main(["eval", "--checkpoint", str(five), "--data", str(shards)]) == 2
+    assert "model.num_classes = 5" in capsys.readouterr().err
+
+
+def test_cli_json_and_breakdown(shards, ckpts, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(ckpts[0]), "--data", str(shards), "--json",
+                 "--device", "cpu", "--out", str(out), "--limit", "10"]) == 0
+    printed = json.loads(capsys.readouterr().out)      # stdout is exactly one JSON object
+    assert set(printed) == {"top1_err", "top5_err", "n", "crops", "checkpoints"}
+    assert (printed["n"], printed["crops"], printed["checkpoints"]) == (10, 1, [str(ckpts[0])])
+    assert json.loads((out / "eval.json").read_text()) == printed
+    with open(out / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["wnid"] for r in rows] == [f"n{i:08d}" for i in range(4)]
+    assert sum(int(r["n"]) for r in rows) == 10
+    wrong = 10 - sum(round(int(r["n"]) * (1 - float(r["top1_err"]) / 100)) for r in rows)
+    assert wrong == round(printed["top1_err"] / 10)
+    confusions = json.loads((out / "worst_confusions.json").read_text())
+    assert sum(c["count"] for c in confusions) <= wrong
+    assert all(c["wnid"] != c["predicted_wnid"] for c in confusions)
