@@ -1,0 +1,326 @@
+"""Two-tower model parallelism: the paper's two-GPU layout (section 3.2, Figure 2).
+
+Tower t (t = 0, 1) holds half the kernels of every layer on devices[t]: output
+channels [0, C/2) of conv1..conv5 and rows [0, 2048) of fc6/fc7 on tower 0, the
+other half on tower 1. Activations cross devices only where the paper's do:
+
+    conv1  reads the image                      (each tower its own copy)
+    conv2  reads its own tower's pool1          (grouped, no transfer)
+    conv3  reads BOTH towers' pool2             (transfer)
+    conv4  reads its own tower's conv3          (grouped, no transfer)
+    conv5  reads its own tower's conv4          (grouped, no transfer)
+    fc6    each tower: half the neurons, from BOTH towers' pool5   (transfer)
+    fc7    each tower: half the neurons, from BOTH towers' fc6     (transfer)
+    fc8    one layer on devices[0], from BOTH towers' fc7          (transfer)
+
+fc8 is not split: Figure 2 draws the 1000-way layer as one block fed by both
+GPUs, it is 7% of the parameters, and keeping it whole avoids a final gather
+(and splitting an odd class count).
+
+The weights layout is the single-device AlexNet's: `state_dict()` has exactly
+AlexNet's keys and shapes (each tensor is the two towers' halves concatenated
+along dim 0), and `load_state_dict()` takes an AlexNet state_dict, so a
+checkpoint moves freely between train.parallel = ddp and towers.
+`single_optimizer_state` / `load_single_optimizer_state` do the same for the
+optimizer (PaperSGD or torch SGD; any per-parameter state shaped like the
+parameter is concatenated / split the same way).
+
+LRN. In cuda-convnet2's two-GPU config each GPU has its own rnorm layer over its
+own 48 (128) maps (rnorm1a/rnorm1b), so the n=5 window never crosses the tower
+boundary; repro.model's two-group AlexNet does the same (LocalResponseNorm with
+groups=2), and so does TowerAlexNet by default: each tower normalises its own maps,
+no transfer. A model whose LRN has groups=1 (the window crosses at maps 46..49 of
+conv1, 126..129 of conv2, as torchvision-style ports do) is matched by exchanging
+the n//2 boundary maps (tower_lrn(..., across=True)); lrn_across_towers overrides
+which one is used.
+
+Dropout is applied to the full 4096-wide fc6/fc7 activations on devices[0] by the
+model's own nn.Dropout modules, so with the same RNG state the masks are the single
+model's; the dropped activations are then sent to the other tower (the same
+transfer fc7/fc8 need anyway). In eval mode the halves are exchanged directly.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.lrn import LocalResponseNorm
+from repro.model import CONVS, GROUPED, AlexNet
+
+SPLIT = (*CONVS, "fc6", "fc7")   # layers whose output units are split between the towers
+WHOLE = ("fc8",)                 # on devices[0], reading both towers
+
+
+def _attr(key: str) -> str:
+    return key.replace(".", "_")
+
+
+class TowerAlexNet(nn.Module):
+    """`model`'s weights split over two devices, computed as the paper's two GPUs did.
+
+    The wrapper copies the weights: after construction it owns the live parameters
+    (train it, then `state_dict()` or `to_single()`); `model` is left untouched.
+    """
+
+    def __init__(self, model: AlexNet, devices=("cuda:0", "cuda:1"), *,
+                 lrn_across_towers: bool | None = None):
+        super().__init__()
+        if not isinstance(model, AlexNet):
+            raise TypeError(f"TowerAlexNet wraps a repro.model.AlexNet, got {type(model).__name__}")
+        for name in GROUPED:
+            if getattr(model, name).groups != 2:
+                raise ValueError(f"TowerAlexNet needs the two-group model (groups=2); {name} has "
+                                 f"groups={getattr(model, name).groups}")
+        if len(devices) != 2:
+            raise ValueError(f"devices must be two devices (they may be equal), got {devices!r}")
+        self.devices = tuple(torch.device(d) for d in devices)
+        # A parameterless copy of the model: conv hyper-parameters, LRN, pooling and
+        # dropout modules, and the skeleton that to_single() fills.
+        memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+                for p in model.parameters()}
+        skeleton = copy.deepcopy(model, memo)
+        object.__setattr__(self, "_skeleton", skeleton)  # not a submodule: no state_dict keys
+        for name in ("pool1", "pool2", "pool5", "drop6", "drop7"):
+            setattr(self, name, getattr(skeleton, name))
+        # LRN: one module per tower, over that tower's maps (groups=1), as rnorm1a/rnorm1b.
+        self.lrn_across_towers = False
+        for name in ("norm1", "norm2"):
+            norm = copy.deepcopy(getattr(skeleton, name))
+            if isinstance(norm, LocalResponseNorm):
+                model_groups = getattr(norm, "groups", 1)
+                if model_groups not in (1, 2):
+                    raise ValueError(f"{name} normalises in {model_groups} groups; towers need 1 or 2")
+                self.lrn_across_towers = (model_groups == 1 if lrn_across_towers is None
+                                          else lrn_across_towers)
+                norm.groups = 1
+            setattr(self, name, norm)
+        self.train(model.training)
+
+        self._parts: dict[str, list[nn.Parameter]] = {}   # "conv1.weight" -> [tower 0, tower 1]
+        self._origin: dict[int, str] = {}                  # id(tower param) -> "conv1.weight"
+        for name in (*SPLIT, *WHOLE):
+            for kind in ("weight", "bias"):
+                key = f"{name}.{kind}"
+                original = getattr(model, name).get_parameter(kind)
+                full = original.detach()
+                if name in WHOLE:
+                    pieces = [full.to(self.devices[0], copy=True)]
+                else:
+                    if full.shape[0] % 2:
+                        raise ValueError(f"{key} has {full.shape[0]} output units: not divisible by 2")
+                    pieces = [half.to(dev, copy=True) for half, dev in zip(full.chunk(2, 0), self.devices)]
+                parts = []
+                for t, piece in enumerate(pieces):
+                    p = nn.Parameter(piece, requires_grad=original.requires_grad)
+                    self.register_parameter(f"{_attr(key)}_{t}", p)
+                    self._origin[id(p)] = key
+                    parts.append(p)
+                self._parts[key] = parts
+
+    # ---- weights layout ------------------------------------------------------
+    def parts(self, key: str) -> list[nn.Parameter]:
+        """The tower pieces of AlexNet parameter `key` ("fc6.weight"), tower 0 first."""
+        return self._parts[key]
+
+    def single_key(self, param: nn.Parameter) -> str:
+        return self._origin[id(param)]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for key, parts in self._parts.items():
+            full = torch.cat([p.detach().to(self.devices[0]) for p in parts]) if len(parts) > 1 \
+                else parts[0].detach()
+            destination[prefix + key] = full
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for key, parts in self._parts.items():
+            if prefix + key not in state_dict:
+                missing_keys.append(prefix + key)
+                continue
+            value = state_dict[prefix + key]
+            shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+            if tuple(value.shape) != shape:
+                error_msgs.append(f"size mismatch for {prefix + key}: copying a param with shape "
+                                  f"{tuple(value.shape)}, the model has {shape}")
+                continue
+            with torch.no_grad():
+                for p, piece in zip(parts, value.split([p.shape[0] for p in parts])):
+                    p.copy_(piece)
+        if strict:
+            children = set(self._modules)
+            for key in state_dict:
+                if key.startswith(prefix):
+                    rest = key[len(prefix):]
+                    if rest not in self._parts and rest.split(".", 1)[0] not in children:
+                        unexpected_keys.append(key)
+
+    def to_single(self, device=None) -> AlexNet:
+        """A fresh single-device AlexNet holding the current weights (on `device`, default devices[0])."""
+        model = copy.deepcopy(self._skeleton).to_empty(device=device or self.devices[0])
+        model.load_state_dict(self.state_dict())
+        return model.train(self.training)
+
+    @classmethod
+    def from_single(cls, model: AlexNet, devices, **kwargs) -> "TowerAlexNet":
+        return cls(model, devices, **kwargs)
+
+    # ---- forward ---------------------------------------------------------------
+    def _w(self, name: str, t: int):
+        return self._parts[f"{name}.weight"][t], self._parts[f"{name}.bias"][t]
+
+    def _conv(self, x, name: str, t: int):
+        conv = getattr(self._skeleton, name)
+        w, b = self._w(name, t)
+        return F.relu(F.conv2d(x, w, b, conv.stride, conv.padding))
+
+    def _norm(self, norm: nn.Module, xs):
+        if isinstance(norm, LocalResponseNorm) and self.lrn_across_towers:
+            return tower_lrn(xs[0], xs[1], norm, across=True)
+        return [norm(x) for x in xs]
+
+    def _both(self, xs, t: int, dim: int = 1):
+        """Both towers' tensors, concatenated on tower t's device."""
+        return torch.cat([x.to(self.devices[t]) for x in xs], dim)
+
+    def _dropout(self, drop: nn.Dropout, xs):
+        """Each tower's copy of the full dropped activations (masks drawn on devices[0])."""
+        if self.training and drop.p > 0:
+            full = drop(self._both(xs, 0))
+            return [full, full.to(self.devices[1])]
+        return [self._both(xs, 0), self._both(xs, 1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d0, d1 = self.devices
+        xs = [self._conv(x.to(d), "conv1", t) for t, d in enumerate(self.devices)]
+        xs = [self.pool1(y) for y in self._norm(self.norm1, xs)]
+        xs = [self._conv(y, "conv2", t) for t, y in enumerate(xs)]
+        xs = [self.pool2(y) for y in self._norm(self.norm2, xs)]
+        xs = [self._conv(self._both(xs, t), "conv3", t) for t in range(2)]   # crosses
+        xs = [self._conv(y, "conv4", t) for t, y in enumerate(xs)]
+        xs = [self.pool5(self._conv(y, "conv5", t)) for t, y in enumerate(xs)]
+        # flatten(cat(channels)) == cat(flatten): channel-major, as AlexNet.forward flattens
+        flat = [self._both([torch.flatten(y, 1) for y in xs], t) for t in range(2)]  # crosses
+        xs = [F.relu(F.linear(flat[t], *self._w("fc6", t))) for t in range(2)]
+        full = self._dropout(self.drop6, xs)                                         # crosses
+        xs = [F.relu(F.linear(full[t], *self._w("fc7", t))) for t in range(2)]
+        full = self._dropout(self.drop7, xs)                                         # crosses
+        return F.linear(full[0], *self._w("fc8", 0))   # logits on devices[0]
+
+
+def tower_lrn(xa: torch.Tensor, xb: torch.Tensor, norm: LocalResponseNorm, across: bool):
+    """LRN of two towers' maps by `norm` (its groups ignored). across=False: each tower over
+    its own maps (== LRN with groups=2 over cat(xa, xb)); across=True: == LRN with groups=1
+    over cat(xa, xb), the window crossing the boundary: tower a borrows xb's first (n-1)//2
+    maps, tower b xa's last n//2."""
+    lrn = copy.copy(norm)
+    lrn.groups = 1
+    if not across:
+        return [lrn(xa), lrn(xb)]
+    before, after = norm.size // 2, (norm.size - 1) // 2   # the window is [i - before, i + after]
+    ca = xa.shape[1]
+    a = lrn(torch.cat([xa, xb[:, :after].to(xa.device)], 1))[:, :ca]
+    b = lrn(torch.cat([xa[:, ca - before:].to(xb.device), xb], 1))[:, before:]
+    return [a, b]
+
+
+def single_optimizer_state(optimizer: torch.optim.Optimizer, towers: TowerAlexNet) -> dict:
+    """The state_dict that the same optimizer over the single-device AlexNet (built with the same
+    param_groups call) would have: tower pieces concatenated along dim 0, on devices[0]."""
+    sd = optimizer.state_dict()
+    index, groups, state = {}, [], {}
+    flat = [p for g in optimizer.param_groups for p in g["params"]]
+    for group, saved in zip(optimizer.param_groups, sd["param_groups"]):
+        keys = list(dict.fromkeys(towers.single_key(p) for p in group["params"]))
+        for key in keys:
+            index[key] = len(index)
+        groups.append({**{k: v for k, v in saved.items() if k != "params"},
+                       "params": [index[k] for k in keys]})
+    position = {id(p): i for i, p in enumerate(flat)}
+    for key, i in index.items():
+        pieces = [sd["state"].get(position[id(p)]) for p in towers.parts(key)]
+        if any(s is None for s in pieces):
+            continue
+        merged = {}
+        for name, value in pieces[0].items():
+            part0 = towers.parts(key)[0]
+            if torch.is_tensor(value) and value.shape == part0.shape and len(pieces) > 1:
+                merged[name] = torch.cat([s[name].to(towers.devices[0]) for s in pieces])
+            else:
+                merged[name] = value
+        state[i] = merged
+    return {"state": state, "param_groups": groups}
+
+
+def load_single_optimizer_state(optimizer: torch.optim.Optimizer, towers: TowerAlexNet, single: dict) -> None:
+    """Load a single-device AlexNet optimizer state_dict (see single_optimizer_state) into
+    `optimizer`, which was built over `towers`' parameters with the same param_groups call."""
+    if len(single["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(f"the saved optimizer has {len(single['param_groups'])} parameter groups, "
+                         f"this one {len(optimizer.param_groups)}")
+    groups, state, position = [], {}, 0
+    for group, saved in zip(optimizer.param_groups, single["param_groups"]):
+        keys = list(dict.fromkeys(towers.single_key(p) for p in group["params"]))
+        if len(keys) != len(saved["params"]):
+            raise ValueError(f"a saved parameter group has {len(saved['params'])} tensors, the "
+                             f"towers' group covers {len(keys)}")
+        single_index = dict(zip(keys, saved["params"]))
+        ids = []
+        for p in group["params"]:
+            key = towers.single_key(p)
+            parts = towers.parts(key)
+            s = single["state"].get(single_index[key])
+            if s is not None:
+                t = next(i for i, q in enumerate(parts) if q is p)
+                sizes = [q.shape[0] for q in parts]
+                full_shape = (sum(sizes), *parts[0].shape[1:])
+                state[position] = {
+                    name: (value.split(sizes)[t] if len(parts) > 1 and tuple(value.shape) == full_shape
+                           else value).clone() if torch.is_tensor(value) else value
+                    for name, value in s.items()}
+            ids.append(position)
+            position += 1
+        groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": ids})
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_towers(model: AlexNet, device0, device1, batch: int, *, steps: int = 20, warmup: int = 5,
+                 input_size: int = 227, bf16: bool = False, lr: float = 0.01) -> float:
+    """Training throughput (images/s) of TowerAlexNet(model) on (device0, device1): forward,
+    backward and a PaperSGD step on random input, after `warmup` untimed steps."""
+    from repro.optim import PaperSGD
+
+    net = TowerAlexNet(model, (device0, device1))
+    net.train()
+    opt = PaperSGD(net.parameters(), lr=lr)
+    d0 = net.devices[0]
+    x = torch.randn(batch, model.conv1.in_channels, input_size, input_size, device=d0)
+    y = torch.randint(0, model.fc8.out_features, (batch,), device=d0)
+    autocast = torch.autocast(d0.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step():
+        with autocast:
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    for d in set(net.devices):
+        _sync(d)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    for d in set(net.devices):
+        _sync(d)
+    return steps * batch / (time.perf_counter() - t0)
