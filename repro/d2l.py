@@ -1,0 +1,172 @@
+"""`python -m repro.d2l`: d2l.ai's simplified AlexNet on Fashion-MNIST, trained the way
+the book's train_ch6 trains it, with this project's model, optimizer and train step.
+
+    python -m repro.d2l --config configs/d2l_fashion_mnist.yaml --root DIR [--download]
+                        [--out RUN_DIR] [--no-xavier] [section.key=value ...]
+
+Data as d2l.load_data_fashion_mnist(batch_size, resize=224): torchvision's
+FashionMNIST under DIR (DIR/FashionMNIST/raw/*-ubyte; fetched only with --download),
+Resize(data.crop_size) then ToTensor (values 0..1, no mean subtraction, no
+augmentation), shuffled training batches. The model is repro.model.build_model from the
+config; like train_ch6, conv and linear weights are then re-drawn with
+xavier_uniform_ (biases keep PyTorch's default) unless --no-xavier. Each epoch prints
+train loss, train accuracy, test accuracy and training examples/s (time inside the
+training steps, as d2l's Timer counts it); RUN_DIR gets config.yaml and metrics.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from repro.config import Config, ConfigError, load_config, model_kwargs
+from repro.model import build_model
+from repro.tracking import Tracker
+from repro.train import build_optimizer, pick_device, train_step
+
+
+def xavier_(model: nn.Module, seed: int) -> None:
+    """d2l's train_ch6 init: xavier_uniform_ on every Conv2d/Linear weight, biases untouched."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight, generator=g)
+
+
+def fashion_mnist(root: str | Path, size: int, download: bool):
+    """(train, test) torchvision FashionMNIST datasets, Resize(size) then ToTensor."""
+    from torchvision import datasets, transforms
+
+    trans = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+    try:
+        return tuple(datasets.FashionMNIST(root=str(root), train=train, transform=trans, download=download)
+                     for train in (True, False))
+    except RuntimeError as e:
+        raise SystemExit(f"Fashion-MNIST not found under {root}/FashionMNIST/raw ({e}); "
+                         f"pass --download to fetch it") from None
+
+
+def loaders(cfg: Config, root, download: bool, device: torch.device):
+    train_set, test_set = fashion_mnist(root, cfg.data.crop_size, download)
+    if cfg.data.val_limit:
+        test_set = torch.utils.data.Subset(test_set, range(min(cfg.data.val_limit, len(test_set))))
+    common = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
+    train = torch.utils.data.DataLoader(train_set, cfg.data.batch_size, shuffle=True,
+                                        generator=torch.Generator().manual_seed(cfg.train.seed), **common)
+    test = torch.utils.data.DataLoader(test_set, cfg.data.val_batch_size, shuffle=False, **common)
+    return train, test
+
+
+@torch.no_grad()
+def accuracy(net, batches, device, autocast, channels_last: bool) -> float:
+    net.eval()
+    correct = total = 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            correct += (net(x).argmax(1) == y).sum().item()
+        total += len(y)
+    net.train()
+    return correct / max(total, 1)
+
+
+def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = None,
+        xavier: bool = True) -> dict:
+    """Train and evaluate; returns the last epoch's metrics."""
+    device = pick_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)               # dropout masks
+    train_batches, test_batches = loaders(cfg, root, download, device)
+    model = build_model(model_kwargs(cfg))
+    if xavier:
+        xavier_(model, cfg.model.seed)
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    net = torch.compile(model) if cfg.train.compile else model
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if cfg.train.precision == "bf16" else nullcontext())
+    tracker = None
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml())
+        tracker = Tracker(out, cfg.to_dict(), cfg.logging.wandb, cfg.logging.project, cfg.logging.entity)
+        tracker.log({"event": "d2l", "root": str(root), "xavier": xavier, "device": str(device),
+                     "train_examples": len(train_batches.dataset),
+                     "test_examples": len(test_batches.dataset)})
+    print(f"training on {device}", flush=True)
+    steps = len(train_batches)
+    if cfg.data.steps_per_epoch:
+        steps = min(steps, cfg.data.steps_per_epoch)
+    total_examples, total_time, step, record = 0, 0.0, 0, {}
+    net.train()
+    for epoch in range(cfg.schedule.epochs):
+        loss_sum = correct = n = 0.0
+        epoch_time = 0.0
+        for i, (x, y) in enumerate(train_batches):
+            if i == steps:
+                break
+            t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, right = train_step(net, optimizer, x, y, world=1, global_n=len(y), autocast=autocast)
+            loss_sum += loss.item()                  # waits for the step, as d2l's metric.add does
+            correct += right.item()
+            epoch_time += time.perf_counter() - t0
+            n += len(y)
+            step += 1
+        total_examples += n
+        total_time += epoch_time
+        test_acc = accuracy(net, test_batches, device, autocast, cfg.train.channels_last)
+        record = {"event": "epoch", "epoch": epoch + 1, "step": step, "loss": loss_sum / n,
+                  "train_acc": correct / n, "test_acc": test_acc,
+                  "examples_per_s": n / epoch_time, "examples": int(n)}
+        print(f"epoch {epoch + 1}/{cfg.schedule.epochs}: loss {record['loss']:.3f}, train acc "
+              f"{record['train_acc']:.3f}, test acc {test_acc:.3f}, "
+              f"{record['examples_per_s']:.1f} examples/sec on {device}", flush=True)
+        if tracker:
+            tracker.log(record, step=step)
+    if not record:
+        raise SystemExit("schedule.epochs must be at least 1")
+    # d2l's final lines: the last epoch's metrics; examples/s over all epochs' training time
+    overall = total_examples / total_time
+    print(f"loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, test acc "
+          f"{record['test_acc']:.3f}")
+    print(f"{overall:.1f} examples/sec on {device}", flush=True)
+    if tracker:
+        tracker.log({"event": "done", **{k: v for k, v in record.items() if k != "event"},
+                     "examples_per_s_overall": overall}, step=step)
+        tracker.finish(0)
+    return record | {"examples_per_s_overall": overall}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m repro.d2l", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/d2l_fashion_mnist.yaml")
+    parser.add_argument("--root", required=True, help="torchvision root: ROOT/FashionMNIST/raw/*-ubyte")
+    parser.add_argument("--download", action="store_true", help="fetch Fashion-MNIST into --root")
+    parser.add_argument("--out", help="run directory for config.yaml and metrics.jsonl")
+    parser.add_argument("--no-xavier", dest="xavier", action="store_false",
+                        help="keep the config's model.init instead of d2l's xavier_uniform_ weights")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        parser.error(str(e))
+    run(cfg, args.root, download=args.download, out=args.out, xavier=args.xavier)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The d2l.ai variant: its config builds the book's net, and `python -m repro.d2l` trains
+it on Fashion-MNIST files in torchvision's raw IDX layout (a tiny generated set here)."""
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from repro import d2l
+from repro.config import load_config, model_kwargs
+from repro.lrn import LocalResponseNorm
+from repro.model import build_model
+
+CONFIG = Path(__file__).parent.parent / "configs" / "d2l_fashion_mnist.yaml"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX (big-endian, unsigned bytes): magic 0x0000 08 <ndim>, the dims as uint32, data."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(root: Path, n_train=24, n_test=12, seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, label in enumerate(labels):   # a class-dependent bright band, learnable
+            images[i, 2 * label: 2 * label + 5] += 200
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+def test_config_is_the_books_net():
+    cfg = load_config(CONFIG)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.0, 0.0)
+    assert (cfg.data.batch_size, cfg.schedule.epochs, cfg.schedule.kind) == (128, 10, "constant")
+    model = build_model(model_kwargs(cfg))
+    assert model.fc6.in_features == 6400
+    assert model.conv1.in_channels == 1 and model.conv1.padding == (1, 1) and model.conv2.groups == 1
+    assert not any(isinstance(m, LocalResponseNorm) for m in model.modules())
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 1, 224, 224)).shape == (2, 10)
+
+
+def test_xavier_is_d2ls_init():
+    model = build_model(model_kwargs(load_config(CONFIG, ["data.crop_size=67"])))
+    bias = model.fc7.bias.clone()
+    d2l.xavier_(model, seed=0)
+    for layer in (model.conv1, model.fc7):
+        w = layer.weight.detach()
+        receptive = w[0, 0].numel()                       # 121 for conv1, 1 for a linear layer
+        fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+        bound = (6 / (fan_in + fan_out)) ** 0.5           # xavier_uniform_, gain 1
+        assert w.abs().max() <= bound
+        assert abs(w.std().item() - bound / 3 ** 0.5) < 0.05 * bound
+    assert torch.equal(model.fc7.bias, bias)
+
+
+def test_generated_files_load_with_torchvision(tmp_path):
+    fake_fashion_mnist(tmp_path)
+    train, test = d2l.fashion_mnist(tmp_path, 32, download=False)
+    x, y = train[3]
+    assert (len(train), len(test), x.shape, y) == (24, 12, (1, 32, 32), 3)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_missing_data_says_download(tmp_path):
+    with pytest.raises(SystemExit, match="--download"):
+        d2l.main(["--config", str(CONFIG), "--root", str(tmp_path)])
+
+
+def test_runner_trains_one_epoch_and_writes_metrics(tmp_path, capsys):
+    torch.set_num_threads(1)
+    fake_fashion_mnist(tmp_path / "data")
+    out = tmp_path / "run"
+    assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path / "data"), "--out", str(out),
+                     "data.crop_size=67", "data.batch_size=8", "data.workers=0",
+                     "schedule.epochs=1", "train.device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1: loss" in printed and "examples/sec on cpu" in printed
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epoch = [r for r in records if r["event"] == "epoch"]
+    assert len(epoch) == 1 and epoch[0]["examples"] == 24 and epoch[0]["step"] == 3
+    assert np.isfinite(epoch[0]["loss"]) and epoch[0]["examples_per_s"] > 0
+    assert 0.0 <= epoch[0]["test_acc"] <= 1.0 and 0.0 <= epoch[0]["train_acc"] <= 1.0
+    assert records[-1]["event"] == "done"
+    assert load_config(out / "config.yaml").data.crop_size == 67
