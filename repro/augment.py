@@ -15,6 +15,16 @@ import torch
 from repro.config import AugmentConfig
 
 
+def crop_windows(ys, xs, flips, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices (B, size) of each sample's crop window, the columns
+    reversed where the crop is mirrored; index a (.., 256, 256) image with them."""
+    offsets = torch.arange(size, device=device)
+    rows = ys.to(device)[:, None] + offsets
+    mirrored = flips.to(device)[:, None].bool()
+    cols = xs.to(device)[:, None] + torch.where(mirrored, size - 1 - offsets, offsets)
+    return rows, cols
+
+
 class Normalizer:
     def __init__(self, stats_path: str | Path, cfg: AugmentConfig, device: torch.device):
         stats = np.load(stats_path)
@@ -36,10 +46,7 @@ class Normalizer:
     def mean_crops(self, ys: torch.Tensor, xs: torch.Tensor, flips: torch.Tensor,
                    size: int) -> torch.Tensor:
         """(B,3,size,size): the mean image cut at each window, mirrored where flipped."""
-        offsets = torch.arange(size, device=self.device)
-        rows = ys.to(self.device)[:, None] + offsets                          # B,size
-        flips = flips.to(self.device)[:, None].bool()
-        cols = xs.to(self.device)[:, None] + torch.where(flips, size - 1 - offsets, offsets)
+        rows, cols = crop_windows(ys, xs, flips, size, self.device)
         return self.mean_image[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
 
     def pca_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:

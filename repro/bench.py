@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from repro.augment import Normalizer, step_generator
 from repro.config import load_config, model_kwargs
-from repro.data import loader, read_manifest, split_shards
+from repro.data import device_images, loader, read_manifest, split_shards
+from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
 from repro.train import build_optimizer, make_plan, train_step
 from repro.distributed import Dist
@@ -50,6 +51,7 @@ def timed(fn, warmup: int, steps: int, device) -> float:
 
 def model_and_opt(cfg, device, channels_last, compile_):
     model = build_model(model_kwargs(cfg)).to(device)
+    set_lrn_impl(model, cfg.train.lrn_impl)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg, model)
@@ -71,16 +73,19 @@ def bench_step(cfg, device, precision, channels_last, compile_, warmup, steps) -
     return {"images_per_s": b / t, "peak_gpu_gb": mem}
 
 
-def bench_loader(cfg, shards, batches: int) -> dict:
+def bench_loader(cfg, shards, device, batches: int) -> dict:
+    """Images/s delivered as uint8 crops on `device` (decoded there on the GPU path)."""
     plan = make_plan(cfg, shards, "train", 0, Dist())
-    it = iter(loader(plan))
-    next(it)
-    n, t = 0, time.perf_counter()
-    for _ in range(batches):
-        batch = next(it, None)
-        if batch is None:
+    n, t = 0, None
+    for i, (images, labels, ys, xs, flips) in enumerate(loader(plan, pin_memory=device.type == "cuda")):
+        if i == 5:                               # after worker start-up
+            sync(device)
+            n, t = 0, time.perf_counter()
+        device_images(images, ys, xs, flips, plan, device).to(device, non_blocking=True)
+        n += len(labels)
+        if i == 5 + batches:
             break
-        n += len(batch[1])
+    sync(device)
     return {"images_per_s": n / (time.perf_counter() - t)}
 
 
@@ -94,6 +99,7 @@ def bench_end_to_end(cfg, shards, stats, device, precision, channels_last, compi
         if i == 5:                               # after compile and worker start-up
             sync(device)
             n, t = 0, time.perf_counter()
+        images = device_images(images, ys, xs, flips, plan, device)
         x = norm(images, ys, xs, flips, step_generator(device, 0, 0, i))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -145,7 +151,10 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=100, help="timed batches for data stages")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers")
     p.add_argument("--variants", default="fp32,bf16,bf16+cl,bf16+cl+compile",
-                   help="synthetic step variants: fp32|bf16 [+cl] [+compile] [+nolrn]")
+                   help="synthetic step variants, e.g. bf16+cl+compile+triton (see config())")
+    p.add_argument("--loaders", default="cpu,gpudec", help="loader variants (gpudec: GPU decode)")
+    p.add_argument("--end-to-end", default="bf16+cl+compile,bf16+cl+compile+gpudec",
+                   help="end-to-end variants")
     p.add_argument("--json", default="bench.json", help="where to write the results")
     p.add_argument("overrides", nargs="*", help="config overrides")
     args = p.parse_args(argv)
@@ -155,8 +164,14 @@ def main(argv=None) -> int:
     rows = []
 
     def config(variant: str, extra=()):
-        cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra])
-        if "nolrn" in variant:
+        """Variant tokens joined by '+': fp32|bf16, cl (channels_last), compile, nolrn,
+        ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode)."""
+        tokens = set(variant.split("+"))
+        impl = next((t for t in ("ref", "fused", "triton") if t in tokens), "auto")
+        cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
+                                   f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
+                                   f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}"])
+        if "nolrn" in tokens:
             cfg.model.lrn = "none"
         return cfg
 
@@ -168,24 +183,30 @@ def main(argv=None) -> int:
               + (f"   peak {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""),
               flush=True)
 
+    def run_step(v):
+        tokens = set(v.split("+"))
+        return bench_step(config(v), device, "bf16" if "bf16" in tokens else "fp32",
+                          "cl" in tokens, "compile" in tokens, 10, args.steps)
+
     for v in args.variants.split(","):
-        add("a: step (synthetic)", v, bench_step(config(v), device, "bf16" if "bf16" in v else "fp32",
-                                                 "+cl" in v, "compile" in v, 10, args.steps))
+        add("a: step (synthetic)", v, run_step(v))
     if args.data:
         manifest = read_manifest(args.data)
         classes = [f"model.num_classes={len(manifest['classes'])}"]
         shards = split_shards(args.data, "train")
         stats = Path(args.data) / "stats.npz"
-        cfg = config("", classes)
-        add("b: loader (cpu decode)", f"{args.workers} workers", bench_loader(cfg, shards, args.batches))
-        best = args.variants.split(",")[-1]
-        add("c: end to end", best, bench_end_to_end(config(best, classes), shards, stats, device,
-                                                     "bf16" if "bf16" in best else "fp32",
-                                                     "+cl" in best, "compile" in best, args.batches))
-        base = bench_baseline(cfg, args.data, device, args.workers, args.batches)
+        for v in args.loaders.split(","):
+            add("b: loader", v, bench_loader(config(v, classes), shards, device, args.batches))
+        for v in args.end_to_end.split(","):
+            tokens = set(v.split("+"))
+            add("c: end to end", v, bench_end_to_end(
+                config(v, classes), shards, stats, device, "bf16" if "bf16" in tokens else "fp32",
+                "cl" in tokens, "compile" in tokens, args.batches))
+        base = bench_baseline(config("", classes), args.data, device, args.workers, args.batches)
         add("e: baseline (reference)", "fp32 eager, PIL", base)
-        rows[-1]["speedup_of_c"] = rows[-2]["images_per_s"] / base["images_per_s"]
-        print(f"end to end / baseline: {rows[-1]['speedup_of_c']:.2f}x")
+        best = max(r["images_per_s"] for r in rows if r["stage"] == "c: end to end")
+        rows[-1]["speedup_of_best_c"] = best / base["images_per_s"]
+        print(f"best end to end / baseline: {rows[-1]['speedup_of_best_c']:.2f}x")
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": rows}

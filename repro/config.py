@@ -91,6 +91,7 @@ class TrainConfig:
     precision: str = "fp32"          # fp32 | bf16
     channels_last: bool = False
     compile: bool = False
+    lrn_impl: str = "auto"           # auto | reference | fused | triton: the same function
     parallel: str = "ddp"            # ddp (also single process) | towers
     deterministic: bool = False
     log_every: int = 50
@@ -138,6 +139,7 @@ CHOICES = {
     "augment.mean": ("image", "rgb", "none"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16"),
+    "train.lrn_impl": ("auto", "reference", "fused", "triton"),
     "train.parallel": ("ddp", "towers"),
     "logging.wandb": ("online", "offline", "disabled"),
     "logging.progress": ("auto", "bar", "lines", "off"),

@@ -27,6 +27,8 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
+from repro.augment import crop_windows
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -101,6 +103,7 @@ class EpochPlan:
     shuffle_buffer: int
     skip_batches: int = 0    # batches this rank already trained on (resume)
     limit: int = 0           # 0 = every sample; else the first `limit` of the sequence
+    decode: str = "cpu"      # cpu: workers decode and crop; gpu: workers pass the JPEG bytes
 
     def ordered_shards(self) -> list[Shard]:
         shards = list(self.shards)
@@ -146,9 +149,11 @@ class EpochPlan:
         rng = np.random.default_rng(stream_seed)
         samples = ((s, self._window(rng)) for s in samples)
         skip = round_robin(counts, self.skip_batches)[0][w] * self.batch_size
+        size = self.crop_size if self.crop != "none" else 0
         for sample, (y, x, flipped) in itertools.islice(samples, skip, None):
-            yield decode_crop(sample["jpg"], y, x, self.crop_size if self.crop != "none" else 0,
-                              flipped), int(sample["cls"]), y, x, flipped
+            image = (torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+                     if self.decode == "gpu" else decode_crop(sample["jpg"], y, x, size, flipped))
+            yield image, int(sample["cls"]), y, x, flipped
 
     def _window(self, rng: np.random.Generator) -> tuple[int, int, bool]:
         # Drawn for every sample, skipped or not, so that a resume sees the same draws.
@@ -180,6 +185,30 @@ def decode_crop(jpeg: bytes, y: int, x: int, size: int, flipped: bool) -> torch.
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
+def decode_batch(jpegs: list[torch.Tensor], ys, xs, flips, size: int,
+                 device: torch.device) -> torch.Tensor:
+    """The GPU path: decode a batch of JPEGs on `device` (nvJPEG on CUDA) and cut each
+    sample's window, mirrored where flipped: the same crops as decode_crop's."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
+    if images.shape[-2:] != (STORED, STORED):
+        raise ValueError(f"shard images are {tuple(images.shape[-2:])}, expected {STORED}x{STORED}")
+    if not size:
+        return images
+    rows, cols = crop_windows(ys, xs, flips, size, device)
+    batch = torch.arange(len(jpegs), device=device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) -> torch.Tensor:
+    """A loader batch's images as uint8 (B,3,S,S): decoded here on the GPU path."""
+    if isinstance(images, list):
+        return decode_batch(images, ys, xs, flips, plan.crop_size if plan.crop != "none" else 0,
+                            device)
+    return images
+
+
 class _WorkerStreams(torch.utils.data.IterableDataset):
     """Yields batches: worker w (of the DataLoader) batches its own stream."""
 
@@ -196,7 +225,8 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         stream = self.plan.worker_stream(w)
         while batch := list(itertools.islice(stream, self.plan.batch_size)):
             images, labels, ys, xs, flips = zip(*batch)
-            yield (torch.stack(images), torch.tensor(labels), torch.tensor(ys),
+            yield (list(images) if self.plan.decode == "gpu" else torch.stack(images),
+                   torch.tensor(labels), torch.tensor(ys),
                    torch.tensor(xs), torch.tensor(flips))
 
 

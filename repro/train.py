@@ -23,8 +23,9 @@ from tqdm import tqdm
 from repro import checkpoint, distributed
 from repro.augment import Normalizer, step_generator
 from repro.config import Config, model_kwargs
-from repro.data import EpochPlan, even_range, loader, read_manifest, split_shards
+from repro.data import EpochPlan, device_images, even_range, loader, read_manifest, split_shards
 from repro.evaluate import topk_correct
+from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
 from repro.optim import PaperSGD, param_groups
 from repro.schedule import Schedule
@@ -89,7 +90,7 @@ def make_plan(cfg: Config, shards, split: str, epoch: int, d, skip: int = 0) -> 
                      crop="random" if train and cfg.augment.random_crop else "center",
                      crop_size=cfg.data.crop_size, flip=train and cfg.augment.flip,
                      shuffle=train, shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=skip,
-                     limit=cfg.data.val_limit if not train else 0)
+                     limit=cfg.data.val_limit if not train else 0, decode=cfg.data.decode)
 
 
 def train_step(net, optimizer, x, labels, world: int, global_n: int, autocast=nullcontext()):
@@ -112,6 +113,7 @@ def validate(model, cfg: Config, shards, normalizer: Normalizer, d, device, auto
     plan = make_plan(cfg, shards, "val", 0, d)
     totals = np.zeros(3)
     for images, labels, ys, xs, flips in loader(plan, pin_memory=device.type == "cuda"):
+        images = device_images(images, ys, xs, flips, plan, device)
         x = normalizer(images, ys, xs, flips, None)
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -143,6 +145,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     normalizer = Normalizer(data_dir / "stats.npz", cfg.augment, device)
 
     model = build_model(model_kwargs(cfg)).to(device)
+    set_lrn_impl(model, cfg.train.lrn_impl)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
@@ -220,6 +223,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                              torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
                              torch.zeros(0, dtype=torch.bool))
                 images, labels, ys, xs, flips = batch
+                images = device_images(images, ys, xs, flips, plan, device)
                 labels = labels.to(device, non_blocking=True)
                 seed_dropout(cfg.train.seed, epoch, step, d.rank)
                 x = normalizer(images, ys, xs, flips,

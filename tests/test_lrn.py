@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from repro.lrn import LocalResponseNorm, local_response_norm
+from repro.lrn import LocalResponseNorm, fast_local_response_norm, local_response_norm
 
 # (k, alpha_over_n) of each convention; n=5, alpha=1e-4, beta=0.75 throughout.
 CONVENTIONS = {"paper": (2.0, False), "cuda-convnet": (2.0, True), "caffe": (1.0, True)}
@@ -76,3 +76,40 @@ def test_groups_normalise_each_group_alone():
     got = local_response_norm(a, 5, 1e-4, 0.75, 2.0, False, groups=2)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
     assert not torch.allclose(got, local_response_norm(a, 5, 1e-4, 0.75, 2.0, False))
+
+
+@pytest.mark.parametrize("size, groups", [(5, 1), (5, 2), (4, 1), (3, 2)])
+def test_fused_backward_equals_autograd_of_the_formula(size, groups):
+    g = torch.Generator().manual_seed(2)
+    a = (torch.randn(2, 12, 3, 3, generator=g, dtype=torch.float64) * 60).requires_grad_()
+    args = (size, 1e-4, 0.75, 2.0, False, groups)
+    ref = local_response_norm(a, *args)
+    out = fast_local_response_norm(a, *args, impl="fused")
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
+    upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad(ref, a, upstream)
+    (grad_fused,) = torch.autograd.grad(out, a, upstream)
+    torch.testing.assert_close(grad_fused, grad_ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda t: fast_local_response_norm(t, *args, impl="fused"), (a[:1, :, :2, :2].detach()
+                                                                       .clone().requires_grad_(),))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("channels, groups", [(96, 2), (256, 2), (96, 1)])
+def test_triton_equals_reference(dtype, tol, channels, groups):
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = (torch.randn(8, channels, 13, 13, generator=g, device="cuda") * 60).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    args = (5, 1e-4, 0.75, 2.0, False, groups)
+    ref_in = x.detach().double().requires_grad_()
+    ref = local_response_norm(ref_in, *args)
+    out = fast_local_response_norm(x, *args, impl="triton")
+    upstream = torch.randn(ref.shape, generator=g, device="cuda", dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad(ref, ref_in, upstream)
+    (grad,) = torch.autograd.grad(out, x, upstream.to(dtype))
+    for got, want in ((out, ref), (grad, grad_ref)):
+        err = (got.double() - want).norm() / want.norm()
+        assert err < tol, err

@@ -1,0 +1,136 @@
+"""LRN as Triton kernels over channels_last tensors, seen as a (pixels, channels) matrix.
+
+Each program takes a block of pixels and all channels of each. The forward
+reads x once per window tap (cache hits after the first) and writes b; the
+backward recomputes s from x rather than saving it, in two passes:
+  t = g * a * s^(-beta-1)                                 (pass 1, fp32 scratch)
+  dL/da = g * s^-beta - 2 c beta a * window_sum(t)        (pass 2)
+Registered as torch.library custom ops so torch.compile treats them as opaque
+calls with a known autograd formula.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+def applies(x: torch.Tensor, size: int, groups: int) -> bool:
+    return (x.is_cuda and x.dim() == 4 and size % 2 == 1 and x.shape[1] % groups == 0
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+@triton.jit
+def _s(X, rows, cols, row_ok, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
+       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k):
+    """k + coeff * sum of x^2 over each channel's window inside its group."""
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for d in tl.static_range(SIZE):
+        c2 = cols + (d - SIZE // 2)
+        ok = (c2 >= 0) & (c2 < C) & (c2 // GROUP == cols // GROUP)
+        v = tl.load(X + rows[:, None] * C + c2[None, :], mask=row_ok[:, None] & ok[None, :],
+                    other=0.0).to(tl.float32)
+        acc += v * v
+    return k + coeff * acc
+
+
+@triton.jit
+def _forward(X, Y, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
+             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k, beta):
+    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.arange(0, BLOCK_C)
+    row_ok = rows < P
+    mask = row_ok[:, None] & (cols < C)[None, :]
+    s = _s(X, rows, cols, row_ok, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
+    offs = rows[:, None] * C + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    y = x * tl.exp2(-beta * tl.log2(s))
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_t(X, G, T, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
+                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k, beta):
+    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.arange(0, BLOCK_C)
+    row_ok = rows < P
+    mask = row_ok[:, None] & (cols < C)[None, :]
+    s = _s(X, rows, cols, row_ok, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
+    offs = rows[:, None] * C + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    t = g * x * tl.exp2((-beta - 1.0) * tl.log2(s))
+    tl.store(T + offs, t, mask=mask)
+
+
+@triton.jit
+def _backward_x(X, G, T, DX, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
+                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k, beta):
+    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.arange(0, BLOCK_C)
+    row_ok = rows < P
+    mask = row_ok[:, None] & (cols < C)[None, :]
+    s = _s(X, rows, cols, row_ok, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
+    back = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for d in tl.static_range(SIZE):           # odd size: the window is its own transpose
+        c2 = cols + (d - SIZE // 2)
+        ok = (c2 >= 0) & (c2 < C) & (c2 // GROUP == cols // GROUP)
+        back += tl.load(T + rows[:, None] * C + c2[None, :], mask=row_ok[:, None] & ok[None, :],
+                        other=0.0)
+    offs = rows[:, None] * C + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    dx = g * tl.exp2(-beta * tl.log2(s)) - (2.0 * coeff * beta) * x * back
+    tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+def _launch(kernel, x, *tensors, size, coeff, beta, k, groups):
+    n, c, h, w = x.shape
+    pixels = n * h * w
+    block_c = triton.next_power_of_2(c)
+    block_p = max(1, 4096 // block_c)
+    grid = (triton.cdiv(pixels, block_p),)
+    kernel[grid](x, *tensors, pixels, c, c // groups, size, block_p, block_c, coeff, k, beta,
+                 num_warps=4)
+
+
+@torch.library.custom_op("repro::lrn", mutates_args=())
+def lrn(x: torch.Tensor, size: int, coeff: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    _launch(_forward, x, y, size=size, coeff=coeff, beta=beta, k=k, groups=groups)
+    return y
+
+
+@lrn.register_fake
+def _(x, size, coeff, beta, k, groups):
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("repro::lrn_backward", mutates_args=())
+def lrn_backward(g: torch.Tensor, x: torch.Tensor, size: int, coeff: float, beta: float, k: float,
+                 groups: int) -> torch.Tensor:
+    g = g.contiguous(memory_format=torch.channels_last)
+    t = torch.empty(x.shape, dtype=torch.float32, device=x.device,
+                    memory_format=torch.channels_last)
+    _launch(_backward_t, x, g, t, size=size, coeff=coeff, beta=beta, k=k, groups=groups)
+    dx = torch.empty_like(x, memory_format=torch.channels_last)
+    _launch(_backward_x, x, g, t, dx, size=size, coeff=coeff, beta=beta, k=k, groups=groups)
+    return dx
+
+
+@lrn_backward.register_fake
+def _(g, x, size, coeff, beta, k, groups):
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+def _setup(ctx, inputs, output):
+    x, size, coeff, beta, k, groups = inputs
+    ctx.save_for_backward(x)
+    ctx.args = size, coeff, beta, k, groups
+
+
+def _grad(ctx, g):
+    (x,) = ctx.saved_tensors
+    return lrn_backward(g, x, *ctx.args), None, None, None, None, None
+
+
+lrn.register_autograd(_grad, setup_context=_setup)
