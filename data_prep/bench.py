@@ -136,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = len(os.sched_getaffinity(0))
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-shards-"))
-    src = work / "src"
-    if src.exists():
-        shutil.rmtree(src)
-    t = time.perf_counter()
-    files = make_images(src, a.images, a.mix)
+    src, stamp = work / "src", {"images": a.images, "mix": a.mix}
+    marker = work / "src.json"  # reuse the images of an earlier run in this --workdir (e.g. other Pillow)
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        files = sorted(src.glob("train/*/*.JPEG"))
+    else:
+        shutil.rmtree(src, ignore_errors=True)
+        t = time.perf_counter()
+        files = make_images(src, a.images, a.mix)
+        marker.write_text(json.dumps(stamp))
+        print(f"{a.images} images written in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     mb = sum(p.stat().st_size for p in files) / 1e6
-    print(f"{a.images} images ({a.mix} mix, {mb:.0f} MB) written in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
     shard_size = a.shard_size or max(1, a.images // (8 * cores))
     runs: dict[tuple[str, int], list[tuple[float, float]]] = {}

@@ -160,8 +160,8 @@ def _claim_out(out: Path, settings: dict) -> dict | None:
         strays = sorted(p.name for p in out.glob("*-*.tar"))
         if strays:
             raise BuildError(f"{out} holds shards ({strays[0]}, ...) from no build this tool knows; use an empty --out")
-        (work / "parts").mkdir(parents=True, exist_ok=True)
         atomic.write_json(work / "settings.json", settings)
+    (work / "parts").mkdir(parents=True, exist_ok=True)
     return None
 
 
@@ -222,8 +222,8 @@ def build(args, log=print) -> dict:
     try:
         done = _claim_out(out, settings)
         if done is not None:
-            log(f"{out} already holds this build, complete: nothing to do "
-                + ", ".join(f"({s}: {done['splits'][s]['count']} images)" for s in done["splits"]))
+            counts = ", ".join(f"{s} {v['count']} images" for s, v in done["splits"].items())
+            log(f"{out} already holds this build, complete ({counts}): nothing to do")
             return done
         work = out / WORK
         for d in (out, work, work / "parts"):
