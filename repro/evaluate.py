@@ -136,6 +136,11 @@ def check_members(members: list[Member], classes: list[str], manifest_path: Path
                             f"in the shards")
 
 
+def ensemble_probs(members: list[Member], images: torch.Tensor, ten_crop: bool) -> torch.Tensor:
+    """The paper's ensemble: the members' softmax outputs, averaged."""
+    return torch.stack([m.probs(images, ten_crop) for m in members]).mean(0)
+
+
 @dataclass
 class EvalResult:
     checkpoints: list[str]
@@ -176,7 +181,7 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
     bar = tqdm(total=plan.total, desc="eval", unit="img", disable=not sys.stderr.isatty())
     for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
         images = images.to(dev, non_blocking=True)
-        probs = torch.stack([m.probs(images, ten_crop) for m in members]).mean(0).cpu()
+        probs = ensemble_probs(members, images, ten_crop).cpu()
         top5 = probs.topk(min(5, c), dim=1).indices
         confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
         top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)

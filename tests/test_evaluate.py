@@ -14,32 +14,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2.functional import ten_crop
 
 from repro.cli import main
 from repro.config import config_from_dict, load_config, model_kwargs
-from repro.evaluate import (EvalError, EvalResult, evaluate, load_member, pick_device,
-                            topk_correct)
+from repro.evaluate import (EvalError, EvalResult, ensemble_probs, evaluate, load_member,
+                            pick_device, topk_correct)
 from repro.model import build_model
 from shard_helpers import write_shards
 
 ROOT = Path(__file__).parent.parent
 SMOKE = ROOT / "configs" / "smoke.yaml"
 CROP = 68
-SMALL = ["model.num_classes=4", f"data.crop_size={CROP}", "model.init=torch",
+CLASSES = 7     # more than 5, so that top-5 can miss
+SMALL = [f"model.num_classes={CLASSES}", f"data.crop_size={CROP}", "model.init=torch",
          "data.val_batch_size=5"]   # 12 val images: batches of 5, 5, 2
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=8, val=12,
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=8, val=12,
                         shard_size=5)
 
 
-def make_checkpoint(path: Path, *overrides: str, classes=None) -> Path:
+def make_checkpoint(path: Path, *overrides: str, classes=None, shards=None) -> Path:
+    """A random model, seeded by model.seed. A random net maps every image to nearly the same
+    fc7 vector; given `shards`, fc8 is centred on their training images' mean fc7 and
+    sharpened, so that its predictions vary from image to image."""
     cfg = load_config(SMOKE, SMALL + list(overrides))
-    model = build_model(model_kwargs(cfg))      # seeded by model.seed
+    model = build_model(model_kwargs(cfg))
+    if shards is not None:
+        with torch.no_grad():
+            common = fc7_by_hand(model.eval(), centre_inputs(shards, "train", CROP)).mean(0)
+            model.fc8.weight *= 100
+            model.fc8.bias.copy_(-model.fc8.weight @ common)
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes}, path)
     return path
 
@@ -48,21 +58,37 @@ def make_checkpoint(path: Path, *overrides: str, classes=None) -> Path:
 def ckpts(tmp_path_factory, shards):
     d = tmp_path_factory.mktemp("ckpt")
     classes = json.loads((shards / "manifest.json").read_text())["classes"]
-    return (make_checkpoint(d / "a.pt", classes=classes),
-            make_checkpoint(d / "b.pt", "model.seed=1", classes=classes))
+    return (make_checkpoint(d / "a.pt", classes=classes, shards=shards),
+            make_checkpoint(d / "b.pt", "model.seed=1", classes=classes, shards=shards))
 
 
-def val_images(shards: Path):
-    """The val split read with tarfile and PIL, in the manifest's order."""
+def fc7_by_hand(model, x):
+    """The last hidden layer, layer by layer (Figure 2), in eval mode."""
+    x = model.pool1(model.norm1(F.relu(model.conv1(x))))
+    x = model.pool2(model.norm2(F.relu(model.conv2(x))))
+    x = model.pool5(F.relu(model.conv5(F.relu(model.conv4(F.relu(model.conv3(x)))))))
+    return F.relu(model.fc7(F.relu(model.fc6(torch.flatten(x, 1)))))
+
+
+def split_images(shards: Path, split: str = "val"):
+    """A split read with tarfile and PIL, in the manifest's and the tars' order."""
     manifest = json.loads((shards / "manifest.json").read_text())
     images, labels = [], []
-    for entry in manifest["splits"]["val"]["shards"]:
+    for entry in manifest["splits"][split]["shards"]:
         with tarfile.open(shards / entry["name"]) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in sorted(n for n in members if n.endswith(".jpg")):
+        for name in (n for n in members if n.endswith(".jpg")):
             images.append(np.asarray(Image.open(io.BytesIO(members[name])).convert("RGB")))
             labels.append(int(members[name[:-4] + ".cls"]))
     return np.stack(images), torch.tensor(labels)
+
+
+def centre_inputs(shards: Path, split: str, size: int) -> torch.Tensor:
+    """Model inputs: the images minus the mean image, centre crops."""
+    images = split_images(shards, split)[0].astype(np.float32)
+    x = torch.from_numpy(images - np.load(shards / "stats.npz")["mean_image"]).permute(0, 3, 1, 2)
+    c = (256 - size) // 2
+    return x[:, :, c:c + size, c:c + size].contiguous()
 
 
 @torch.no_grad()
@@ -88,6 +114,10 @@ def errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
             100 * (1 - (top5 == labels[:, None]).any(1).sum().item() / n))
 
 
+def confusion(probs: torch.Tensor, labels: torch.Tensor, c: int = CLASSES) -> np.ndarray:
+    return np.bincount(labels * c + probs.argmax(1), minlength=c * c).reshape(c, c)
+
+
 def test_topk_correct_by_hand():
     scores = torch.tensor([[0.1, 0.5, 0.2, 0.9, 0.3, 0.0],    # order 3 1 4 2 0 5
                            [0.6, 0.1, 0.0, 0.2, 0.3, 0.4],    # order 0 5 4 3 1 2
@@ -101,45 +131,58 @@ def test_topk_correct_by_hand():
                            "n": 10, "crops": 1, "checkpoints": ["x.pt"]}
 
 
-def test_ten_crop_equals_torchvision_tencrop(shards, ckpts):
-    images, labels = val_images(shards)
-    expected = reference_probs(ckpts[0], shards, images)
+@pytest.fixture(scope="module")
+def val(shards):
+    return split_images(shards)
+
+
+@pytest.fixture(scope="module")
+def expected(shards, ckpts, val):
+    return [reference_probs(c, shards, val[0]) for c in ckpts]
+
+
+@pytest.fixture(scope="module")
+def one(shards, ckpts):
+    return evaluate([ckpts[0]], shards, ten_crop=True, device="cpu")
+
+
+def test_ten_crop_equals_torchvision_tencrop(shards, ckpts, val, expected, one):
+    images = torch.from_numpy(val[0]).permute(0, 3, 1, 2).contiguous()
     member = load_member(ckpts[0], shards / "stats.npz", pick_device("cpu"))
-    got = member.probs(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), ten_crop=True)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    centre = member.probs(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), False)
-    assert (centre - expected).abs().max() > 1e-3      # the 10 crops matter on this model
+    torch.testing.assert_close(member.probs(images, ten_crop=True), expected[0],
+                               rtol=1e-4, atol=1e-5)
+    assert (member.probs(images, False) - expected[0]).abs().max() > 1e-3  # the crops matter
 
-    result = evaluate([ckpts[0]], shards, ten_crop=True, device="cpu")
-    s = result.summary()
+    s = one.summary()
     assert (s["n"], s["crops"]) == (12, 10)
-    assert (s["top1_err"], s["top5_err"]) == pytest.approx(errors(expected, labels))
-    assert np.array_equal(result.confusion.sum(1), np.bincount(labels, minlength=4))
+    assert (s["top1_err"], s["top5_err"]) == pytest.approx(errors(expected[0], val[1]))
+    assert np.array_equal(one.confusion, confusion(expected[0], val[1]))
 
 
-def test_ensemble_averages_softmax_and_two_copies_equal_one(shards, ckpts):
-    images, labels = val_images(shards)
-    one = evaluate([ckpts[0]], shards, ten_crop=True, device="cpu")
+def test_ensemble_averages_softmax_and_two_copies_equal_one(shards, ckpts, val, expected, one):
     two = evaluate([ckpts[0], ckpts[0]], shards, ten_crop=True, device="cpu")
     assert np.array_equal(one.confusion, two.confusion)
     assert np.array_equal(one.top5_hits, two.top5_hits)
     assert len(two.summary()["checkpoints"]) == 2
 
-    mixed = (reference_probs(ckpts[0], shards, images) + reference_probs(ckpts[1], shards, images)) / 2
-    pair = evaluate(list(ckpts), shards, ten_crop=True, device="cpu", batch_size=7).summary()
-    assert (pair["top1_err"], pair["top5_err"]) == pytest.approx(errors(mixed, labels))
+    images = torch.from_numpy(val[0]).permute(0, 3, 1, 2).contiguous()
+    members = [load_member(c, shards / "stats.npz", pick_device("cpu")) for c in ckpts]
+    mixed = (expected[0] + expected[1]) / 2
+    torch.testing.assert_close(ensemble_probs(members, images, True), mixed, rtol=1e-4, atol=1e-5)
+    pair = evaluate(list(ckpts), shards, ten_crop=True, device="cpu", batch_size=7)
+    assert np.array_equal(pair.confusion, confusion(mixed, val[1]))
 
 
 def test_refuses_checkpoints_that_do_not_fit(shards, ckpts, tmp_path, capsys):
     five = make_checkpoint(tmp_path / "five.pt", "model.num_classes=5")
     with pytest.raises(EvalError, match=r"five.pt has model.num_classes = 5 but .*manifest.json "
-                                        r"lists 4 classes"):
+                                        rf"lists {CLASSES} classes"):
         evaluate([five], shards, device="cpu")
-    with pytest.raises(EvalError, match=r"differ in model.num_classes: .*a.pt has 4, .*five.pt has 5"):
+    with pytest.raises(EvalError, match=rf"differ in model.num_classes: .*a.pt has {CLASSES}, .*five.pt has 5"):
         evaluate([ckpts[0], five], shards, device="cpu")
-    other = make_checkpoint(tmp_path / "other.pt", classes=["n09999999", "n00000001",
-                                                            "n00000002", "n00000003"])
-    with pytest.raises(EvalError, match="class 0 is n09999999 in the checkpoint, n00000000"):
+    wnids = [f"n{i:08d}" for i in range(CLASSES)]
+    other = make_checkpoint(tmp_path / "other.pt", classes=wnids[:2] + ["n09999999"] + wnids[3:])
+    with pytest.raises(EvalError, match="class 2 is n09999999 in the checkpoint, n00000002"):
         evaluate([other], shards, device="cpu")
     assert main(["eval", "--checkpoint", str(five), "--data", str(shards)]) == 2
     assert "model.num_classes = 5" in capsys.readouterr().err
@@ -155,7 +198,7 @@ def test_cli_json_and_breakdown(shards, ckpts, tmp_path, capsys):
     assert json.loads((out / "eval.json").read_text()) == printed
     with open(out / "per_class.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["wnid"] for r in rows] == [f"n{i:08d}" for i in range(4)]
+    assert [r["wnid"] for r in rows] == json.loads((shards / "manifest.json").read_text())["classes"]
     assert sum(int(r["n"]) for r in rows) == 10
     wrong = 10 - sum(round(int(r["n"]) * (1 - float(r["top1_err"]) / 100)) for r in rows)
     assert wrong == round(printed["top1_err"] / 10)

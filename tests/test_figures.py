@@ -1,0 +1,100 @@
+"""repro figures: the Figure 3 filter grid's pixel layout, Figure 4's neighbours against a
+brute-force search on fc7 computed layer by layer, the curves, and the W&B copy."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repro.cli import main
+from repro.evaluate import load_member, pick_device
+from repro.figures import filter_grid, nearest_neighbours
+from shard_helpers import write_shards
+from test_evaluate import CLASSES, CROP, centre_inputs, fc7_by_hand, make_checkpoint, split_images
+
+# 96 kernels of 11 px, 16 a row, each pixel 4x4, 2 px between kernels, 8 px between towers:
+# a tower is 3 rows: 3*44 + 2*2 = 136 px high; the grid 16*44 + 15*2 = 734 wide.
+GRID_H, GRID_W, TOWER_H = 2 * 136 + 8, 734, 136
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=23, val=12,
+                        shard_size=5)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shards):
+    run = tmp_path_factory.mktemp("run")
+    (run / "checkpoints").mkdir()
+    classes = json.loads((shards / "manifest.json").read_text())["classes"]
+    make_checkpoint(run / "checkpoints" / "last.pt", classes=classes, shards=shards)
+    records = [{"event": "train", "epoch": e, "step": s, "global_step": 2 * e + s,
+                "loss": 1.4 - 0.1 * (2 * e + s), "top1_err": 70.0, "lr": 0.01}
+               for e in range(2) for s in (1, 2)]
+    records += [{"event": "val", "epoch": e + 1, "global_step": 2 * e + 2, "top1_err": 60.0 - e,
+                 "top5_err": 0.0, "n": 12} for e in range(2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def test_filter_grid_layout():
+    weight = np.random.default_rng(0).normal(size=(96, 3, 11, 11)).astype(np.float32)
+    grid = filter_grid(weight, towers=2)
+    assert grid.shape == (GRID_H, GRID_W, 3) and grid.dtype == np.uint8
+    assert (grid[TOWER_H:TOWER_H + 8] == 255).all()           # the gap between the towers
+    assert (grid[:, 44:46] == 255).all()                      # the gap after the first column
+    # Kernel 50 is tower 2's kernel 2: row 0, column 2 of the lower block.
+    w = weight[50]
+    scaled = np.round(255 * (w - w.min()) / (w.max() - w.min())).transpose(1, 2, 0)
+    y, x = TOWER_H + 8, 2 * 46
+    assert np.array_equal(grid[y:y + 44:4, x:x + 44:4], scaled.astype(np.uint8))
+    assert np.array_equal(grid[y + 3:y + 44:4, x + 3:x + 44:4], scaled.astype(np.uint8))
+    assert filter_grid(weight[:48], towers=1).shape == (TOWER_H, GRID_W, 3)
+
+
+@torch.no_grad()
+def test_nearest_neighbours_match_brute_force(shards, run_dir):
+    member = load_member(run_dir / "checkpoints" / "last.pt", shards / "stats.npz",
+                         pick_device("cpu"))
+    (q_img, q_lab), (n_img, n_lab, n_dist) = nearest_neighbours(member, shards, 3, scan=20)
+
+    (_, val_labels), (train_images, train_labels) = (split_images(shards, s) for s in ("val", "train"))
+    val, train = (fc7_by_hand(member.model, centre_inputs(shards, split, CROP))
+                  for split in ("val", "train"))
+    d = torch.cdist(val[:3], train[:20])
+    expected, order = d.sort(dim=1)
+    torch.testing.assert_close(n_dist, expected[:, :6], rtol=1e-4, atol=1e-4)
+    assert torch.equal(n_lab, train_labels[order[:, :6]])
+    assert torch.equal(q_lab, val_labels[:3])
+    c = (256 - CROP) // 2
+    train_crops = torch.from_numpy(train_images[:, c:c + CROP, c:c + CROP]).permute(0, 3, 1, 2)
+    assert torch.equal(n_img, train_crops[order[:, :6]])
+
+
+def test_figures_cli_writes_pngs(shards, run_dir, capsys):
+    assert main(["figures", str(run_dir), "--data", str(shards), "--queries", "2",
+                 "--scan", "10", "--device", "cpu"]) == 0
+    names = sorted(p.name for p in (run_dir / "figures").iterdir())
+    assert names == ["curves.png", "filters.png", "neighbours.png"]
+    with Image.open(run_dir / "figures" / "filters.png") as img:
+        assert img.size == (GRID_W, GRID_H)
+    for name in ("curves.png", "neighbours.png"):
+        with Image.open(run_dir / "figures" / name) as img:
+            assert img.format == "PNG" and min(img.size) > 100
+
+
+def test_figures_go_to_the_runs_wandb_run(shards, run_dir, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    state["config"]["logging"]["wandb"] = "offline"
+    torch.save(state, run / "checkpoints" / "last.pt")
+    (run / "wandb_id.txt").write_text("figs1234")
+    os.environ["WANDB_SILENT"] = "true"
+    assert main(["figures", str(run), "--device", "cpu"]) == 0
+    media = list((run / "wandb").glob("offline-run-*-figs1234/files/media/images/figures/*.png"))
+    assert sorted(p.name.split("_")[0] for p in media) == ["filters"]

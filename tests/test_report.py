@@ -1,0 +1,68 @@
+"""repro report: the run's numbers beside the paper's, and exactly the settings that differ."""
+import json
+
+import pytest
+
+from repro.cli import main
+from repro.config import load_config
+from repro.evaluate import evaluate
+from repro.report import ANCHORS, PAPER_CONFIG, differences
+from shard_helpers import write_shards
+from test_evaluate import CLASSES, make_checkpoint
+
+CHANGED = {"model.num_classes": (CLASSES, 1000), "data.crop_size": (68, 227), "optim.lr": (0.02, 0.01),
+           "model.lrn": ("none", "paper"), "logging.wandb": ("disabled", "online")}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=8, val=12,
+                        shard_size=6)
+
+
+@pytest.fixture
+def run_dir(tmp_path, shards):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = load_config(PAPER_CONFIG, [f"{k}={a}" for k, (a, _) in CHANGED.items()])
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    classes = json.loads((shards / "manifest.json").read_text())["classes"]
+    make_checkpoint(run / "checkpoints" / "best.pt", classes=classes)
+    val = [(1, 70.0, 20.0), (2, 55.5, 10.25), (3, 61.0, 12.0)]   # best top-1: epoch 2
+    lines = [{"event": "start"}] + [
+        {"event": "val", "epoch": e, "global_step": 5 * e, "top1_err": t1, "top5_err": t5, "n": 12}
+        for e, t1, t5 in val]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return run
+
+
+def test_differences_are_exactly_the_changed_keys():
+    run = load_config(PAPER_CONFIG, [f"{k}={a}" for k, (a, _) in CHANGED.items()])
+    assert {k: (a, b) for k, a, b in differences(run, load_config(PAPER_CONFIG))} == CHANGED
+
+
+def test_report_table_and_settings(run_dir, shards, capsys):
+    assert main(["report", str(run_dir), "--data", str(shards), "--device", "cpu"]) == 0
+    text = (run_dir / "report.md").read_text()
+    assert capsys.readouterr().out == text
+    s = evaluate([run_dir / "checkpoints" / "best.pt"], shards, ten_crop=True, device="cpu").summary()
+    rows = [line for line in text.splitlines() if line.startswith("| this run")]
+    assert rows[0] == (f"| this run: 1 CNN (checkpoints/best.pt), 10 crops, 12 val images | "
+                       f"{s['top1_err']:.2f} | {s['top5_err']:.2f} | repro eval |")
+    assert rows[1].endswith("(after epoch 2, 12 images) | 55.50 | 10.25 | metrics.jsonl |")
+    assert "| paper: 1 CNN, 10 crops | 40.7 | 18.2 | paper Table 2 |" in text
+    assert "| paper: 5 CNNs averaged, 10 crops | 38.1 | 16.4 | paper Table 2 |" in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 2 + 2 + len(ANCHORS)
+    listed = text.split("## Settings that differ from the paper")[1]
+    bullets = [line for line in listed.splitlines() if line.startswith("- ")]
+    assert sorted(bullets) == sorted(f"- {k}: {a!r} vs {b!r}" for k, (a, b) in CHANGED.items())
+    assert "3 of 90 epochs, 15 steps" in text and f"chance is {100 - 100 / CLASSES:.1f}% top-1" in text
+
+
+def test_report_without_data_or_run(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.md"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "repro eval |" not in text and "--data SHARDS" in text
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere/metrics.jsonl: missing" in capsys.readouterr().err
