@@ -324,3 +324,17 @@ def bench_towers(model: AlexNet, device0, device1, batch: int, *, steps: int = 2
     for d in set(net.devices):
         _sync(d)
     return steps * batch / (time.perf_counter() - t0)
+
+
+if __name__ == "__main__":   # python -m repro.towers [BATCH]: towers vs one device, img/s
+    import sys
+
+    from repro.model import AlexNet as _AlexNet
+
+    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 128
+    d0 = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    d1 = torch.device("cuda:1") if torch.cuda.device_count() > 1 else d0
+    torch.backends.cudnn.benchmark = True
+    for bf16 in (False, True):
+        ips = bench_towers(_AlexNet(seed=0), d0, d1, batch, bf16=bf16)
+        print(f"towers on ({d0}, {d1}), batch {batch}, {'bf16' if bf16 else 'fp32'}: {ips:.0f} img/s")
