@@ -11,4 +11,5 @@ demo: $(VENV)/.ready
 	$(VENV)/bin/repro demo
 
 test: $(VENV)/.ready
+	bash tools/setup_slurm.sh
 	$(PY) -m pytest -q

@@ -1,0 +1,192 @@
+"""slurm/*.sbatch on a real single-node Slurm (tests/slurm_cluster.py): the shard-build
+array against the single-process build, DDP training that is signalled before its time
+limit, checkpoints, requeues itself and ends with the weights of an uninterrupted run in
+one W&B run, the requeue guard, and the 10-crop eval + report.
+
+Needs root and Debian's slurm-wlm + munge (tools/setup_slurm.sh, run by `make test`);
+skips with the reason otherwise. Two CPU ranks (gloo) stand in for the two GPUs: the
+node advertises gpu:2 backed by fake device files, and DEVICE=cpu is passed to the scripts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from repro.checkpoint import load
+from repro.tracking import read_metrics
+from shard_helpers import write_shards
+from slurm_cluster import SlurmCluster, SlurmUnavailable, free_port
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM = ROOT / "slurm"
+SMOKE = ROOT / "configs" / "smoke.yaml"
+CLASSES = 4
+# The smoke config at 67 px with every training image used (tests/test_train.py's FAST).
+TRAIN = [f"model.num_classes={CLASSES}", "data.crop_size=67", "data.steps_per_epoch=0",
+         "train.deterministic=true", "checkpoint.every_minutes=1000", "logging.wandb=offline"]
+# Long enough (~60 s of 2-rank training on 2 cores) that a 1-minute job is always warned
+# first: Slurm checks time limits every 30 s, so --signal=B:USR1@45 arrives 15-45 s in.
+EPOCHS = 10
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        c.start()
+    except SlurmUnavailable as e:
+        c.stop()
+        print(f"Slurm tests skipped: {e}")
+        pytest.skip(f"cannot start a test Slurm: {e}")
+    print(f"test Slurm: {subprocess.run(['slurmctld', '-V'], capture_output=True, text=True).stdout.strip()}"
+          f" in {c.root}")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=44, val=12,
+                        shard_size=10)
+
+
+def job_env(**kw) -> dict:
+    return {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true",
+            "DEVICE": "cpu", **{k: str(v) for k, v in kw.items()}}
+
+
+def log_of(logs: Path, name: str, job: str) -> str:
+    return (logs / f"{name}-{job}.out").read_text()
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load(a)["model"], load(b)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# ---- train.sbatch: time limit -> USR1 -> checkpoint -> requeue -> exact resume -----------
+@pytest.fixture(scope="module")
+def requeued(cluster, shards, tmp_path_factory):
+    """A 1-minute train.sbatch job that needs ~60 s of training, and an uninterrupted
+    torchrun run of the same config (world size 2, run meanwhile)."""
+    base = tmp_path_factory.mktemp("train")
+    run, ref, logs = base / "run", base / "reference", base / "logs"
+    logs.mkdir()
+    overrides = [*TRAIN, f"schedule.epochs={EPOCHS}"]
+    t0 = time.time()
+    job = cluster.sbatch("--time=1", "--signal=B:USR1@45", "--cpus-per-task=1",
+                         f"--output={logs}/%x-%j.out", SLURM / "train.sbatch", *overrides,
+                         env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE, MAX_REQUEUES=6),
+                         cwd=ROOT)
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+         f"--master-port={free_port()}", "-m", "repro.cli", "train", "--config", str(SMOKE),
+         "--data", str(shards), "--out", str(ref), *overrides, "train.device=cpu"],
+        cwd=ROOT, env={**os.environ, **job_env()}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    (info,) = cluster.wait(job, timeout=420)
+    out = reference.communicate(timeout=300)[0]
+    assert reference.returncode == 0, out
+    print(f"train.sbatch job {job}: {info['JobState']} after {info['Restarts']} requeues, "
+          f"{time.time() - t0:.0f} s")
+    return {"job": job, "info": info, "run": run, "ref": ref, "log": log_of(logs, "alexnet-train", job)}
+
+
+def test_time_limit_signal_requeues_and_resumes_exactly(requeued):
+    info, run, log = requeued["info"], requeued["run"], requeued["log"]
+    assert info["JobState"] == "COMPLETED", log
+    restarts = int(info["Restarts"])
+    assert restarts >= 1, log                                   # the time limit warned it
+    assert "got SIGUSR1: asking the training tasks to checkpoint and stop" in log
+    assert f"requeueing job {requeued['job']} (restart 1 of at most 6)" in log
+    assert log.count("] job ") == restarts + 1                  # one header per attempt
+    assert "training finished" in log
+    metrics = read_metrics(run)
+    events = [r["event"] for r in metrics]
+    assert "preempted" in events and "resume" in events and events[-1] == "done"
+    starts = [r for r in metrics if r["event"] == "start"]
+    assert {r["slurm_job_id"] for r in starts} == {requeued["job"]}
+    counts = [r["restart_count"] for r in starts]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == restarts
+    assert_same_weights(run / "checkpoints" / "last.pt", requeued["ref"] / "checkpoints" / "last.pt")
+
+
+def test_requeued_job_logs_into_one_wandb_run(requeued):
+    run = requeued["run"]
+    run_id = (run / "wandb_id.txt").read_text().strip()
+    ids = [r["id"] for r in read_metrics(run) if r["event"] == "wandb"]
+    assert len(ids) == int(requeued["info"]["Restarts"]) + 1 and set(ids) == {run_id}
+    folders = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(folders) == len(ids)                              # one per attempt ...
+    assert {f.name.rsplit("-", 1)[1] for f in folders} == {run_id}   # ... all the same run
+    assert all((f / f"run-{run_id}.wandb").is_file() for f in folders)
+
+
+# ---- the guard, through the batch-shell signal the time-limit warning uses ----------------
+def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_path):
+    """`scancel --signal=USR1 --batch` is what --signal=B:USR1@N does; with MAX_REQUEUES=0
+    the job checkpoints and stops (status 75) instead of requeueing; the same command
+    submitted again finishes the run."""
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    args = ("--cpus-per-task=1", f"--output={logs}/%x-%j.out", SLURM / "train.sbatch",
+            *TRAIN, "schedule.epochs=2", "logging.wandb=disabled")
+    env = job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE, MAX_REQUEUES=0)
+    job = cluster.sbatch(*args, env=env, cwd=ROOT)
+    deadline = time.time() + 120
+    while not any(r["event"] == "train" for r in _metrics(run)):   # the handler is installed
+        assert time.time() < deadline, cluster.job(job)
+        time.sleep(0.2)
+    cluster.run(["scancel", "--signal=USR1", "--batch", job])
+    (info,) = cluster.wait(job, timeout=120)
+    log = log_of(logs, "alexnet-train", job)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "75:0", "0"), log
+    assert "after 0 requeues = MAX_REQUEUES; not requeueing" in log
+    state = load(run / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step"]) < (2, 0)
+    assert "preempted" in [r["event"] for r in _metrics(run)]
+
+    again = cluster.sbatch(*args, env={**env, "MAX_REQUEUES": "3"}, cwd=ROOT)
+    (info,) = cluster.wait(again, timeout=120)
+    log = log_of(logs, "alexnet-train", again)
+    assert info["JobState"] == "COMPLETED", log
+    assert f"{run} has a checkpoint: resuming it" in log
+    assert load(run / "checkpoints" / "last.pt")["epoch"] == 2
+    assert _metrics(run)[-1]["event"] == "done"
+
+
+def _metrics(run: Path) -> list[dict]:
+    try:
+        return read_metrics(run)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+# ---- eval.sbatch ---------------------------------------------------------------------------
+def test_eval_sbatch_writes_ten_crop_eval_and_report(cluster, shards, requeued, tmp_path):
+    run = requeued["run"]
+    job = cluster.sbatch("--cpus-per-task=1", f"--output={tmp_path}/%x-%j.out",
+                         SLURM / "eval.sbatch", env=job_env(RUN_DIR=run, DATA=shards), cwd=ROOT)
+    (info,) = cluster.wait(job, timeout=180)
+    log = log_of(tmp_path, "alexnet-eval", job)
+    assert info["JobState"] == "COMPLETED", log
+    summary = json.loads((run / "eval" / "eval.json").read_text())
+    assert summary["crops"] == 10 and summary["n"] == 12
+    assert Path(summary["checkpoints"][0]).parent == run / "checkpoints"
+    assert (run / "eval" / "per_class.csv").is_file()
+    report = (run / "report.md").read_text()
+    assert "10 crops, 12 val images" in report
+    assert f"{summary['top1_err']:.2f}" in report and "paper: 1 CNN, 10 crops" in report
+    assert report in log

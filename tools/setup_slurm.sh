@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install Debian's Slurm (slurmctld, slurmd, client) and munge, for tests/test_slurm.py,
+# which starts a real single-node cluster from them (tests/slurm_cluster.py).
+#
+#   sudo bash tools/setup_slurm.sh      # `make test` runs it before pytest
+#
+# Idempotent: does nothing when the binaries are there. Never fails the caller: when it
+# cannot install (not root, no apt-get, no network) it says why and exits 0, and the
+# Slurm tests then skip with that reason. It only installs; it starts no daemon.
+set -u
+
+need=(slurmctld slurmd sbatch srun scontrol squeue sacct munged mungekey)
+missing() { for b in "${need[@]}"; do command -v "$b" >/dev/null 2>&1 || { echo "$b"; return; }; done; }
+
+if [ -z "$(missing)" ]; then
+    echo "setup_slurm: $(slurmctld -V) and munge already installed"
+    exit 0
+fi
+why=""
+if [ "$(id -u)" != 0 ]; then
+    why="not root (uid $(id -u))"
+elif ! command -v apt-get >/dev/null 2>&1; then
+    why="no apt-get (not Debian/Ubuntu)"
+fi
+if [ -n "$why" ]; then
+    echo "setup_slurm: cannot install slurm-wlm + munge: $why; the Slurm tests will skip"
+    exit 0
+fi
+
+echo "setup_slurm: installing slurmctld slurmd slurm-client munge (apt-get) ..."
+export DEBIAN_FRONTEND=noninteractive
+# Package scripts must not try to start daemons here: the tests start their own.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+fi
+log=$(mktemp)
+ok=0
+if apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >"$log" 2>&1; then
+    ok=1
+elif apt-get update -q >>"$log" 2>&1 &&
+     apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >>"$log" 2>&1; then
+    ok=1
+fi
+[ "$made_policy" = 1 ] && rm -f "$policy"
+if [ "$ok" != 1 ]; then
+    echo "setup_slurm: apt-get install failed; the Slurm tests will skip. Last lines:"
+    tail -5 "$log" | sed 's/^/    /'
+    rm -f "$log"
+    exit 0
+fi
+rm -f "$log"
+if [ -n "$(missing)" ]; then
+    echo "setup_slurm: installed, but $(missing) is still not on PATH; the Slurm tests will skip"
+    exit 0
+fi
+echo "setup_slurm: installed $(slurmctld -V), munge $(munged --version 2>&1 | awk '{print $1}')"
+exit 0
