@@ -195,7 +195,6 @@ class TowerAlexNet(nn.Module):
         return [self._both(xs, 0), self._both(xs, 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d0, d1 = self.devices
         xs = [self._conv(x.to(d), "conv1", t) for t, d in enumerate(self.devices)]
         xs = [self.pool1(y) for y in self._norm(self.norm1, xs)]
         xs = [self._conv(y, "conv2", t) for t, y in enumerate(xs)]
