@@ -23,6 +23,8 @@ import csv
 import gzip
 import io
 import json
+import multiprocessing
+import os
 import tarfile
 from pathlib import Path
 
@@ -194,7 +196,11 @@ def make_fixture(out, layout: str, classes: int, train_per_class: int, val_per_c
     out.mkdir(parents=True, exist_ok=True)
     p = plan(classes, train_per_class, val_per_class, quirks, seed)
     rng = np.random.default_rng([seed, 3])
-    files = {s: {k: _bytes_for(p, s, k) for k in sorted(p[s])} for s in ("train", "val")}
+    # Every image has its own seed, so processes may draw them in any order.
+    with multiprocessing.Pool(min(os.cpu_count() or 1, 16)) as pool:
+        files = {s: dict(zip(sorted(p[s]), pool.starmap(_bytes_for, [(p, s, k) for k in sorted(p[s])],
+                                                         chunksize=64)))
+                 for s in ("train", "val")}
     name = lambda k: f"{k}.JPEG"  # noqa: E731  (ImageNet names every file .JPEG, PNGs included)
 
     if layout == "official":
