@@ -185,12 +185,20 @@ def decode_crop(jpeg: bytes, y: int, x: int, size: int, flipped: bool) -> torch.
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
-def decode_batch(jpegs: list[torch.Tensor], ys, xs, flips, size: int,
+def pack(jpegs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of JPEG byte strings as one buffer + lengths: one shared-memory
+    tensor per batch crosses from the worker, not one per image."""
+    return torch.cat(jpegs), torch.tensor([len(j) for j in jpegs])
+
+
+def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], ys, xs, flips, size: int,
                  device: torch.device) -> torch.Tensor:
     """The GPU path: decode a batch of JPEGs on `device` (nvJPEG on CUDA) and cut each
     sample's window, mirrored where flipped: the same crops as decode_crop's."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    buffer, lengths = packed
+    jpegs = list(torch.split(buffer, lengths.tolist()))
     images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
     if images.shape[-2:] != (STORED, STORED):
         raise ValueError(f"shard images are {tuple(images.shape[-2:])}, expected {STORED}x{STORED}")
@@ -203,7 +211,7 @@ def decode_batch(jpegs: list[torch.Tensor], ys, xs, flips, size: int,
 
 def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) -> torch.Tensor:
     """A loader batch's images as uint8 (B,3,S,S): decoded here on the GPU path."""
-    if isinstance(images, list):
+    if isinstance(images, (list, tuple)):
         return decode_batch(images, ys, xs, flips, plan.crop_size if plan.crop != "none" else 0,
                             device)
     return images
@@ -225,7 +233,7 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         stream = self.plan.worker_stream(w)
         while batch := list(itertools.islice(stream, self.plan.batch_size)):
             images, labels, ys, xs, flips = zip(*batch)
-            yield (list(images) if self.plan.decode == "gpu" else torch.stack(images),
+            yield (pack(images) if self.plan.decode == "gpu" else torch.stack(images),
                    torch.tensor(labels), torch.tensor(ys),
                    torch.tensor(xs), torch.tensor(flips))
 

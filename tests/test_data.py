@@ -102,7 +102,7 @@ def test_gpu_path_gives_the_cpu_paths_crops(shards):
     cpu = plan(shards, epoch=3, batch_size=6)
     gpu = plan(shards, epoch=3, batch_size=6, decode="gpu")
     for (a, la, ya, xa, fa), (jpegs, lb, yb, xb, fb) in zip(loader(cpu), loader(gpu)):
-        assert isinstance(jpegs, list) and jpegs[0].dtype == torch.uint8
+        assert jpegs[0].dtype == torch.uint8 and len(jpegs[1]) == len(la)
         assert torch.equal(la, lb) and torch.equal(ya, yb) and torch.equal(fa, fb)
         b = decode_batch(jpegs, yb, xb, fb, 227, torch.device("cpu"))
         assert b.shape == a.shape

@@ -21,7 +21,7 @@ run() {  # name, overrides...
 }
 run faithful_bf16 $fast
 run caffe_bias0.1_bf16 $fast model.bias_value=0.1
-run faithful_fp32 train.channels_last=true train.compile=true data.workers=15
+[ "${FP32:-1}" = 1 ] && run faithful_fp32 train.channels_last=true train.compile=true data.workers=15
 python3 - "$out" <<'PY'
 import json, math, sys, pathlib
 out = pathlib.Path(sys.argv[1])
