@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 DEVKIT_NAME = "ILSVRC2012_devkit_t12.tar.gz"
 META = "data/meta.mat"
@@ -57,6 +56,8 @@ def _scalar(v):
 
 
 def parse_meta(data: bytes) -> tuple[dict[int, str], dict[str, str], dict[str, int] | None]:
+    import scipy.io  # only the official layout (and a folder with the devkit) needs it
+
     synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
     synsets = np.atleast_1d(synsets)
     names = synsets.dtype.names or ()
