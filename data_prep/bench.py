@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--mix", choices=sorted(MIXES), default="imagenet", help="image size mix")
     ap.add_argument("--workdir", help="where to put images and outputs (default: a temp dir, removed)")
-    ap.add_argument("--baseline-python", help="another interpreter (e.g. with stock Pillow) to time the naive script in")
+    ap.add_argument("--baseline-python",
+                    help="another interpreter (e.g. with stock Pillow) to time the naive script in")
     ap.add_argument("--shard-size", type=int, default=0,
                     help="images per shard; 0 = images / (8 * cores), so every core has shards to build")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each row reports its best")

@@ -148,7 +148,8 @@ def _claim_out(out: Path, settings: dict) -> dict | None:
         old = json.loads((out / MANIFEST).read_text())
         if old.get("settings") == settings:
             return old
-        raise BuildError(f"{out} holds a finished build with other settings ({_diff(old.get('settings', {}), settings)}); "
+        raise BuildError(f"{out} holds a finished build with other settings "
+                         f"({_diff(old.get('settings', {}), settings)}); "
                          "use another --out (or delete it) rather than mixing shards")
     work = out / WORK
     if (work / "settings.json").exists():
@@ -348,7 +349,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality of the re-encoded images")
     p.add_argument("--limit", type=int, default=None,
-                   help="build at most N images per split (train: the first N of the fixed shuffle; val: first N by key)")
+                   help="build at most N images per split (train: the first N of the fixed shuffle; "
+                        "val: the first N by key)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the fixed training-shard shuffle")
     p.add_argument("--splits", default="train,val", help="comma-separated splits to build")
     p.add_argument("--layout", default="auto", choices=("auto", "official", "folder", "kaggle"),

@@ -216,7 +216,8 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
     if layout == "auto":
         if not found:
             listing = ", ".join(sorted(p.name for p in root.iterdir())[:8]) or "nothing"
-            raise SourceError(f"--source {root} is none of the known ImageNet layouts (it holds: {listing})\n{EXPECTED}")
+            raise SourceError(f"--source {root} is none of the known ImageNet layouts "
+                              f"(it holds: {listing})\n{EXPECTED}")
         if len(found) > 1:
             raise SourceError(f"--source {root} matches several layouts ({', '.join(found)}); choose one with --layout")
         layout = found[0]

@@ -184,3 +184,34 @@ def test_cli_summary_lists_skipped_files(tmp_path):
     assert "images/s" in r.stdout
     v = cli("data_prep.verify", str(tmp_path / "out"))
     assert v.returncode == 0 and "OK" in v.stdout
+
+
+def test_verify_finds_corruption_missing_and_stray_shards(built, tmp_path):
+    _, out, _ = built["official"]
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    data = bytearray((bad / "train-000001.tar").read_bytes())
+    data[3000] ^= 0xFF
+    (bad / "train-000001.tar").write_bytes(bytes(data))
+    (bad / "val-000001.tar").unlink()
+    shutil.copy(bad / "val-000000.tar", bad / "val-000042.tar")
+    problems = verify(bad)
+    assert any("train-000001.tar: sha256" in p for p in problems)
+    assert any("val-000001.tar: missing" in p for p in problems)
+    assert any("val-000042.tar: not in the manifest" in p for p in problems)
+    r = cli("data_prep.verify", str(bad))
+    assert r.returncode == 1 and "PROBLEM" in r.stdout
+
+
+def test_make_fixture_cli_writes_each_layout(tmp_path):
+    for layout, marker in (("official", "ILSVRC2012_img_train.tar"), ("folder", "train"),
+                           ("kaggle", "LOC_val_solution.csv")):
+        r = cli("data_prep.make_fixture", "--out", str(tmp_path / layout), "--layout", layout, "--classes", "3",
+                "--train-per-class", "2", "--val-per-class", "1", "--seed", "3")
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / layout / marker).exists()
+        desc = json.loads((tmp_path / layout / "fixture.json").read_text())
+        assert desc["layout"] == layout and desc["expected_count"] == {"train": 6, "val": 3}
+    folder = sorted(p.name for p in (tmp_path / "folder").rglob("*.JPEG"))
+    kaggle = sorted(p.name for p in (tmp_path / "kaggle").rglob("*.JPEG"))
+    assert folder == kaggle and len(folder) == 9
