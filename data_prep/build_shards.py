@@ -188,7 +188,8 @@ def _count_check(src: Source, split: str, records: list[Record], log) -> dict:
     """Source image count vs what the devkit (or ILSVRC2012 itself) says; per class where known."""
     found = len(records) + len(src.unlabelled[split])
     expected, who = src.expected(split)
-    info = {"source_count": found, "expected_count": expected, "expected_from": who}
+    info = {"source_count": found, "expected_count": expected, "expected_from": who,
+            "ignored_files": src.ignored[split]}  # not images by their suffix (folder/kaggle trees)
     if expected is not None and expected != found:
         info["count_warning"] = f"the source has {found} images, {who} says {expected} ({found - expected:+d})"
         log(f"WARNING {split}: {info['count_warning']}")
@@ -327,6 +328,8 @@ def _summary(m: dict, out: Path, seconds: float, built: int, build_s: float, wor
         exp = f", expected {s['expected_count']} ({s['expected_from']})" if s["expected_count"] is not None else ""
         log(f"  {split}: {s['count']} images in {len(s['shards'])} shards; {s['source_count']} in the source{exp}; "
             f"{len(s['skipped'])} skipped, {len(s['converted'])} converted")
+        if s.get("ignored_files"):
+            log(f"    ignored {s['ignored_files']} files without an image suffix")
         if "count_warning" in s:
             log(f"    WARNING: {s['count_warning']}")
         for k in s["skipped"]:

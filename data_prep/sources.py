@@ -75,6 +75,7 @@ class Source:
     devkit: Devkit | None = None
     # images the layout lists but cannot label, per split: {key, path, reason}
     unlabelled: dict[str, list[dict]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    # files in the trees that are not images by their suffix (e.g. .txt), per split
     ignored: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
 
     # ---- listing ---------------------------------------------------------------------

@@ -176,12 +176,14 @@ def test_count_disagreeing_with_the_devkit_is_reported(built, tmp_path):
 
 def test_cli_summary_lists_skipped_files(tmp_path):
     fixture(tmp_path / "src", "folder", classes=3, train_per_class=2, val_per_class=1)
+    next((tmp_path / "src" / "train").iterdir()).joinpath("notes.txt").write_text("not an image")
     r = cli("data_prep.build_shards", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
             "--shard-size", "4", "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert "layout: folder" in r.stdout
     assert "2 skipped" in r.stdout and "truncated" in r.stdout and "0 bytes" in r.stdout
     assert "images/s" in r.stdout
+    assert "ignored 1 files" in r.stdout and manifest(tmp_path / "out")["splits"]["train"]["ignored_files"] == 1
     v = cli("data_prep.verify", str(tmp_path / "out"))
     assert v.returncode == 0 and "OK" in v.stdout
 
