@@ -10,7 +10,9 @@
                           "skipped": [{"key", "path", "reason"}],
                           "converted": [{"key", "path", "notes"}],
                           "source_count": M, "expected_count": E, "expected_from": "...",
-                          "plan_sha256": "..."}, "val": {...}},
+                          "ignored_files": 0, "plan_sha256": "...",
+                          ["count_warning": "...", "class_count_mismatch": {wnid: {...}}]},
+                "val": {...}},
      "stats": {"file": "stats.npz", "sha256": "...", "count": N}}
 
 It carries no timings or worker counts, so the same source and settings give
