@@ -29,6 +29,7 @@ from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
 from repro.optim import PaperSGD, param_groups
 from repro.schedule import Schedule
+from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
 from repro.tracking import Tracker
 
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL: a checkpoint was written on SIGUSR1/SIGTERM; run again to resume
@@ -51,6 +52,25 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     if o.name == "paper_sgd":
         return PaperSGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def place_model(cfg: Config, d, device: torch.device) -> torch.nn.Module:
+    """The model on its device(s): one device (also under DDP), or the paper's two
+    towers (train.parallel = towers: one process driving two GPUs, or one device twice)."""
+    model = build_model(model_kwargs(cfg))
+    set_lrn_impl(model, cfg.train.lrn_impl)
+    if cfg.train.parallel == "towers":
+        if d.world > 1:
+            raise SystemExit("train.parallel = towers is one process driving two devices: "
+                             "launch a single process (no torchrun or srun tasks)")
+        two = device.type == "cuda" and torch.cuda.device_count() > 1
+        model = TowerAlexNet(model, (torch.device("cuda", 0), torch.device("cuda", 1))
+                             if two else (device, device))
+    else:
+        model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def check_classes(cfg: Config, manifest: dict, data_dir: Path) -> None:
@@ -144,10 +164,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     train_shards, val_shards = split_shards(data_dir, "train"), split_shards(data_dir, "val")
     normalizer = Normalizer(data_dir / "stats.npz", cfg.augment, device)
 
-    model = build_model(model_kwargs(cfg)).to(device)
-    set_lrn_impl(model, cfg.train.lrn_impl)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(cfg, d, device)
+    towers = isinstance(model, TowerAlexNet)
     optimizer = build_optimizer(cfg, model)
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
     epoch, first_step, global_step, best = 0, 0, 0, float("inf")
@@ -156,7 +174,10 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     if ckpt_path is not None:
         state = checkpoint.load(ckpt_path, map_location=device)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if towers:  # checkpoints hold the single model's layout, whatever wrote them
+            load_single_optimizer_state(optimizer, model, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         epoch, first_step, global_step = state["epoch"], state["step"], state["global_step"]
         best = state["best_top1_err"]
@@ -192,7 +213,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         if not d.is_main:
             return
         path = checkpoint.save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": model.state_dict(),
+            "optimizer": single_optimizer_state(optimizer, model) if towers else optimizer.state_dict(),
             "schedule": schedule.state_dict(), "config": cfg.to_dict(), "epoch": next_epoch,
             "step": next_step, "global_step": global_step, "best_top1_err": best,
             "world_size": d.world, "classes": manifest["classes"],

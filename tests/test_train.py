@@ -127,3 +127,20 @@ def test_offline_wandb_run_holds_the_metrics(shards, tmp_path):
     assert [r["train/loss"] for r in rows if "train/loss" in r] == pytest.approx(logged)
     val = next(r for r in local if r["event"] == "val")
     assert any(r.get("val/top1_err") == pytest.approx(val["top1_err"]) for r in rows)
+
+
+def test_checkpoint_moves_between_single_device_and_towers(shards, tmp_path):
+    """Epoch 1 on one device, epoch 2 as the paper's two towers (two CPU 'devices'),
+    equals two epochs on one device: same weights layout, optimizer state carried over."""
+    base = FAST + ["data.workers=1", "schedule.epochs=2", "checkpoint.every_minutes=1000"]
+    single = tmp_path / "single"
+    assert train(load_config(SMOKE, base), shards, single) == 0
+    mixed = tmp_path / "mixed"
+    assert train(load_config(SMOKE, base + ["schedule.epochs=1"]), shards, mixed) == 0
+    assert train(load_config(SMOKE, base + ["train.parallel=towers"]), shards, mixed) == 0
+    a, b = final_weights(single), final_weights(mixed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    start = load(mixed / "checkpoints" / "last.pt")
+    assert start["epoch"] == 2 and start["config"]["train"]["parallel"] == "towers"
