@@ -35,7 +35,7 @@ class ModelConfig:
     pool_kernel: int = 3             # 3/2 overlapping (paper); 2/2 the ablation
     pool_stride: int = 2
     dropout: float = 0.5
-    init: str = "paper"              # paper | torch
+    init: str = "paper"              # paper | torch | xavier (d2l)
     weight_std: float = 0.01
     bias_one: list[str] = field(default_factory=lambda: ["conv2", "conv4", "conv5", "fc6", "fc7"])
     bias_value: float = 1.0
@@ -131,7 +131,7 @@ class Config:
 
 CHOICES = {
     "model.lrn": ("paper", "cuda-convnet", "caffe", "none"),
-    "model.init": ("paper", "torch"),
+    "model.init": ("paper", "torch", "xavier"),
     "optim.name": ("paper_sgd", "sgd"),
     "schedule.kind": ("plateau", "steps", "constant"),
     "data.decode": ("cpu", "gpu"),

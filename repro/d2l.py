@@ -2,14 +2,14 @@
 the book's train_ch6 trains it, with this project's model, optimizer and train step.
 
     python -m repro.d2l --config configs/d2l_fashion_mnist.yaml --root DIR [--download]
-                        [--out RUN_DIR] [--no-xavier] [section.key=value ...]
+                        [--out RUN_DIR] [section.key=value ...]
 
 Data as d2l.load_data_fashion_mnist(batch_size, resize=224): torchvision's
 FashionMNIST under DIR (DIR/FashionMNIST/raw/*-ubyte; fetched only with --download),
 Resize(data.crop_size) then ToTensor (values 0..1, no mean subtraction, no
 augmentation), shuffled training batches. The model is repro.model.build_model from the
-config; like train_ch6, conv and linear weights are then re-drawn with
-xavier_uniform_ (biases keep PyTorch's default) unless --no-xavier. Each epoch prints
+config, whose model.init: xavier re-draws conv and linear weights with xavier_uniform_
+as train_ch6 does (biases keep PyTorch's default). Each epoch prints
 train loss, train accuracy, test accuracy and training examples/s (time inside the
 training steps, as d2l's Timer counts it); RUN_DIR gets config.yaml and metrics.jsonl.
 """
@@ -28,14 +28,6 @@ from repro.config import Config, ConfigError, load_config, model_kwargs
 from repro.model import build_model
 from repro.tracking import Tracker
 from repro.train import build_optimizer, pick_device, train_step
-
-
-def xavier_(model: nn.Module, seed: int) -> None:
-    """d2l's train_ch6 init: xavier_uniform_ on every Conv2d/Linear weight, biases untouched."""
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight, generator=g)
 
 
 def fashion_mnist(root: str | Path, size: int, download: bool):
@@ -77,16 +69,12 @@ def accuracy(net, batches, device, autocast, channels_last: bool) -> float:
     return correct / max(total, 1)
 
 
-def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = None,
-        xavier: bool = True) -> dict:
+def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = None) -> dict:
     """Train and evaluate; returns the last epoch's metrics."""
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)               # dropout masks
     train_batches, test_batches = loaders(cfg, root, download, device)
-    model = build_model(model_kwargs(cfg))
-    if xavier:
-        xavier_(model, cfg.model.seed)
-    model = model.to(device)
+    model = build_model(model_kwargs(cfg)).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
@@ -99,7 +87,7 @@ def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = N
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(cfg.to_yaml())
         tracker = Tracker(out, cfg.to_dict(), cfg.logging.wandb, cfg.logging.project, cfg.logging.entity)
-        tracker.log({"event": "d2l", "root": str(root), "xavier": xavier, "device": str(device),
+        tracker.log({"event": "d2l", "root": str(root), "init": cfg.model.init, "device": str(device),
                      "train_examples": len(train_batches.dataset),
                      "test_examples": len(test_batches.dataset)})
     print(f"training on {device}", flush=True)
@@ -156,15 +144,13 @@ def main(argv=None) -> int:
     parser.add_argument("--root", required=True, help="torchvision root: ROOT/FashionMNIST/raw/*-ubyte")
     parser.add_argument("--download", action="store_true", help="fetch Fashion-MNIST into --root")
     parser.add_argument("--out", help="run directory for config.yaml and metrics.jsonl")
-    parser.add_argument("--no-xavier", dest="xavier", action="store_false",
-                        help="keep the config's model.init instead of d2l's xavier_uniform_ weights")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         parser.error(str(e))
-    run(cfg, args.root, download=args.download, out=args.out, xavier=args.xavier)
+    run(cfg, args.root, download=args.download, out=args.out)
     return 0
 
 

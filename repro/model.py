@@ -25,6 +25,7 @@ POOLED = ("conv1", "conv2", "conv5")   # followed by max pooling
 HALVED = ("conv1", "conv2", "conv3", "conv4")  # section 3.2's one-GPU net halves these
 FC_WIDTH = 4096
 LAYERS = (*CONVS, "fc6", "fc7", "fc8")
+INITS = ("paper", "torch", "xavier")   # paper: section 5; xavier: the d2l book's variant
 LRN_MODES = {"paper": False, "cuda-convnet": True, "caffe": True}  # -> alpha_over_n; or "none"
 
 
@@ -74,8 +75,8 @@ class AlexNet(nn.Module):
             raise ValueError(f"lrn must be one of {[*LRN_MODES, 'none']}, got {lrn!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if init not in ("paper", "torch"):
-            raise ValueError(f"init must be 'paper' or 'torch', got {init!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if isinstance(bias_one, str) or not set(bias_one) <= set(LAYERS):
             raise ValueError(f"bias_one must be a list of layer names from {list(LAYERS)}, got {bias_one!r}")
         if seed is not None and not isinstance(seed, int):
@@ -98,6 +99,10 @@ class AlexNet(nn.Module):
             self.fc8 = nn.Linear(FC_WIDTH, num_classes)
             if init == "paper":
                 self._init_paper(weight_std, bias_one, bias_value)
+            elif init == "xavier":
+                # d2l's train_ch6: xavier_uniform_ weights, biases keep PyTorch's default.
+                for name in LAYERS:
+                    nn.init.xavier_uniform_(getattr(self, name).weight)
 
         def norm():
             if lrn == "none":

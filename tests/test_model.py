@@ -187,7 +187,7 @@ def test_dropout_only_in_training():
     (dict(groups=0), "groups"),
     (dict(conv1_padding=-1), "conv1_padding"),
     (dict(dropout=1.0), "dropout"),
-    (dict(init="xavier"), "init"),
+    (dict(init="kaiming"), "init"),
 ])
 def test_rejects_bad_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
