@@ -41,11 +41,12 @@ def reports_errors(cmd):
     """Bad input to eval/report/figures/demo (a missing file, a checkpoint that does not fit
     the shards) is one line on stderr and status 2, not a traceback."""
     def run(args) -> int:
+        from repro.distributed import DeviceError
         from repro.evaluate import EvalError
 
         try:
             return cmd(args)
-        except (EvalError, FileNotFoundError) as e:
+        except (EvalError, FileNotFoundError, DeviceError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return run

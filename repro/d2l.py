@@ -27,7 +27,8 @@ from torch import nn
 from repro.config import Config, ConfigError, load_config, model_kwargs
 from repro.model import build_model
 from repro.tracking import Tracker
-from repro.train import build_optimizer, pick_device, train_step
+from repro.distributed import pick_device
+from repro.train import build_optimizer, train_step
 
 
 def fashion_mnist(root: str | Path, size: int, download: bool):

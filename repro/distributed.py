@@ -10,6 +10,19 @@ import torch
 import torch.distributed as dist
 
 
+class DeviceError(RuntimeError):
+    pass
+
+
+def pick_device(kind: str, local_rank: int = 0) -> torch.device:
+    """kind auto | cpu | cuda: auto takes this rank's GPU when there is one."""
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device cuda was asked for, but no CUDA device is available")
+    if kind != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0

@@ -23,6 +23,8 @@ from repro import checkpoint
 from repro.augment import Normalizer
 from repro.config import Config, config_from_dict, model_kwargs
 from repro.data import STORED, EpochPlan, loader, read_manifest, split_shards
+from repro.distributed import pick_device
+from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
 
 
@@ -48,12 +50,6 @@ def default_checkpoint(run_dir: str | Path) -> Path:
     raise EvalError(f"{ckpts}: no best.pt or last.pt (has `repro train --out {run_dir}` run?)")
 
 
-def pick_device(kind: str) -> torch.device:
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise EvalError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if kind != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def stats_path(data_dir: Path) -> Path:
     stats = Path(data_dir) / "stats.npz"
     if not stats.is_file():
@@ -61,7 +57,7 @@ def stats_path(data_dir: Path) -> Path:
     return stats
 
 
-def crop_windows(image: int, crop: int, ten_crop: bool) -> list[tuple[int, int, bool]]:
+def test_views(image: int, crop: int, ten_crop: bool) -> list[tuple[int, int, bool]]:
     """(y, x, mirrored) of each test crop: the centre, or the paper's four corners and
     centre with their horizontal reflections."""
     c, far = (image - crop) // 2, image - crop
@@ -85,7 +81,7 @@ class Member:
     def probs(self, images: torch.Tensor, ten_crop: bool) -> torch.Tensor:
         """uint8 (B,3,256,256) on the device -> (B, classes) softmax averaged over the crops."""
         size = self.cfg.data.crop_size
-        windows = crop_windows(images.shape[-1], size, ten_crop)
+        windows = test_views(images.shape[-1], size, ten_crop)
         crops = [images[:, :, y:y + size, x:x + size] for y, x, _ in windows]
         crops = torch.cat([c.flip(-1) if flip else c for c, (_, _, flip) in zip(crops, windows)])
         ys, xs, flips = (torch.tensor([w[i] for w in windows]).repeat_interleave(len(images))
@@ -107,6 +103,7 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
         raise EvalError(f"{path}: not a repro checkpoint (no 'config' or 'model' entry)")
     cfg = config_from_dict(state["config"], where=str(path))
     model = build_model(model_kwargs(cfg))
+    set_lrn_impl(model, cfg.train.lrn_impl)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     autocast = nullcontext()

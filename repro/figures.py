@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from repro.data import EpochPlan, loader, read_manifest, split_shards
-from repro.evaluate import (Member, check_members, default_checkpoint, load_member, pick_device,
-                            stats_path)
+from repro.distributed import pick_device
+from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
 from repro.tracking import read_metrics
 
 PER_ROW, SCALE, GAP, TOWER_GAP = 16, 4, 2, 8   # Figure 3 layout: pixels are kernel pixels * SCALE

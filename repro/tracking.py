@@ -75,5 +75,12 @@ class Tracker:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl; a last line torn by a kill mid-write is ignored."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    try:
+        records += [json.loads(lines[-1])] if lines else []
+    except json.JSONDecodeError:
+        pass
+    return records

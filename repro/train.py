@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from repro import checkpoint, distributed
+from repro.distributed import pick_device
 from repro.augment import Normalizer, step_generator
 from repro.config import Config, model_kwargs
 from repro.data import EpochPlan, device_images, even_range, loader, read_manifest, split_shards
@@ -38,12 +39,6 @@ EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint is kep
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def pick_device(kind: str, local_rank: int = 0) -> torch.device:
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from repro.cli import main
-from repro.evaluate import load_member, pick_device
+from repro.distributed import pick_device
+from repro.evaluate import load_member
 from repro.figures import filter_grid, nearest_neighbours
 from shard_helpers import write_shards
 from test_evaluate import CLASSES, CROP, centre_inputs, fc7_by_hand, make_checkpoint, split_images

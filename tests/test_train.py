@@ -144,3 +144,11 @@ def test_checkpoint_moves_between_single_device_and_towers(shards, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     start = load(mixed / "checkpoints" / "last.pt")
     assert start["epoch"] == 2 and start["config"]["train"]["parallel"] == "towers"
+
+
+def test_metrics_reader_ignores_a_torn_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"event": "start"}\n{"event": "train", "lo')
+    assert read_metrics(tmp_path) == [{"event": "start"}]
+    (tmp_path / "metrics.jsonl").write_text('{"event": "st\n{"event": "done"}\n')
+    with pytest.raises(ValueError):       # damage anywhere else is not silently skipped
+        read_metrics(tmp_path)
