@@ -9,6 +9,7 @@ same shards and model. Each figure is images per second after a warm-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -111,6 +112,41 @@ def bench_end_to_end(cfg, shards, stats, device, precision, channels_last, compi
     return {"images_per_s": n / (time.perf_counter() - t)}
 
 
+@torch.no_grad()
+def bench_eval(cfg, shards_dir, stats, device, precision, channels_last, batches) -> dict:
+    """10-crop evaluation from the val shards (all 10 crops of a batch in one forward),
+    against the plain forward pass on 227 crops; images/s of each."""
+    from repro.evaluate import Member
+
+    net, _ = model_and_opt(cfg, device, channels_last, False)
+    net.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    member = Member(Path("bench"), cfg, net, None, Normalizer(stats, cfg.augment, device), autocast)
+    b, s = cfg.data.val_batch_size, cfg.data.crop_size
+    x = (torch.randn(b, 3, s, s, device=device) * 60).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def forward():
+        with autocast:
+            net(x)
+    forward_ips = b / timed(forward, 5, 20, device)
+    plan = make_plan(cfg, split_shards(shards_dir, "val"), "val", 0, Dist())
+    plan = dataclasses.replace(plan, crop="none")
+    n, t = 0, None
+    for i, (images, *_rest) in enumerate(loader(plan, pin_memory=device.type == "cuda")):
+        if i == 2:
+            sync(device)
+            n, t = 0, time.perf_counter()
+        member.probs(images.to(device, non_blocking=True), ten_crop=True)
+        n += len(images)
+        if i == 2 + batches:
+            break
+    sync(device)
+    ips = n / (time.perf_counter() - t)
+    return {"images_per_s": ips, "forward_images_per_s": forward_ips,
+            "cost_vs_10_forwards": forward_ips / (10 * ips)}
+
+
 def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
     """The torchvision reference recipe's shape: PIL decode + transforms in workers, fp32."""
     import webdataset as wds
@@ -178,8 +214,8 @@ def main(argv=None) -> int:
     def add(stage, variant, result):
         rows.append({"stage": stage, "variant": variant, **result})
         ips = result["images_per_s"]
-        print(f"{stage:<24} {variant:<22} {ips:>10.0f} img/s   90 epochs: "
-              f"{IMAGENET_TRAIN * 90 / ips / 3600:6.1f} h"
+        epochs = "" if stage.startswith("d") else f"   90 epochs: {IMAGENET_TRAIN * 90 / ips / 3600:6.1f} h"
+        print(f"{stage:<24} {variant:<22} {ips:>10.0f} img/s{epochs}"
               + (f"   peak {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""),
               flush=True)
 
@@ -202,6 +238,13 @@ def main(argv=None) -> int:
             add("c: end to end", v, bench_end_to_end(
                 config(v, classes), shards, stats, device, "bf16" if "bf16" in tokens else "fp32",
                 "cl" in tokens, "compile" in tokens, args.batches))
+        v = args.end_to_end.split(",")[0]
+        tokens = set(v.split("+"))
+        result = bench_eval(config(v, classes), args.data, stats, device,
+                            "bf16" if "bf16" in tokens else "fp32", "cl" in tokens, args.batches)
+        add("d: 10-crop eval", v, result)
+        print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward passes "
+              f"(forward alone {result['forward_images_per_s']:.0f} img/s)")
         base = bench_baseline(config("", classes), args.data, device, args.workers, args.batches)
         add("e: baseline (reference)", "fp32 eager, PIL", base)
         best = max(r["images_per_s"] for r in rows if r["stage"] == "c: end to end")

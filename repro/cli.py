@@ -71,7 +71,10 @@ def cmd_report(args) -> int:
     from repro.evaluate import default_checkpoint, evaluate
     from repro.report import write_report
 
+    from repro.tracking import run_data_dir
+
     evals = []
+    args.data = args.data or run_data_dir(args.run_dir)
     if args.data:
         ckpts = args.checkpoint or [default_checkpoint(args.run_dir)]
         evals.append(evaluate(ckpts, args.data, not args.centre, args.batch_size, args.device,
@@ -84,7 +87,9 @@ def cmd_report(args) -> int:
 
 def cmd_figures(args) -> int:
     from repro.figures import make_figures
+    from repro.tracking import run_data_dir
 
+    args.data = args.data or run_data_dir(args.run_dir)
     if args.data is None:
         print("no --data: skipping the nearest-neighbour figure (it needs the shards)",
               file=sys.stderr)
@@ -101,6 +106,12 @@ def cmd_demo(args) -> int:
              train_per_class=args.train_per_class, val_per_class=args.val_per_class,
              epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
     return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from repro.bench import main as bench_main
+
+    return bench_main(argv)
 
 
 def add_eval_options(p) -> None:
@@ -178,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-per-epoch", type=int)
     p.set_defaults(run=reports_errors(cmd_demo))
 
+    # bench parses its own options (repro/bench.py); listed here for --help.
+    sub.add_parser("bench", help="throughput of each stage and end to end (repro bench --help)")
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.run(args)

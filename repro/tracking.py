@@ -74,6 +74,12 @@ class Tracker:
                 warnings.warn(f"W&B finish failed: {e}")
 
 
+def run_data_dir(run_dir: Path) -> str | None:
+    """The shard directory the run trained on (its latest start), if it still exists."""
+    paths = [r["path"] for r in read_metrics(run_dir) if r.get("event") == "data"]
+    return paths[-1] if paths and Path(paths[-1]).is_dir() else None
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The records of metrics.jsonl; a last line torn by a kill mid-write is ignored."""
     path = Path(run_dir) / "metrics.jsonl"

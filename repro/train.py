@@ -185,6 +185,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
     tracker = Tracker(run_dir, cfg.to_dict(), cfg.logging.wandb, cfg.logging.project,
                       cfg.logging.entity) if d.is_main else None
+    if tracker:
+        tracker.log({"event": "data", "path": str(data_dir.resolve())})
     if tracker and ckpt_path is not None:
         tracker.log({"event": "resume", "checkpoint": str(ckpt_path), "epoch": epoch,
                      "step": first_step, "global_step": global_step})
