@@ -13,6 +13,12 @@ The build, top to bottom:
    (.build/parts/NAME.json, .npz) are written atomically, so a killed build
    resumes where it stopped;
 4. merge the sums into stats.npz, write manifest.json last, print a summary.
+
+A build can be split over processes or machines sharing --out (slurm/build_shards.sbatch,
+a job array): `--part I --parts N` builds only the shards whose index within their split
+is I mod N, and whichever part finds every shard finished does step 4, so the result is
+byte for byte the single-process build's. Parts run side by side (a shared lock keeps out
+a whole build); a part or a whole build run again finishes only what is missing.
 """
 from __future__ import annotations
 
@@ -166,15 +172,30 @@ def _claim_out(out: Path, settings: dict) -> dict | None:
     return None
 
 
-def _lock(out: Path):
+def _lock(out: Path, mode: int = fcntl.LOCK_EX | fcntl.LOCK_NB, name: str = "lock"):
+    """flock WORK/name. The whole build holds "lock" exclusively; parts (--part) hold it
+    shared, side by side, and take "merge.lock" exclusively (waiting) to claim --out and
+    to merge."""
     (out / WORK).mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / WORK / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(out / WORK / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode)
     except BlockingIOError:
         os.close(fd)
-        raise BuildError(f"another build is running in {out}") from None
+        what = "a whole build" if mode & fcntl.LOCK_SH else "another build"
+        raise BuildError(f"{what} is running in {out}") from None
     return fd
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def in_part(index: int, part: int | None, parts: int) -> bool:
+    """Whether the shard with this index (within its split) belongs to part `part` of
+    `parts` (part None: the whole build)."""
+    return part is None or index % parts == part
 
 
 # ---- the build ---------------------------------------------------------------------------
@@ -204,14 +225,17 @@ def _count_check(src: Source, split: str, records: list[Record], log) -> dict:
 
 def build_shards(source, out, *, workers: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
                  quality: int = DEFAULT_QUALITY, limit: int | None = None, seed: int = DEFAULT_SEED,
-                 splits=SPLITS, layout: str = "auto", progress: str = "off", log=print) -> dict:
-    """Python entry point of the CLI; returns the manifest. Raises SourceError / BuildError."""
+                 splits=SPLITS, layout: str = "auto", progress: str = "off", part: int | None = None,
+                 parts: int = 1, log=print) -> dict | None:
+    """Python entry point of the CLI; returns the manifest (None from a part that left
+    shards of other parts unfinished). Raises SourceError / BuildError."""
     args = argparse.Namespace(source=source, out=out, workers=workers, shard_size=shard_size, quality=quality,
-                              limit=limit, seed=seed, splits=list(splits), layout=layout, progress=progress)
+                              limit=limit, seed=seed, splits=list(splits), layout=layout, progress=progress,
+                              part=part, parts=parts)
     return build(args, log)
 
 
-def build(args, log=print) -> dict:
+def build(args, log=print) -> dict | None:
     t0 = time.time()
     out = Path(args.out).resolve()
     splits = [s for s in SPLITS if s in args.splits]
@@ -220,16 +244,28 @@ def build(args, log=print) -> dict:
     log(f"source: {src.root} (layout: {src.layout}, {len(src.wnids)} classes)")
     settings = _settings(src, args)
     out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out)
+    part = getattr(args, "part", None)
+    if part is None:
+        lock = _lock(out)
+    else:
+        lock = _lock(out, fcntl.LOCK_SH | fcntl.LOCK_NB)
     try:
-        done = _claim_out(out, settings)
+        if part is None:
+            done = _claim_out(out, settings)
+        else:
+            merge_lock = _lock(out, fcntl.LOCK_EX, "merge.lock")
+            try:
+                done = _claim_out(out, settings)
+            finally:
+                _unlock(merge_lock)
         if done is not None:
             counts = ", ".join(f"{s} {v['count']} images" for s, v in done["splits"].items())
             log(f"{out} already holds this build, complete ({counts}): nothing to do")
             return done
         work = out / WORK
-        for d in (out, work, work / "parts"):
-            atomic.remove_stale_tmp(d)
+        if part is None:  # a part leaves this to the merge: other parts may be writing
+            for d in (out, work, work / "parts"):
+                atomic.remove_stale_tmp(d)
         ctx = {"out": str(out), "quality": args.quality, "labels": {w: i for i, w in enumerate(src.wnids)}}
         workers = args.workers or len(os.sched_getaffinity(0))
         if workers > 1:
@@ -249,11 +285,19 @@ def build(args, log=print) -> dict:
         return manifest
     finally:
         if (out / MANIFEST).exists():  # complete: the resume state has served its purpose
-            shutil.rmtree(out / WORK, ignore_errors=True)
+            if part is not None:  # ... once no other part still runs (the last one removes it)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass
+                else:
+                    shutil.rmtree(out / WORK, ignore_errors=True)
+            else:
+                shutil.rmtree(out / WORK, ignore_errors=True)
         os.close(lock)
 
 
-def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict:
+def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict | None:
     work = out / WORK
     plans, split_info = {}, {}
     for split in args.splits:
@@ -272,14 +316,20 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
                          "use another --out (or delete it) to start over")
     atomic.write_json(plan_file, digests)
 
+    part_of = getattr(args, "part", None), getattr(args, "parts", 1)
     parts, todo = {}, []
     for split in args.splits:
         for i, shard in enumerate(plans[split]):
+            if not in_part(i, *part_of):
+                continue
             part = _finished(out, split, i)
             if part is None:
                 todo.append((split, i, shard))
             else:
                 parts[(split, i)] = part
+    if part_of[0] is not None:
+        log(f"part {part_of[0]} of {part_of[1]}: {len(parts) + len(todo)} of the "
+            f"{sum(len(plans[s]) for s in args.splits)} shards (index {part_of[0]} mod {part_of[1]})")
     if parts:
         log(f"resuming: {len(parts)} shards already done, {len(todo)} to go")
     total = sum(len(t[2]) for t in todo)
@@ -291,7 +341,44 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
             parts[(split, index)] = part
             bar.update(part["planned"])
     build_s = time.time() - t_build
+    if part_of[0] is not None:
+        return _merge_if_complete(args, src, settings, out, plans, split_info, parts, log,
+                                  (t0, total, build_s, workers))
+    return _merge(args, src, settings, out, plans, split_info, parts, log, (t0, total, build_s, workers))
 
+
+def _merge_if_complete(args, src, settings, out, plans, split_info, parts, log, timing) -> dict | None:
+    """A part's last step: under merge.lock, merge if every shard of every part is finished."""
+    lock = _lock(out, fcntl.LOCK_EX, "merge.lock")
+    try:
+        if (out / MANIFEST).exists():
+            log(f"part {args.part} of {args.parts} done; another part has written {out / MANIFEST}")
+            return json.loads((out / MANIFEST).read_text())
+        missing = 0
+        for split in args.splits:
+            for i in range(len(plans[split])):
+                if (split, i) not in parts:
+                    found = _finished(out, split, i)
+                    if found is None:
+                        missing += 1
+                    else:
+                        parts[(split, i)] = found
+        if missing:
+            log(f"part {args.part} of {args.parts} done; {missing} shards of other parts are not "
+                f"finished yet: the last part to finish writes {MANIFEST} and {STATS}")
+            return None
+        for d in (out, out / WORK / "parts"):  # stale temp files of killed parts
+            atomic.remove_stale_tmp(d)
+        log(f"part {args.part} of {args.parts}: every shard is finished; merging")
+        return _merge(args, src, settings, out, plans, split_info, parts, log, timing)
+    finally:
+        _unlock(lock)
+
+
+def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> dict:
+    """Step 4: statistics from the per-shard sums, then manifest.json, last."""
+    work = out / WORK
+    t0, total, build_s, workers = timing
     manifest = {"format_version": FORMAT_VERSION, "settings": settings, "classes": src.wnids, "splits": {}}
     for split in args.splits:
         plist = [parts[(split, i)] for i in range(len(plans[split]))]
@@ -358,6 +445,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="train,val", help="comma-separated splits to build")
     p.add_argument("--layout", default="auto", choices=("auto", "official", "folder", "kaggle"),
                    help="source layout; auto = detect")
+    p.add_argument("--part", type=int, default=None, metavar="I",
+                   help="build only the shards whose index within their split is I mod --parts "
+                        "(a job array task); the part that finds all shards finished writes the manifest")
+    p.add_argument("--parts", type=int, default=1, metavar="N", help="the number of parts (with --part)")
     p.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
                    help="tqdm bar; auto = on a terminal and not under SLURM")
     return p
@@ -371,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         + (["--shard-size must be >= 1"] if args.shard_size < 1 else []) \
         + (["--quality must be 1..100"] if not 1 <= args.quality <= 100 else []) \
         + (["--limit must be >= 1"] if args.limit is not None and args.limit < 1 else []) \
-        + (["--workers must be >= 0"] if args.workers < 0 else [])
+        + (["--workers must be >= 0"] if args.workers < 0 else []) \
+        + (["--parts must be >= 1"] if args.parts < 1 else []) \
+        + ([f"--part must be in 0..{args.parts - 1}"] if args.part is not None and not 0 <= args.part < args.parts
+           else []) \
+        + (["--parts needs --part"] if args.parts != 1 and args.part is None else [])
     if problems:
         parser().error("; ".join(problems))
     try:

@@ -3,8 +3,9 @@ array against the single-process build, DDP training that is signalled before it
 limit, checkpoints, requeues itself and ends with the weights of an uninterrupted run in
 one W&B run, the requeue guard, and the 10-crop eval + report.
 
-Needs root and Debian's slurm-wlm + munge (tools/setup_slurm.sh, run by `make test`);
-skips with the reason otherwise. Two CPU ranks (gloo) stand in for the two GPUs: the
+The tests marked slurm need root and Debian's slurm-wlm + munge (tools/setup_slurm.sh,
+run by `make test`) and skip with the reason otherwise; the parts test before them runs
+build_shards --part in plain processes. Two CPU ranks (gloo) stand in for the two GPUs: the
 node advertises gpu:2 backed by fake device files, and DEVICE=cpu is passed to the scripts.
 """
 from __future__ import annotations
@@ -25,8 +26,6 @@ from repro.tracking import read_metrics
 from shard_helpers import write_shards
 from slurm_cluster import SlurmCluster, SlurmUnavailable, free_port
 
-pytestmark = pytest.mark.slurm
-
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -34,9 +33,8 @@ CLASSES = 4
 # The smoke config at 67 px with every training image used (tests/test_train.py's FAST).
 TRAIN = [f"model.num_classes={CLASSES}", "data.crop_size=67", "data.steps_per_epoch=0",
          "train.deterministic=true", "checkpoint.every_minutes=1000", "logging.wandb=offline"]
-# Long enough (~60 s of 2-rank training on 2 cores) that a 1-minute job is always warned
-# first: Slurm checks time limits every 30 s, so --signal=B:USR1@45 arrives 15-45 s in.
-EPOCHS = 10
+EPOCHS = 4
+MAX_REQUEUES = 8
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +74,93 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
+# ---- build_shards.sbatch: an array against the single-process build ---------------------
+def shard_index(name: str) -> int:
+    return int(name.split("-")[1][:6])
+
+
+def _build_part(src, out, part, parts, q):
+    from data_prep.build_shards import build_shards
+
+    lines = []
+    build_shards(src, out, shard_size=4, workers=1, part=part, parts=parts, log=lines.append)
+    q.put("\n".join(lines))
+
+
+def test_parts_side_by_side_equal_single_process_build(tmp_path):
+    """No Slurm needed: build_shards --part I --parts 3 in 3 processes at once."""
+    import multiprocessing as mp
+
+    from data_prep.make_fixture import make_fixture
+    from data_prep_helpers import build, manifest, output_digest
+
+    src = tmp_path / "src"
+    make_fixture(src, "folder", classes=5, train_per_class=6, val_per_class=2, quirks=True)
+    build(src, tmp_path / "single", shard_size=4, workers=1)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_build_part, args=(src, tmp_path / "parts", i, 3, q))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    logs = "\n".join(q.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0, logs
+    assert logs.count("every shard is finished; merging") == 1, logs
+    assert output_digest(tmp_path / "parts") == output_digest(tmp_path / "single")
+    assert manifest(tmp_path / "parts") == manifest(tmp_path / "single")
+    assert not (tmp_path / "parts" / ".build").exists()
+
+
+@pytest.mark.slurm
+def test_build_array_equals_single_process_build(cluster, tmp_path):
+    """The fixture (official layout, with ImageNet's odd files) cut into shards of 4, built by
+    3 array tasks: first tasks 0 and 2 only (as if task 1 had failed: no manifest yet), then
+    the whole array again, which builds only part 1's shards; its last task merges."""
+    from data_prep.make_fixture import make_fixture
+    from data_prep_helpers import build, manifest, output_digest
+
+    src, single, arrayed, logs = (tmp_path / n for n in ("src", "single", "array", "logs"))
+    logs.mkdir()
+    make_fixture(src, "official", classes=5, train_per_class=6, val_per_class=2, quirks=True)
+    build(src, single, shard_size=4, workers=1)
+    shards = sorted(p.name for p in single.glob("*.tar"))
+    assert len(shards) >= 9
+
+    def submit(array: str) -> tuple[list[dict], str]:
+        job = cluster.sbatch(f"--array={array}", "--cpus-per-task=1",
+                             f"--output={logs}/%x-%A_%a.out", SLURM / "build_shards.sbatch",
+                             env=job_env(SOURCE=src, OUT=arrayed, PARTS=3,
+                                         BUILD_ARGS="--shard-size 4"), cwd=ROOT)
+        tasks = cluster.wait(job, timeout=120)
+        text = "\n".join(p.read_text() for p in sorted(logs.glob(f"*-{job}_*.out")))
+        assert [t["JobState"] for t in tasks] == ["COMPLETED"] * len(tasks), text
+        return tasks, text
+
+    tasks, text = submit("0,2")
+    assert len(tasks) == 2 and not (arrayed / "manifest.json").exists(), text
+    assert "the last part to finish writes manifest.json" in text
+    first = {n: (arrayed / n).stat().st_mtime_ns for n in shards if shard_index(n) % 3 != 1}
+    assert sorted(p.name for p in arrayed.glob("*.tar")) == sorted(first)
+
+    tasks, text = submit("0-2")
+    assert len(tasks) == 3 and text.count("every shard is finished; merging") == 1, text
+    assert {n: (arrayed / n).stat().st_mtime_ns for n in first} == first   # not rebuilt
+    assert output_digest(arrayed) == output_digest(single)      # shards and stats.npz, bytes
+    a, b = np.load(arrayed / "stats.npz"), np.load(single / "stats.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert manifest(arrayed) == manifest(single)                # settings included
+    assert sorted(p.name for p in arrayed.iterdir()) == sorted(p.name for p in single.iterdir())
+
+
 # ---- train.sbatch: time limit -> USR1 -> checkpoint -> requeue -> exact resume -----------
 @pytest.fixture(scope="module")
 def requeued(cluster, shards, tmp_path_factory):
-    """A 1-minute train.sbatch job that needs ~60 s of training, and an uninterrupted
-    torchrun run of the same config (world size 2, run meanwhile)."""
+    """A train.sbatch job with a 1-minute limit and --signal=B:USR1@45, whose training is
+    held (SIGSTOP to its step) from its first logged step until Slurm's warning has reached
+    the batch shell, so the warning always lands mid-training however fast this machine
+    is; and an uninterrupted torchrun run of the same config (world size 2) meanwhile."""
     base = tmp_path_factory.mktemp("train")
     run, ref, logs = base / "run", base / "reference", base / "logs"
     logs.mkdir()
@@ -88,29 +168,44 @@ def requeued(cluster, shards, tmp_path_factory):
     t0 = time.time()
     job = cluster.sbatch("--time=1", "--signal=B:USR1@45", "--cpus-per-task=1",
                          f"--output={logs}/%x-%j.out", SLURM / "train.sbatch", *overrides,
-                         env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE, MAX_REQUEUES=6),
-                         cwd=ROOT)
+                         env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE,
+                                     MAX_REQUEUES=MAX_REQUEUES), cwd=ROOT)
     reference = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
          f"--master-port={free_port()}", "-m", "repro.cli", "train", "--config", str(SMOKE),
          "--data", str(shards), "--out", str(ref), *overrides, "train.device=cpu"],
         cwd=ROOT, env={**os.environ, **job_env()}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
-    (info,) = cluster.wait(job, timeout=420)
+    log = logs / f"alexnet-train-{job}.out"
+    wait_for(lambda: any(r["event"] == "train" for r in _metrics(run)), 120, cluster, job)
+    cluster.run(["scancel", "--signal=STOP", f"{job}.0"])          # hold the training
+    held = time.time()
+    wait_for(lambda: "got SIGUSR1" in log.read_text(), 90, cluster, job)   # Slurm's warning
+    cluster.run(["scancel", "--signal=CONT", f"{job}.0"])
+    warned = time.time()
+    (info,) = cluster.wait(job, timeout=300)
     out = reference.communicate(timeout=300)[0]
     assert reference.returncode == 0, out
-    print(f"train.sbatch job {job}: {info['JobState']} after {info['Restarts']} requeues, "
-          f"{time.time() - t0:.0f} s")
-    return {"job": job, "info": info, "run": run, "ref": ref, "log": log_of(logs, "alexnet-train", job)}
+    print(f"train.sbatch job {job}: warned {warned - held:.0f} s after the hold, "
+          f"{info['JobState']} after {info['Restarts']} requeues, {time.time() - t0:.0f} s")
+    return {"job": job, "info": info, "run": run, "ref": ref, "log": log.read_text()}
 
 
+def wait_for(condition, timeout: float, cluster, job) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, cluster.job(job)
+        time.sleep(0.2)
+
+
+@pytest.mark.slurm
 def test_time_limit_signal_requeues_and_resumes_exactly(requeued):
     info, run, log = requeued["info"], requeued["run"], requeued["log"]
     assert info["JobState"] == "COMPLETED", log
     restarts = int(info["Restarts"])
     assert restarts >= 1, log                                   # the time limit warned it
     assert "got SIGUSR1: asking the training tasks to checkpoint and stop" in log
-    assert f"requeueing job {requeued['job']} (restart 1 of at most 6)" in log
+    assert f"requeueing job {requeued['job']} (restart 1 of at most {MAX_REQUEUES})" in log
     assert log.count("] job ") == restarts + 1                  # one header per attempt
     assert "training finished" in log
     metrics = read_metrics(run)
@@ -123,6 +218,7 @@ def test_time_limit_signal_requeues_and_resumes_exactly(requeued):
     assert_same_weights(run / "checkpoints" / "last.pt", requeued["ref"] / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slurm
 def test_requeued_job_logs_into_one_wandb_run(requeued):
     run = requeued["run"]
     run_id = (run / "wandb_id.txt").read_text().strip()
@@ -135,6 +231,7 @@ def test_requeued_job_logs_into_one_wandb_run(requeued):
 
 
 # ---- the guard, through the batch-shell signal the time-limit warning uses ----------------
+@pytest.mark.slurm
 def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_path):
     """`scancel --signal=USR1 --batch` is what --signal=B:USR1@N does; with MAX_REQUEUES=0
     the job checkpoints and stops (status 75) instead of requeueing; the same command
@@ -145,10 +242,7 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
             *TRAIN, "schedule.epochs=2", "logging.wandb=disabled")
     env = job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE, MAX_REQUEUES=0)
     job = cluster.sbatch(*args, env=env, cwd=ROOT)
-    deadline = time.time() + 120
-    while not any(r["event"] == "train" for r in _metrics(run)):   # the handler is installed
-        assert time.time() < deadline, cluster.job(job)
-        time.sleep(0.2)
+    wait_for(lambda: any(r["event"] == "train" for r in _metrics(run)), 120, cluster, job)
     cluster.run(["scancel", "--signal=USR1", "--batch", job])
     (info,) = cluster.wait(job, timeout=120)
     log = log_of(logs, "alexnet-train", job)
@@ -175,6 +269,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 # ---- eval.sbatch ---------------------------------------------------------------------------
+@pytest.mark.slurm
 def test_eval_sbatch_writes_ten_crop_eval_and_report(cluster, shards, requeued, tmp_path):
     run = requeued["run"]
     job = cluster.sbatch("--cpus-per-task=1", f"--output={tmp_path}/%x-%j.out",
