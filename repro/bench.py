@@ -74,20 +74,38 @@ def bench_step(cfg, device, precision, channels_last, compile_, warmup, steps) -
     return {"images_per_s": b / t, "peak_gpu_gb": mem}
 
 
+def throughput(batches, step, warmup: int, count: int, device) -> float:
+    """Images/s of step(batch) -> images, over `count` batches after `warmup` ones (worker
+    start-up, compilation). Only full batches count: a last partial one has a new shape."""
+    n, t, full = 0, None, None
+    for i, batch in enumerate(batches):
+        size = len(batch[1])
+        full = full or size
+        if size < full:
+            break
+        if i == warmup:
+            sync(device)
+            n, t = 0, time.perf_counter()
+        n += step(i, batch)
+        if i + 1 == warmup + count:
+            break
+    sync(device)
+    if t is None or n == 0:
+        raise SystemExit(f"bench: the shards hold fewer than {warmup + 1} full batches; "
+                         "give more data or smaller batches")
+    return n / (time.perf_counter() - t)
+
+
 def bench_loader(cfg, shards, device, batches: int) -> dict:
     """Images/s delivered as uint8 crops on `device` (decoded there on the GPU path)."""
     plan = make_plan(cfg, shards, "train", 0, Dist())
-    n, t = 0, None
-    for i, (images, labels, ys, xs, flips) in enumerate(loader(plan, pin_memory=device.type == "cuda")):
-        if i == 5:                               # after worker start-up
-            sync(device)
-            n, t = 0, time.perf_counter()
+
+    def step(i, batch):
+        images, labels, ys, xs, flips = batch
         device_images(images, ys, xs, flips, plan, device).to(device, non_blocking=True)
-        n += len(labels)
-        if i == 5 + batches:
-            break
-    sync(device)
-    return {"images_per_s": n / (time.perf_counter() - t)}
+        return len(labels)
+    return {"images_per_s": throughput(loader(plan, pin_memory=device.type == "cuda"), step, 5,
+                                       batches, device)}
 
 
 def bench_end_to_end(cfg, shards, stats, device, precision, channels_last, compile_, batches) -> dict:
@@ -95,21 +113,17 @@ def bench_end_to_end(cfg, shards, stats, device, precision, channels_last, compi
     norm = Normalizer(stats, cfg.augment, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     plan = make_plan(cfg, shards, "train", 0, Dist())
-    n, t = 0, None
-    for i, (images, labels, ys, xs, flips) in enumerate(loader(plan, pin_memory=device.type == "cuda")):
-        if i == 5:                               # after compile and worker start-up
-            sync(device)
-            n, t = 0, time.perf_counter()
+
+    def step(i, batch):
+        images, labels, ys, xs, flips = batch
         images = device_images(images, ys, xs, flips, plan, device)
         x = norm(images, ys, xs, flips, step_generator(device, 0, 0, i))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         train_step(net, opt, x, labels.to(device, non_blocking=True), 1, len(labels), autocast)
-        n += len(labels)
-        if i == 5 + batches:
-            break
-    sync(device)
-    return {"images_per_s": n / (time.perf_counter() - t)}
+        return len(labels)
+    return {"images_per_s": throughput(loader(plan, pin_memory=device.type == "cuda"), step, 5,
+                                       batches, device)}
 
 
 @torch.no_grad()
@@ -132,17 +146,11 @@ def bench_eval(cfg, shards_dir, stats, device, precision, channels_last, batches
     forward_ips = b / timed(forward, 5, 20, device)
     plan = make_plan(cfg, split_shards(shards_dir, "val"), "val", 0, Dist())
     plan = dataclasses.replace(plan, crop="none")
-    n, t = 0, None
-    for i, (images, *_rest) in enumerate(loader(plan, pin_memory=device.type == "cuda")):
-        if i == 2:
-            sync(device)
-            n, t = 0, time.perf_counter()
-        member.probs(images.to(device, non_blocking=True), ten_crop=True)
-        n += len(images)
-        if i == 2 + batches:
-            break
-    sync(device)
-    ips = n / (time.perf_counter() - t)
+
+    def step(i, batch):
+        member.probs(batch[0].to(device, non_blocking=True), ten_crop=True)
+        return len(batch[1])
+    ips = throughput(loader(plan, pin_memory=device.type == "cuda"), step, 2, batches, device)
     return {"images_per_s": ips, "forward_images_per_s": forward_ips,
             "cost_vs_10_forwards": forward_ips / (10 * ips)}
 
@@ -162,21 +170,15 @@ def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
                                      num_workers=workers, pin_memory=device.type == "cuda")
     model = build_model(model_kwargs(cfg)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    n, t = 0, None
-    for i, (x, y) in enumerate(dl):
-        if i == 5:
-            sync(device)
-            n, t = 0, time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def step(i, batch):
+        x, y = (t.to(device, non_blocking=True) for t in batch)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        n += len(y)
-        if i == 5 + batches:
-            break
-    sync(device)
-    return {"images_per_s": n / (time.perf_counter() - t)}
+        return len(y)
+    return {"images_per_s": throughput(dl, step, 5, batches, device)}
 
 
 def main(argv=None) -> int:
