@@ -79,7 +79,7 @@ def cmd_report(args) -> int:
         ckpts = args.checkpoint or [default_checkpoint(args.run_dir)]
         evals.append(evaluate(ckpts, args.data, not args.centre, args.batch_size, args.device,
                               limit=args.limit).summary())
-    path = write_report(args.run_dir, evals, args.out)
+    path = write_report(args.run_dir, evals, args.out, args.ablations)
     print(path.read_text(), end="")
     print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="shard directory: adds the 10-crop eval of the checkpoint(s)")
     p.add_argument("--centre", action="store_true", help="evaluate the centre crop, not 10 crops")
     p.add_argument("--out", help="markdown file (default RUN_DIR/report.md)")
+    p.add_argument("--ablations", nargs="+", default=[], metavar="RUN",
+                   help="ablation runs (configs/ablations/*) to set beside RUN_DIR and the "
+                        "paper's claimed deltas")
     add_eval_options(p)
     p.set_defaults(run=reports_errors(cmd_report))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from repro.ablations import CLAIMS, ablation_table, config_path
 from repro.config import Config, load_config
 from repro.tracking import read_metrics
 
@@ -105,15 +106,53 @@ def render(run_dir: Path, cfg: Config, paper: Config, metrics: list[dict],
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: str | Path, evals: list[dict] = (), out: str | Path | None = None) -> Path:
-    """Render RUN_DIR's report (with the given `repro eval` summaries) to `out`
-    (default RUN_DIR/report.md)."""
-    run_dir = Path(run_dir)
+def _run(run_dir: Path) -> tuple[Config, list[dict]]:
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path}: missing; is {run_dir} a `repro train` run directory?")
-    cfg = load_config(run_dir / "config.yaml")
-    text = render(run_dir, cfg, load_config(PAPER_CONFIG), read_metrics(run_dir), list(evals))
+    return load_config(run_dir / "config.yaml"), read_metrics(run_dir)
+
+
+def ablation_of(cfg: Config, base: Config, paper: Config) -> str | None:
+    """The ablation config (configs/ablations/) whose changes to the paper are exactly
+    this run's changes to the baseline run's model, optimizer and augmentation."""
+    studied = ("model.", "optim.", "augment.")
+    changed = {k: v for k, v, _ in differences(cfg, base) if k.startswith(studied)}
+    for name in CLAIMS:
+        wanted = {k: v for k, v, _ in differences(load_config(config_path(name)), paper)}
+        if changed == {k: v for k, v in wanted.items() if k.startswith(studied)}:
+            return name
+    return None
+
+
+def ablation_section(base_dir: Path, run_dirs: list[Path]) -> str:
+    """Each ablation run's best centre-crop val error beside the baseline run's, with the
+    change the paper claims (same data and schedule assumed: the settings lists say)."""
+    paper = load_config(PAPER_CONFIG)
+    base_cfg, base_metrics = _run(base_dir)
+    base = training_summary(base_metrics)["best_val"]
+    if base is None:
+        raise FileNotFoundError(f"{base_dir}: no validation in metrics.jsonl yet")
+    runs = {}
+    for d in run_dirs:
+        cfg, metrics = _run(Path(d))
+        best = training_summary(metrics)["best_val"]
+        if best is None:
+            raise FileNotFoundError(f"{d}: no validation in metrics.jsonl yet")
+        runs[ablation_of(cfg, base_cfg, paper) or Path(d).name] = (best["top1_err"], best["top5_err"])
+    return ("\n## Ablations: best centre-crop val error beside the paper's claims\n\n"
+            + ablation_table(runs, (base["top1_err"], base["top5_err"])))
+
+
+def write_report(run_dir: str | Path, evals: list[dict] = (), out: str | Path | None = None,
+                 ablations: list[str | Path] = ()) -> Path:
+    """Render RUN_DIR's report (with the given `repro eval` summaries, and the ablation
+    runs beside it) to `out` (default RUN_DIR/report.md)."""
+    run_dir = Path(run_dir)
+    cfg, metrics = _run(run_dir)
+    text = render(run_dir, cfg, load_config(PAPER_CONFIG), metrics, list(evals))
+    if ablations:
+        text += ablation_section(run_dir, [Path(a) for a in ablations])
     out = Path(out) if out else run_dir / "report.md"
     out.write_text(text)
     return out

@@ -76,6 +76,8 @@ class Tracker:
 
 def run_data_dir(run_dir: Path) -> str | None:
     """The shard directory the run trained on (its latest start), if it still exists."""
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        return None
     paths = [r["path"] for r in read_metrics(run_dir) if r.get("event") == "data"]
     return paths[-1] if paths and Path(paths[-1]).is_dir() else None
 

@@ -66,3 +66,25 @@ def test_report_without_data_or_run(run_dir, tmp_path, capsys):
     assert "repro eval |" not in text and "--data SHARDS" in text
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "nowhere/metrics.jsonl: missing" in capsys.readouterr().err
+
+
+def fake_run(path, overrides, top1, top5):
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(load_config(PAPER_CONFIG, overrides).to_yaml())
+    rows = [{"event": "val", "epoch": 1, "top1_err": top1 + 3, "top5_err": top5 + 3, "n": 9},
+            {"event": "val", "epoch": 2, "top1_err": top1, "top5_err": top5, "n": 9}]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_ablation_runs_beside_the_claims(tmp_path, capsys):
+    small = ["model.num_classes=10", "schedule.epochs=5"]    # same data and schedule for all
+    base = fake_run(tmp_path / "base", small, 40.0, 18.0)
+    no_lrn = fake_run(tmp_path / "a", small + ["model.lrn=none"], 41.5, 19.0)
+    pools = fake_run(tmp_path / "b", small + ["model.pool_kernel=2"], 40.25, 18.5)
+    other = fake_run(tmp_path / "c", small + ["optim.lr=0.02"], 39.0, 17.0)
+    assert main(["report", str(base), "--ablations", str(no_lrn), str(pools), str(other)]) == 0
+    text = (base / "report.md").read_text()
+    assert "| no_lrn | 41.50 | 19.00 | +1.50 | +1.00 | +1.40 | +1.20 |" in text
+    assert "| no_overlap_pool | 40.25 | 18.50 | +0.25 | +0.50 | +0.40 | +0.30 |" in text
+    assert "| c | 39.00 | 17.00 | -1.00 | -1.00 | — | — |" in text    # not an ablation
