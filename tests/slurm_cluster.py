@@ -54,6 +54,10 @@ class SlurmCluster:
         self.root = Path(root)
         self.cpus, self.gpus = cpus, gpus
         self.node = socket.gethostname().split(".")[0]
+        try:      # train.sbatch's MASTER_ADDR is the node's name: it must resolve
+            socket.gethostbyname(self.node)
+        except OSError:
+            self.node = "localhost"
         self.procs: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "etc" / "slurm.conf"
         self.munge_dir: Path | None = None
