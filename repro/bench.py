@@ -126,6 +126,34 @@ def bench_end_to_end(cfg, shards, stats, device, precision, channels_last, compi
                                        batches, device)}
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
+    """Host memory of the training process over `steps` end-to-end steps (new epochs,
+    new loader workers, as in training): resident set size sampled every 10% of the way."""
+    net, opt = model_and_opt(cfg, device, cfg.train.channels_last, cfg.train.compile)
+    norm = Normalizer(stats, cfg.augment, device)
+    samples, step, epoch, t = [], 0, 0, time.perf_counter()
+    while step < steps:
+        plan = make_plan(cfg, shards, "train", epoch, Dist())
+        for images, labels, ys, xs, flips in loader(plan, pin_memory=device.type == "cuda"):
+            x = norm(device_images(images, ys, xs, flips, plan, device), ys, xs, flips,
+                     step_generator(device, 0, epoch, step))
+            train_step(net, opt, x, labels.to(device), 1, len(labels))
+            step += 1
+            if step % max(1, steps // 10) == 0:
+                samples.append((step, round(rss_mb(), 1)))
+            if step == steps:
+                break
+        epoch += 1
+    growth = samples[-1][1] - samples[0][1]
+    return {"images_per_s": steps * cfg.data.batch_size / (time.perf_counter() - t),
+            "rss_mb": samples, "epochs": epoch, "rss_growth_mb_after_first_tenth": growth}
+
+
 @torch.no_grad()
 def bench_eval(cfg, shards_dir, stats, device, precision, channels_last, batches) -> dict:
     """10-crop evaluation from the val shards (all 10 crops of a batch in one forward),
@@ -193,6 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--loaders", default="cpu,gpudec", help="loader variants (gpudec: GPU decode)")
     p.add_argument("--end-to-end", default="bf16+cl+compile,bf16+cl+compile+gpudec",
                    help="end-to-end variants")
+    p.add_argument("--soak", type=int, default=0,
+                   help="also run N end-to-end steps and report host memory (RSS) over them")
     p.add_argument("--json", default="bench.json", help="where to write the results")
     p.add_argument("overrides", nargs="*", help="config overrides")
     args = p.parse_args(argv)
@@ -240,6 +270,11 @@ def main(argv=None) -> int:
             add("c: end to end", v, bench_end_to_end(
                 config(v, classes), shards, stats, device, "bf16" if "bf16" in tokens else "fp32",
                 "cl" in tokens, "compile" in tokens, args.batches))
+        if args.soak:
+            result = bench_soak(config("", classes), shards, stats, device, args.soak)
+            add("f: soak (host memory)", f"{args.soak} steps", result)
+            print(f"RSS (MB) by step: {result['rss_mb']}; growth after the first tenth: "
+                  f"{result['rss_growth_mb_after_first_tenth']:+.1f} MB over {result['epochs']} epochs")
         v = args.end_to_end.split(",")[0]
         tokens = set(v.split("+"))
         result = bench_eval(config(v, classes), args.data, stats, device,
