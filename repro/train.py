@@ -312,6 +312,10 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         return EXIT_NONFINITE
     finally:
         distributed.shutdown(d)
+    # Finished: a late time-limit warning must not kill the exiting process (Python drops
+    # its handlers during shutdown, and SIGUSR1's default action is to terminate).
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     if tracker:
         tracker.log({"event": "done", "epoch": epoch, "global_step": global_step,
                      "best_top1_err": best})
