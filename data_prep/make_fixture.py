@@ -51,6 +51,9 @@ UNREADABLE = {"truncated", "empty"}
 INNER_SYNSETS = 3  # non-leaf synsets in meta.mat, ids after the leaves
 
 
+POOL_FROM = 2000  # images; below this a pool's start-up costs more than it saves
+
+
 def fixture_wnids(n: int) -> list[str]:
     real = list(REAL_WNIDS)
     return real[:n] + [f"n{99000000 + 7919 * i:08d}" for i in range(max(0, n - len(real)))]
@@ -143,6 +146,22 @@ def _bytes_for(p: dict, split: str, key: str) -> bytes:
     return image_bytes(kind, c, len(p["classes"]), rng)
 
 
+def _draw_all(p: dict) -> dict[str, dict[str, bytes]]:
+    """Every image's bytes, per split and key. Each image has its own seed, so large
+    fixtures are drawn by a process pool ("spawn": the caller may have threads, which
+    a fork could copy mid-lock) in any order with the same result."""
+    jobs = [(p, s, k) for s in ("train", "val") for k in sorted(p[s])]
+    if len(jobs) < POOL_FROM:
+        data = [_bytes_for(*job) for job in jobs]
+    else:
+        with multiprocessing.get_context("spawn").Pool(min(os.cpu_count() or 1, 16)) as pool:
+            data = pool.starmap(_bytes_for, jobs, chunksize=64)
+    files = {"train": {}, "val": {}}
+    for (_, s, k), b in zip(jobs, data):
+        files[s][k] = b
+    return files
+
+
 def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -196,11 +215,7 @@ def make_fixture(out, layout: str, classes: int, train_per_class: int, val_per_c
     out.mkdir(parents=True, exist_ok=True)
     p = plan(classes, train_per_class, val_per_class, quirks, seed)
     rng = np.random.default_rng([seed, 3])
-    # Every image has its own seed, so processes may draw them in any order.
-    with multiprocessing.Pool(min(os.cpu_count() or 1, 16)) as pool:
-        files = {s: dict(zip(sorted(p[s]), pool.starmap(_bytes_for, [(p, s, k) for k in sorted(p[s])],
-                                                         chunksize=64)))
-                 for s in ("train", "val")}
+    files = _draw_all(p)
     name = lambda k: f"{k}.JPEG"  # noqa: E731  (ImageNet names every file .JPEG, PNGs included)
 
     if layout == "official":
