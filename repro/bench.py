@@ -56,7 +56,7 @@ def model_and_opt(cfg, device, channels_last, compile_):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg, model)
-    return (torch.compile(model) if compile_ else model), opt
+    return (torch.compile(model, mode=cfg.train.compile_mode) if compile_ else model), opt
 
 
 def bench_step(cfg, device, precision, channels_last, compile_, warmup, steps) -> dict:
@@ -233,12 +233,14 @@ def main(argv=None) -> int:
 
     def config(variant: str, extra=()):
         """Variant tokens joined by '+': fp32|bf16, cl (channels_last), compile, nolrn,
-        ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode)."""
+        ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode), cg (with compile:
+        CUDA graphs, compile mode reduce-overhead)."""
         tokens = set(variant.split("+"))
         impl = next((t for t in ("ref", "fused", "triton") if t in tokens), "auto")
         cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
                                    f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
-                                   f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}"])
+                                   f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}",
+                                   f"train.compile_mode={'reduce-overhead' if 'cg' in tokens else 'default'}"])
         if "nolrn" in tokens:
             cfg.model.lrn = "none"
         return cfg

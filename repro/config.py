@@ -91,6 +91,7 @@ class TrainConfig:
     precision: str = "fp32"          # fp32 | bf16
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"    # torch.compile mode; reduce-overhead = CUDA graphs
     lrn_impl: str = "auto"           # auto | reference | fused | triton: the same function
     parallel: str = "ddp"            # ddp (also single process) | towers
     deterministic: bool = False
@@ -140,6 +141,8 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16"),
     "train.lrn_impl": ("auto", "reference", "fused", "triton"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
+                           "max-autotune-no-cudagraphs"),
     "train.parallel": ("ddp", "towers"),
     "logging.wandb": ("online", "offline", "disabled"),
     "logging.progress": ("auto", "bar", "lines", "off"),

@@ -79,7 +79,7 @@ def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = N
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    net = torch.compile(model) if cfg.train.compile else model
+    net = torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if cfg.train.precision == "bf16" else nullcontext())
     tracker = None

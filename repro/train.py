@@ -196,7 +196,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, mode=cfg.train.compile_mode)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if cfg.train.precision == "bf16" else nullcontext())
     stop = StopFlag()

@@ -45,6 +45,7 @@ def test_overrides_and_base_inheritance():
     (["model.lrn=fancy"], ["model.lrn", "paper"]),
     (["model.dropout=1.5"], ["model.dropout"]),
     (["augment.flip=maybe"], ["augment.flip", "true or false"]),
+    (["train.compile_mode=fastest"], ["train.compile_mode", "reduce-overhead"]),
     (["lr"], ["section.key=value"]),
 ])
 def test_bad_overrides_name_the_key(override, words):
