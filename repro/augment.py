@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep.stats import load_stats
 from repro.config import AugmentConfig
 
 
@@ -27,7 +28,7 @@ def crop_windows(ys, xs, flips, size: int, device) -> tuple[torch.Tensor, torch.
 
 class Normalizer:
     def __init__(self, stats_path: str | Path, cfg: AugmentConfig, device: torch.device):
-        stats = np.load(stats_path)
+        stats = load_stats(stats_path)
         self.cfg = cfg
         self.device = device
         mean_image = torch.from_numpy(np.asarray(stats["mean_image"], dtype=np.float32))
@@ -65,8 +66,12 @@ class Normalizer:
         return x.to(dtype)
 
 
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed from (seed, epoch, step, rank...): randomness with no state to save."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1)
+
+
 def step_generator(device: torch.device, *keys: int) -> torch.Generator:
-    """A generator seeded from (seed, epoch, step, rank...): no state to save for resume."""
     g = torch.Generator(device=device)
-    g.manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1))
+    g.manual_seed(derived_seed(*keys))
     return g

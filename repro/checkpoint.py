@@ -1,28 +1,32 @@
 """Checkpoints: atomic writes (temp file + rename), the last K kept plus the best."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from data_prep.atomic import atomic_open, tmp_name
+
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+    """dst becomes src's content atomically: a hard link, or a streamed copy."""
+    tmp = tmp_name(dst)
     try:
         os.link(src, tmp)
+        os.replace(tmp, dst)
     except OSError:
-        tmp.write_bytes(src.read_bytes())
-    os.replace(tmp, dst)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        with atomic_open(dst) as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out)
 
 
 def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
+from data_prep.manifest import load_manifest
 from repro.augment import crop_windows
 
 
@@ -41,11 +41,14 @@ def read_manifest(shards_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest.json; build shards with "
                                 f"`python -m data_prep.build_shards --source ... --out {shards_dir}`")
-    return json.loads(path.read_text())
+    return load_manifest(shards_dir)
 
 
 def split_shards(shards_dir: str | Path, split: str) -> list[Shard]:
     manifest = read_manifest(shards_dir)
+    if split not in manifest["splits"]:
+        raise FileNotFoundError(f"{Path(shards_dir) / 'manifest.json'}: no '{split}' split "
+                                f"(built with --splits {','.join(manifest['splits'])})")
     entries = manifest["splits"][split]["shards"]
     if not entries:
         raise ValueError(f"{shards_dir}: manifest lists no {split} shards")
@@ -76,6 +79,7 @@ def round_robin(counts: list[int], done: int) -> tuple[list[int], int]:
     """The DataLoader cycles over its workers, passing over exhausted ones. After it has
     yielded `done` batches: how many came from each worker, and which worker is next."""
     taken, w = [0] * len(counts), 0
+    done = min(done, sum(counts))   # a short rank may have one batch fewer than `steps`
     while done > 0:
         if taken[w] < counts[w]:
             taken[w] += 1

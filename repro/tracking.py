@@ -34,6 +34,7 @@ def run_context() -> dict:
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, mode: str, project: str, entity: str = ""):
         self.path = Path(run_dir) / "metrics.jsonl"
+        cut_torn_tail(self.path)
         self.wandb = None
         context = run_context()
         self.log({"event": "start", **context})
@@ -72,6 +73,15 @@ class Tracker:
                 self.wandb.finish(exit_code=exit_code)
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"W&B finish failed: {e}")
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Drop a last line left half-written by a kill, so that appending stays valid JSONL."""
+    if path.is_file() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
 
 def run_data_dir(run_dir: Path) -> str | None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from repro import checkpoint, distributed
 from repro.distributed import pick_device
-from repro.augment import Normalizer, step_generator
+from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, model_kwargs
 from repro.data import EpochPlan, device_images, even_range, loader, read_manifest, split_shards
 from repro.evaluate import topk_correct
@@ -85,10 +85,6 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         self.raised = True
-
-
-def seed_dropout(*keys: int) -> None:
-    torch.manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1))
 
 
 def rank_batch_size(plan: EpochPlan, rank: int, step: int) -> int:
@@ -165,6 +161,10 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
     epoch, first_step, global_step, best = 0, 0, 0, float("inf")
 
+    # What fixes the order of an epoch's samples (repro.data): a mid-epoch resume is exact
+    # only if all of it is the same.
+    stream = {"world": d.world, "workers": max(1, cfg.data.workers), "seed": cfg.train.seed,
+              "batch_size": cfg.data.batch_size, "shuffle_buffer": cfg.data.shuffle_buffer}
     ckpt_path = checkpoint.latest(run_dir)
     if ckpt_path is not None:
         state = checkpoint.load(ckpt_path, map_location=device)
@@ -176,9 +176,10 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         schedule.load_state_dict(state["schedule"])
         epoch, first_step, global_step = state["epoch"], state["step"], state["global_step"]
         best = state["best_top1_err"]
-        if state.get("world_size", d.world) != d.world and first_step:
-            print(f"warning: checkpoint was written with world size {state['world_size']}, now "
-                  f"{d.world}: restarting epoch {epoch} from its beginning", file=sys.stderr)
+        if state.get("stream") != stream and first_step:
+            print(f"warning: the checkpoint's data stream ({state.get('stream')}) differs from "
+                  f"this run's ({stream}): restarting epoch {epoch} from its beginning so that "
+                  f"no image is seen twice or skipped", file=sys.stderr)
             first_step = 0
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,12 +210,16 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         last_save = time.monotonic()
         if not d.is_main:
             return
+        # The last loss read was computed before the latest update: check the weights
+        # themselves, so that a checkpoint is never the first bad state.
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise NonFiniteLoss(f"the weights became non-finite by epoch {next_epoch} step {next_step}")
         path = checkpoint.save({
             "model": model.state_dict(),
             "optimizer": single_optimizer_state(optimizer, model) if towers else optimizer.state_dict(),
             "schedule": schedule.state_dict(), "config": cfg.to_dict(), "epoch": next_epoch,
             "step": next_step, "global_step": global_step, "best_top1_err": best,
-            "world_size": d.world, "classes": manifest["classes"],
+            "stream": stream, "classes": manifest["classes"],
         }, run_dir / "checkpoints", cfg.checkpoint.keep_last, is_best)
         tracker.log({"event": "checkpoint", "path": str(path), "epoch": next_epoch,
                      "step": next_step, "global_step": global_step})
@@ -244,7 +249,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 images, labels, ys, xs, flips = batch
                 images = device_images(images, ys, xs, flips, plan, device)
                 labels = labels.to(device, non_blocking=True)
-                seed_dropout(cfg.train.seed, epoch, step, d.rank)
+                torch.manual_seed(derived_seed(cfg.train.seed, epoch, step, d.rank))  # dropout
                 x = normalizer(images, ys, xs, flips,
                                step_generator(device, cfg.train.seed, epoch, step, d.rank))
                 if cfg.train.channels_last:
@@ -255,10 +260,10 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 global_step += 1
                 save_due = d.is_main and (
                     time.monotonic() - last_save > 60 * cfg.checkpoint.every_minutes)
-                stats = torch.cat([
-                    torch.stack([loss_sum, correct]),
-                    torch.tensor([len(labels), stop.raised, save_due], dtype=torch.float32,
-                                 device=device)])
+                # torch.full launches fills: no host-to-device copy that would wait for the step.
+                stats = torch.stack([loss_sum, correct, *(
+                    torch.full((), float(v), device=device)
+                    for v in (len(labels), stop.raised, save_due))])
                 if d.world > 1:
                     torch.distributed.all_reduce(stats)
                 # Stats are read one step late so the host never waits for the device,

@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -108,3 +109,11 @@ def test_gpu_path_gives_the_cpu_paths_crops(shards):
         assert b.shape == a.shape
         # Two JPEG decoders may differ by a level or so in places; never by a shift.
         assert (b.float() - a.float()).abs().mean() < 1.0
+
+
+def test_resume_at_the_end_of_a_short_ranks_epoch(shards):
+    """37 samples over 2 ranks: rank 0 has 18 = a whole number of batches of 6, one batch
+    fewer than `steps`; a checkpoint at the epoch's last step skips them all."""
+    p = plan(shards, rank=0, world=2, batch_size=6, workers=2)
+    assert p.num_batches == p.steps - 1
+    assert keys_of(dataclasses.replace(p, skip_batches=p.steps)) == ([], [])
