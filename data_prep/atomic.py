@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
 
 
 def tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    # Host and pid: array tasks on several nodes may write into one shared directory.
+    return path.with_name(f"{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
 
 
 def _fsync_dir(directory: Path) -> None:

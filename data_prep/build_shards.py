@@ -33,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -473,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
         build(args)
     except (SourceError, BuildError) as e:
         print(f"build_shards: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, EOFError, tarfile.TarError) as e:
+        # Damaged input the checks above did not foresee (a corrupt archive, a devkit or
+        # manifest that does not parse): name it and where it came from, no traceback.
+        print(f"build_shards: error: {type(e).__name__}: {e} (source {args.source}, out {args.out})",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("build_shards: interrupted; run the same command again to resume", file=sys.stderr)
