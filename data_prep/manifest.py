@@ -16,7 +16,7 @@
      "stats": {"file": "stats.npz", "sha256": "...", "count": N}}
 
 It carries no timings or worker counts, so the same source and settings give
-the same manifest. Readers: :func:`load_manifest`, :func:`shard_paths`.
+the same manifest. Reader: :func:`load_manifest` (repro.data lists the shards from it).
 """
 from __future__ import annotations
 
@@ -41,7 +41,4 @@ def load_manifest(directory: Path | str) -> dict:
     return m
 
 
-def shard_paths(directory: Path | str, split: str) -> list[str]:
-    """The shard files of `split`, in order (e.g. for ``webdataset.WebDataset``)."""
-    m = load_manifest(directory)
-    return [str(Path(directory) / s["name"]) for s in m["splits"][split]["shards"]]
+

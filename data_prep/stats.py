@@ -5,8 +5,8 @@ the eigenvectors/eigenvalues of the 3x3 RGB covariance over all training
 pixels. Both are taken here over the decoded, resized 256x256 pixels (before
 JPEG re-encoding), in one pass with the shard build.
 
-Exactness: per shard, integer sums in int64 (per-position pixel sums, and the
-RGB cross-products summed over all pixels; full ImageNet stays below 2^63:
+Exactness: integer sums (per-position pixel sums, uint32 within a shard, and the
+RGB cross-products summed over all pixels), merged in int64; full ImageNet stays below 2^63:
 1.28e6 * 65536 * 255^2 ~ 5.5e18). Shard sums add up in any order to the same
 integers, so the result does not depend on how many workers ran. Only the
 final mean/covariance are divided, from exact Python integers.
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
+from .image import SIZE
 
-SIZE = 256
 STATS_KEYS = ("mean_image", "rgb_mean", "rgb_cov", "eigval", "eigvec", "count")
 
 

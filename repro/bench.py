@@ -27,7 +27,7 @@ from repro.data import device_images, loader, read_manifest, split_shards
 from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
 from repro.train import build_optimizer, make_plan, train_step
-from repro.distributed import Dist
+from repro.distributed import Dist, pick_device
 
 IMAGENET_TRAIN = 1_281_167
 CONFIG = Path(__file__).parent.parent / "configs" / "alexnet_paper.yaml"
@@ -226,8 +226,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="bench.json", help="where to write the results")
     p.add_argument("overrides", nargs="*", help="config overrides")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available()
-                          else "cpu")
+    device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True
     rows = []
 

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.image import SIZE as STORED  # the shard images' side (paper section 2: 256)
+from repro.lrn import IMPLS
+from repro.model import INITS, LRN_MODES
+
 
 class ConfigError(ValueError):
     pass
@@ -66,7 +70,6 @@ class ScheduleConfig:
 class DataConfig:
     batch_size: int = 128            # global, split across DDP ranks
     val_batch_size: int = 256
-    image_size: int = 256            # stored shard images are image_size^2
     crop_size: int = 227
     workers: int = 6                 # loader processes per rank
     shuffle_buffer: int = 4096
@@ -131,8 +134,8 @@ class Config:
 
 
 CHOICES = {
-    "model.lrn": ("paper", "cuda-convnet", "caffe", "none"),
-    "model.init": ("paper", "torch", "xavier"),
+    "model.lrn": (*LRN_MODES, "none"),
+    "model.init": INITS,
     "optim.name": ("paper_sgd", "sgd"),
     "schedule.kind": ("plateau", "steps", "constant"),
     "data.decode": ("cpu", "gpu"),
@@ -140,7 +143,7 @@ CHOICES = {
     "augment.mean": ("image", "rgb", "none"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16"),
-    "train.lrn_impl": ("auto", "reference", "fused", "triton"),
+    "train.lrn_impl": IMPLS,
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
                            "max-autotune-no-cudagraphs"),
     "train.parallel": ("ddp", "towers"),
@@ -149,7 +152,7 @@ CHOICES = {
 }
 POSITIVE = ("model.num_classes", "model.in_channels", "model.lrn_size",
             "model.pool_kernel", "model.pool_stride", "optim.lr", "schedule.epochs",
-            "schedule.factor", "data.batch_size", "data.val_batch_size", "data.image_size",
+            "schedule.factor", "data.batch_size", "data.val_batch_size",
             "data.crop_size", "checkpoint.every_minutes", "checkpoint.keep_last",
             "train.log_every", "model.lrn_beta")
 NON_NEGATIVE = ("model.conv1_padding", "model.lrn_alpha", "model.lrn_k", "model.weight_std",
@@ -244,9 +247,9 @@ def validate(cfg: Config, where: str) -> None:
         if get(key) < 0:
             raise ConfigError(f"{where}: {key} must be >= 0, got {get(key)!r}")
     m, d = cfg.model, cfg.data
-    if d.crop_size > d.image_size:
+    if d.crop_size > STORED:
         raise ConfigError(f"{where}: data.crop_size = {d.crop_size} is larger than the stored "
-                          f"image (data.image_size = {d.image_size})")
+                          f"{STORED}x{STORED} shard images")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"{where}: model.dropout must be in [0, 1), got {m.dropout}")
     if not 0 < cfg.schedule.factor < 1:

@@ -26,6 +26,7 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
+from data_prep.image import SIZE
 from data_prep.manifest import load_manifest
 from repro.augment import crop_windows
 
@@ -172,14 +173,15 @@ class EpochPlan:
         return 0, 0, False
 
 
-STORED = 256  # shard images are 256x256 (data_prep contract); checked on decode
+STORED = SIZE  # shard images are 256x256 (data_prep contract); checked on decode
 
 
 def decode_crop(jpeg: bytes, y: int, x: int, size: int, flipped: bool) -> torch.Tensor:
     """JPEG bytes -> uint8 CHW tensor of the size x size window at (y, x), mirrored if asked.
     size 0 keeps the whole image."""
     with Image.open(io.BytesIO(jpeg)) as img:
-        img = img.convert("RGB")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
         if img.size != (STORED, STORED):
             raise ValueError(f"shard image is {img.size}, expected {STORED}x{STORED}")
         if size:

@@ -92,7 +92,7 @@ class TowerAlexNet(nn.Module):
         for name in ("norm1", "norm2"):
             norm = copy.deepcopy(getattr(skeleton, name))
             if isinstance(norm, LocalResponseNorm):
-                model_groups = getattr(norm, "groups", 1)
+                model_groups = norm.groups
                 if model_groups not in (1, 2):
                     raise ValueError(f"{name} normalises in {model_groups} groups; towers need 1 or 2")
                 self.lrn_across_towers = (model_groups == 1 if lrn_across_towers is None
@@ -164,10 +164,6 @@ class TowerAlexNet(nn.Module):
         model = copy.deepcopy(self._skeleton).to_empty(device=device or self.devices[0])
         model.load_state_dict(self.state_dict())
         return model.train(self.training)
-
-    @classmethod
-    def from_single(cls, model: AlexNet, devices, **kwargs) -> "TowerAlexNet":
-        return cls(model, devices, **kwargs)
 
     # ---- forward ---------------------------------------------------------------
     def _w(self, name: str, t: int):
@@ -328,12 +324,10 @@ def bench_towers(model: AlexNet, device0, device1, batch: int, *, steps: int = 2
 if __name__ == "__main__":   # python -m repro.towers [BATCH]: towers vs one device, img/s
     import sys
 
-    from repro.model import AlexNet as _AlexNet
-
     batch = int(sys.argv[1]) if len(sys.argv) > 1 else 128
     d0 = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     d1 = torch.device("cuda:1") if torch.cuda.device_count() > 1 else d0
     torch.backends.cudnn.benchmark = True
     for bf16 in (False, True):
-        ips = bench_towers(_AlexNet(seed=0), d0, d1, batch, bf16=bf16)
+        ips = bench_towers(AlexNet(seed=0), d0, d1, batch, bf16=bf16)
         print(f"towers on ({d0}, {d1}), batch {batch}, {'bf16' if bf16 else 'fp32'}: {ips:.0f} img/s")

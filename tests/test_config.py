@@ -22,7 +22,7 @@ def test_paper_yaml_sets_every_key_and_equals_defaults():
 def test_paper_values():
     cfg = load_config(PAPER)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 0.0005)
-    assert (cfg.data.batch_size, cfg.data.image_size, cfg.data.crop_size) == (128, 256, 227)
+    assert (cfg.data.batch_size, cfg.data.crop_size) == (128, 227)
     assert (cfg.model.lrn_k, cfg.model.lrn_size, cfg.model.lrn_alpha, cfg.model.lrn_beta) == (
         2.0, 5, 1e-4, 0.75)
     assert (cfg.schedule.epochs, cfg.schedule.factor, cfg.schedule.max_drops) == (90, 0.1, 3)
@@ -41,7 +41,7 @@ def test_overrides_and_base_inheritance():
     (["nosection.x=1"], ["nosection.x", "unknown"]),
     (["optim.lr=-0.1"], ["optim.lr", "> 0"]),
     (["model.groups=two"], ["model.groups", "integer"]),
-    (["data.crop_size=300"], ["data.crop_size", "larger than the stored image"]),
+    (["data.crop_size=300"], ["data.crop_size", "larger than the stored 256x256"]),
     (["model.lrn=fancy"], ["model.lrn", "paper"]),
     (["model.dropout=1.5"], ["model.dropout"]),
     (["augment.flip=maybe"], ["augment.flip", "true or false"]),
