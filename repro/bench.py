@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from repro.augment import Normalizer, step_generator
 from repro.config import load_config, model_kwargs
 from repro.data import device_images, loader, read_manifest, split_shards
-from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
-from repro.train import build_optimizer, make_plan, train_step
+from repro.train import build_optimizer, make_plan, place_model, train_step
 from repro.distributed import Dist, pick_device
 
 IMAGENET_TRAIN = 1_281_167
@@ -50,23 +49,27 @@ def timed(fn, warmup: int, steps: int, device) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def model_and_opt(cfg, device, channels_last, compile_):
-    model = build_model(model_kwargs(cfg)).to(device)
-    set_lrn_impl(model, cfg.train.lrn_impl)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def model_and_opt(cfg, device):
+    """The model as `repro train` places it, its optimizer, and the compiled model if asked."""
+    model = place_model(cfg, Dist(), device)
     opt = build_optimizer(cfg, model)
-    return (torch.compile(model, mode=cfg.train.compile_mode) if compile_ else model), opt
+    return (torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model), opt
 
 
-def bench_step(cfg, device, precision, channels_last, compile_, warmup, steps) -> dict:
-    net, opt = model_and_opt(cfg, device, channels_last, compile_)
+def autocast_for(cfg, device):
+    return (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+            else nullcontext())
+
+
+def bench_step(cfg, device, warmup, steps) -> dict:
+    channels_last = cfg.train.channels_last
+    net, opt = model_and_opt(cfg, device)
     b, s = cfg.data.batch_size, cfg.data.crop_size
     x = torch.randn(b, 3, s, s, device=device) * 60
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, cfg.model.num_classes, (b,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    autocast = autocast_for(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t = timed(lambda: train_step(net, opt, x, y, 1, b, autocast), warmup, steps, device)
@@ -108,10 +111,10 @@ def bench_loader(cfg, shards, device, batches: int) -> dict:
                                        batches, device)}
 
 
-def bench_end_to_end(cfg, shards, stats, device, precision, channels_last, compile_, batches) -> dict:
-    net, opt = model_and_opt(cfg, device, channels_last, compile_)
+def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
+    net, opt = model_and_opt(cfg, device)
     norm = Normalizer(stats, cfg.augment, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    autocast, channels_last = autocast_for(cfg, device), cfg.train.channels_last
     plan = make_plan(cfg, shards, "train", 0, Dist())
 
     def step(i, batch):
@@ -134,7 +137,7 @@ def rss_mb() -> float:
 def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
     """Host memory of the training process over `steps` end-to-end steps (new epochs,
     new loader workers, as in training): resident set size sampled every 10% of the way."""
-    net, opt = model_and_opt(cfg, device, cfg.train.channels_last, cfg.train.compile)
+    net, opt = model_and_opt(cfg, device)
     norm = Normalizer(stats, cfg.augment, device)
     samples, step, epoch, t = [], 0, 0, time.perf_counter()
     while step < steps:
@@ -155,14 +158,15 @@ def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
 
 
 @torch.no_grad()
-def bench_eval(cfg, shards_dir, stats, device, precision, channels_last, batches) -> dict:
+def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
     """10-crop evaluation from the val shards (all 10 crops of a batch in one forward),
     against the plain forward pass on 227 crops; images/s of each."""
     from repro.evaluate import Member
 
-    net, _ = model_and_opt(cfg, device, channels_last, False)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
+    net, _ = model_and_opt(cfg, device)
     net.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    autocast, channels_last = autocast_for(cfg, device), cfg.train.channels_last
     member = Member(Path("bench"), cfg, net, None, Normalizer(stats, cfg.augment, device), autocast)
     b, s = cfg.data.val_batch_size, cfg.data.crop_size
     x = (torch.randn(b, 3, s, s, device=device) * 60).contiguous(
@@ -240,6 +244,8 @@ def main(argv=None) -> int:
                                    f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
                                    f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}",
                                    f"train.compile_mode={'reduce-overhead' if 'cg' in tokens else 'default'}"])
+        cfg.train.precision = "bf16" if "bf16" in tokens else "fp32"
+        cfg.train.channels_last, cfg.train.compile = "cl" in tokens, "compile" in tokens
         if "nolrn" in tokens:
             cfg.model.lrn = "none"
         return cfg
@@ -252,13 +258,8 @@ def main(argv=None) -> int:
               + (f"   peak {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""),
               flush=True)
 
-    def run_step(v):
-        tokens = set(v.split("+"))
-        return bench_step(config(v), device, "bf16" if "bf16" in tokens else "fp32",
-                          "cl" in tokens, "compile" in tokens, 10, args.steps)
-
     for v in args.variants.split(","):
-        add("a: step (synthetic)", v, run_step(v))
+        add("a: step (synthetic)", v, bench_step(config(v), device, 10, args.steps))
     if args.data:
         manifest = read_manifest(args.data)
         classes = [f"model.num_classes={len(manifest['classes'])}"]
@@ -267,19 +268,15 @@ def main(argv=None) -> int:
         for v in args.loaders.split(","):
             add("b: loader", v, bench_loader(config(v, classes), shards, device, args.batches))
         for v in args.end_to_end.split(","):
-            tokens = set(v.split("+"))
-            add("c: end to end", v, bench_end_to_end(
-                config(v, classes), shards, stats, device, "bf16" if "bf16" in tokens else "fp32",
-                "cl" in tokens, "compile" in tokens, args.batches))
+            add("c: end to end", v, bench_end_to_end(config(v, classes), shards, stats, device,
+                                                     args.batches))
         if args.soak:
             result = bench_soak(config("", classes), shards, stats, device, args.soak)
             add("f: soak (host memory)", f"{args.soak} steps", result)
             print(f"RSS (MB) by step: {result['rss_mb']}; growth after the first tenth: "
                   f"{result['rss_growth_mb_after_first_tenth']:+.1f} MB over {result['epochs']} epochs")
         v = args.end_to_end.split(",")[0]
-        tokens = set(v.split("+"))
-        result = bench_eval(config(v, classes), args.data, stats, device,
-                            "bf16" if "bf16" in tokens else "fp32", "cl" in tokens, args.batches)
+        result = bench_eval(config(v, classes), args.data, stats, device, args.batches)
         add("d: 10-crop eval", v, result)
         print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward passes "
               f"(forward alone {result['forward_images_per_s']:.0f} img/s)")
