@@ -215,6 +215,12 @@ def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], ys, xs, flips, size:
     return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def empty_batch(size: int) -> tuple:
+    """A batch of no images, shaped like the loader's, for a rank whose slice ran out."""
+    long = torch.zeros(0, dtype=torch.long)
+    return torch.zeros(0, 3, size, size, dtype=torch.uint8), long, long, long, long
+
+
 def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) -> torch.Tensor:
     """A loader batch's images as uint8 (B,3,S,S): decoded here on the GPU path."""
     if isinstance(images, (list, tuple)):

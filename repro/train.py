@@ -24,7 +24,8 @@ from repro import checkpoint, distributed
 from repro.distributed import pick_device
 from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, model_kwargs
-from repro.data import EpochPlan, device_images, even_range, loader, read_manifest, split_shards
+from repro.data import (EpochPlan, device_images, empty_batch, even_range, loader, read_manifest,
+                        split_shards)
 from repro.evaluate import topk_correct
 from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
@@ -241,11 +242,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                        disable=not (show_bar and d.is_main), dynamic_ncols=True)
             for step in range(first_step, plan_steps):
                 batch = next(batches, None)
-                if batch is None:       # this rank's slice is one sample short: an empty batch
-                    s = cfg.data.crop_size
-                    batch = (torch.zeros(0, 3, s, s, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
-                             torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                             torch.zeros(0, dtype=torch.bool))
+                if batch is None:       # this rank's slice is one sample short
+                    batch = empty_batch(cfg.data.crop_size)
                 images, labels, ys, xs, flips = batch
                 images = device_images(images, ys, xs, flips, plan, device)
                 labels = labels.to(device, non_blocking=True)
