@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from repro.data import STORED, EpochPlan, loader, read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
+from repro.tracking import interactive
 
 
 class EvalError(ValueError):
@@ -175,7 +175,7 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
                      flip=False, shuffle=False, shuffle_buffer=0, limit=limit)
     c = len(classes)
     confusion, top5_hits = torch.zeros(c * c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
-    bar = tqdm(total=plan.total, desc="eval", unit="img", disable=not sys.stderr.isatty())
+    bar = tqdm(total=plan.total, desc="eval", unit="img", disable=not interactive())
     for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
         images = images.to(dev, non_blocking=True)
         probs = ensemble_probs(members, images, ten_crop).cpu()

@@ -8,7 +8,6 @@ the position (epoch, step) to continue bit for bit.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import time
@@ -32,7 +31,7 @@ from repro.model import build_model
 from repro.optim import PaperSGD, param_groups
 from repro.schedule import Schedule
 from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
-from repro.tracking import Tracker
+from repro.tracking import Tracker, interactive
 
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL: a checkpoint was written on SIGUSR1/SIGTERM; run again to resume
 EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint is kept
@@ -203,8 +202,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 if cfg.train.precision == "bf16" else nullcontext())
     stop = StopFlag()
     last_save = time.monotonic()
-    show_bar = cfg.logging.progress == "bar" or (
-        cfg.logging.progress == "auto" and sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ)
+    show_bar = cfg.logging.progress == "bar" or (cfg.logging.progress == "auto" and interactive())
 
     def save(next_epoch: int, next_step: int, is_best: bool = False) -> None:
         nonlocal last_save
