@@ -270,7 +270,9 @@ def build(args, log=print) -> dict | None:
         ctx = {"out": str(out), "quality": args.quality, "labels": {w: i for i, w in enumerate(src.wnids)}}
         workers = args.workers or len(os.sched_getaffinity(0))
         if workers > 1:
-            pool = mp.get_context("fork").Pool(workers, _init_worker, (ctx, os.getpid()))
+            # spawn, not fork: callers (repro demo, tests) may have threads that a fork would
+            # copy mid-lock.
+            pool = mp.get_context("spawn").Pool(workers, _init_worker, (ctx, os.getpid()))
             imap = lambda f, xs: pool.imap_unordered(f, xs, chunksize=1)  # noqa: E731
             imap_ordered = lambda f, xs: pool.imap(f, xs, chunksize=1)  # noqa: E731
         else:
