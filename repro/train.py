@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from repro import checkpoint, distributed
-from repro.distributed import pick_device
 from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, model_kwargs
 from repro.data import (EpochPlan, device_images, empty_batch, even_range, loader, read_manifest,
                         split_shards)
+from repro.distributed import pick_device
 from repro.evaluate import topk_correct
 from repro.lrn import set_impl as set_lrn_impl
 from repro.model import build_model
@@ -207,12 +207,13 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     def save(next_epoch: int, next_step: int, is_best: bool = False) -> None:
         nonlocal last_save
         last_save = time.monotonic()
-        if not d.is_main:
-            return
         # The last loss read was computed before the latest update: check the weights
-        # themselves, so that a checkpoint is never the first bad state.
+        # themselves (on every rank, which hold the same weights, so all stop together),
+        # so that a checkpoint is never the first bad state.
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise NonFiniteLoss(f"the weights became non-finite by epoch {next_epoch} step {next_step}")
+        if not d.is_main:
+            return
         path = checkpoint.save({
             "model": model.state_dict(),
             "optimizer": single_optimizer_state(optimizer, model) if towers else optimizer.state_dict(),
