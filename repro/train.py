@@ -338,7 +338,7 @@ def settle(stats: torch.Tensor, window: np.ndarray, epoch: int, step: int) -> np
 def log_train(tracker, bar, show_bar, window, dt, epoch, step, steps, global_step, lr, device):
     record = {"event": "train", "epoch": epoch, "step": step + 1, "global_step": global_step,
               "loss": window[0] / window[2], "top1_err": 100 * (1 - window[1] / window[2]),
-              "lr": lr, "images_per_s": window[2] / dt}
+              "lr": lr, "images": int(window[2]), "images_per_s": window[2] / dt}
     if device.type == "cuda":
         record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     tracker.log(record, step=global_step)

@@ -155,3 +155,22 @@ def test_metrics_reader_ignores_a_torn_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"event": "st\n{"event": "done"}\n')
     with pytest.raises(ValueError):       # damage anywhere else is not silently skipped
         read_metrics(tmp_path)
+
+
+def test_two_ranks_end_to_end_with_an_empty_last_batch(tmp_path):
+    """torchrun, 2 gloo ranks, 25 images, global batch 8: rank 0 holds 12 images (3 full
+    batches), rank 1 holds 13 (4 batches, the last of one image); at step 4 rank 0 steps
+    with an empty batch, and the run must finish with every image used once."""
+    shards = write_shards(tmp_path / "s", classes=4, train=25, val=6, shard_size=10)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "repro.cli", "train", "--config", str(SMOKE), "--data", str(shards),
+           "--out", str(run), *FAST, "data.batch_size=8", "schedule.epochs=1",
+           "checkpoint.every_minutes=1000", "train.log_every=1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    state = load(run / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["global_step"], state["stream"]["world"]) == (1, 4, 2)
+    images = [r["images"] for r in read_metrics(run) if r["event"] == "train"]
+    assert images == [8, 8, 8, 1]               # global images per step, over both ranks
