@@ -22,7 +22,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from repro.config import Config, ConfigError, load_config, model_kwargs
 from repro.model import build_model

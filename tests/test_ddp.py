@@ -4,7 +4,6 @@ the loss normalisation for uneven last batches."""
 import os
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

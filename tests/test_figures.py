@@ -2,7 +2,6 @@
 brute-force search on fc7 computed layer by layer, the curves, and the W&B copy."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
