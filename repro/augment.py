@@ -27,16 +27,20 @@ def crop_windows(ys, xs, flips, size: int, device) -> tuple[torch.Tensor, torch.
 
 
 class Normalizer:
-    def __init__(self, stats_path: str | Path, cfg: AugmentConfig, device: torch.device):
+    """Model input from the loader's uint8 crops, in the memory format the model runs in."""
+
+    def __init__(self, stats_path: str | Path, cfg: AugmentConfig, device: torch.device,
+                 channels_last: bool = False):
         stats = load_stats(stats_path)
         self.cfg = cfg
         self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         mean_image = torch.from_numpy(np.asarray(stats["mean_image"], dtype=np.float32))
         if cfg.mean == "rgb":
             mean_image = mean_image.mean(dim=(0, 1), keepdim=True).expand_as(mean_image)
         elif cfg.mean == "none":
             mean_image = torch.zeros_like(mean_image)
-        self.mean_image = mean_image.permute(2, 0, 1).contiguous().to(device)  # 3,256,256
+        self.mean_image = mean_image.contiguous().to(device)  # 256,256,3: the crops' layout
         eigval = torch.as_tensor(np.asarray(stats["eigval"], dtype=np.float64))
         eigvec = torch.as_tensor(np.asarray(stats["eigvec"], dtype=np.float64))  # columns
         # The paper writes alpha_i * lambda_i; the author's code scales by sqrt(lambda_i),
@@ -46,9 +50,10 @@ class Normalizer:
 
     def mean_crops(self, ys: torch.Tensor, xs: torch.Tensor, flips: torch.Tensor,
                    size: int) -> torch.Tensor:
-        """(B,3,size,size): the mean image cut at each window, mirrored where flipped."""
+        """(B,3,size,size), channels_last: the mean image cut at each window, mirrored
+        where flipped."""
         rows, cols = crop_windows(ys, xs, flips, size, self.device)
-        return self.mean_image[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
+        return self.mean_image[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
     def pca_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n,3) RGB offsets, one per image: sum_i p_i * alpha_i * scale_i, alpha ~ N(0, std)."""
@@ -63,7 +68,7 @@ class Normalizer:
         x = x - self.mean_crops(ys, xs, flips, x.shape[-1])
         if generator is not None and self.cfg.pca_std > 0:
             x = x + self.pca_noise(x.shape[0], generator)[:, :, None, None]
-        return x.to(dtype)
+        return x.to(dtype).contiguous(memory_format=self.memory_format)
 
 
 def derived_seed(*keys: int) -> int:

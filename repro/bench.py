@@ -113,16 +113,14 @@ def bench_loader(cfg, shards, device, batches: int) -> dict:
 
 def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
     net, opt = model_and_opt(cfg, device)
-    norm = Normalizer(stats, cfg.augment, device)
-    autocast, channels_last = autocast_for(cfg, device), cfg.train.channels_last
+    norm = Normalizer(stats, cfg.augment, device, cfg.train.channels_last)
+    autocast = autocast_for(cfg, device)
     plan = make_plan(cfg, shards, "train", 0, Dist())
 
     def step(i, batch):
         images, labels, ys, xs, flips = batch
         images = device_images(images, ys, xs, flips, plan, device)
         x = norm(images, ys, xs, flips, step_generator(device, 0, 0, i))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         train_step(net, opt, x, labels.to(device, non_blocking=True), 1, len(labels), autocast)
         return len(labels)
     return {"images_per_s": throughput(loader(plan, pin_memory=device.type == "cuda"), step, 5,
@@ -138,7 +136,7 @@ def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
     """Host memory of the training process over `steps` end-to-end steps (new epochs,
     new loader workers, as in training): resident set size sampled every 10% of the way."""
     net, opt = model_and_opt(cfg, device)
-    norm = Normalizer(stats, cfg.augment, device)
+    norm = Normalizer(stats, cfg.augment, device, cfg.train.channels_last)
     samples, step, epoch, t = [], 0, 0, time.perf_counter()
     while step < steps:
         plan = make_plan(cfg, shards, "train", epoch, Dist())
@@ -167,7 +165,8 @@ def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
     net, _ = model_and_opt(cfg, device)
     net.eval()
     autocast, channels_last = autocast_for(cfg, device), cfg.train.channels_last
-    member = Member(Path("bench"), cfg, net, None, Normalizer(stats, cfg.augment, device), autocast)
+    norm = Normalizer(stats, cfg.augment, device, channels_last)
+    member = Member(Path("bench"), cfg, net, None, norm, autocast)
     b, s = cfg.data.val_batch_size, cfg.data.crop_size
     x = (torch.randn(b, 3, s, s, device=device) * 60).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -8,9 +8,10 @@ and torch's DataLoader returns them round-robin, so the order is a function of
 (seed, epoch, world size, workers) alone. Each worker passes its samples
 through a seeded webdataset shuffle buffer, draws every sample's crop and flip
 from its own seeded RNG, and only then skips what a resumed run has already
-trained on, so a resume replays exactly the same stream. Workers decode and
-cut the crop (CPU Pillow path); per-pixel float work happens on the device
-(repro.augment).
+trained on, so a resume replays exactly the same stream. Workers read the
+shards with data_prep.shardfile's tar reader, then decode and cut the crop (CPU
+Pillow path) or pass the JPEG bytes on (GPU decode path); the mirror and the
+per-pixel float work happen on the device (device_images, repro.augment).
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from webdataset.tariterators import tarfile_samples
 
 from data_prep.image import SIZE
 from data_prep.manifest import load_manifest
+from data_prep.shardfile import read_samples
 from repro.augment import crop_windows
 
 
@@ -138,7 +139,7 @@ class EpochPlan:
         return -(-largest // self.batch_size)
 
     def worker_stream(self, w: int):
-        """Worker w's samples: (image tensor, label, crop y, crop x, flipped) tuples."""
+        """Worker w's samples: (JPEG bytes, label, crop y, crop x, flipped) tuples."""
         lo, hi = self.rank_range()
         counts = worker_batch_counts(self.num_batches, self.workers)
         first_batch = sum(counts[:w])
@@ -146,7 +147,7 @@ class EpochPlan:
         stop = min(hi, start + counts[w] * self.batch_size)
         pieces = segments(self.ordered_shards(), start, stop)
         samples = itertools.chain.from_iterable(
-            itertools.islice(tarfile_samples([{"url": path}]), a, b) for path, a, b in pieces)
+            read_samples(path, a, b) for path, a, b in pieces)
         stream_seed = [self.seed, self.epoch, self.rank, w]
         if self.shuffle and self.shuffle_buffer > 1:
             samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
@@ -154,11 +155,8 @@ class EpochPlan:
         rng = np.random.default_rng(stream_seed)
         samples = ((s, self._window(rng)) for s in samples)
         skip = round_robin(counts, self.skip_batches)[0][w] * self.batch_size
-        size = self.crop_size if self.crop != "none" else 0
         for sample, (y, x, flipped) in itertools.islice(samples, skip, None):
-            image = (torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
-                     if self.decode == "gpu" else decode_crop(sample["jpg"], y, x, size, flipped))
-            yield image, int(sample["cls"]), y, x, flipped
+            yield sample["jpg"], int(sample["cls"]), y, x, flipped
 
     def _window(self, rng: np.random.Generator) -> tuple[int, int, bool]:
         # Drawn for every sample, skipped or not, so that a resume sees the same draws.
@@ -176,31 +174,34 @@ class EpochPlan:
 STORED = SIZE  # shard images are 256x256 (data_prep contract); checked on decode
 
 
-def decode_crop(jpeg: bytes, y: int, x: int, size: int, flipped: bool) -> torch.Tensor:
-    """JPEG bytes -> uint8 CHW tensor of the size x size window at (y, x), mirrored if asked.
-    size 0 keeps the whole image."""
-    with Image.open(io.BytesIO(jpeg)) as img:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        if img.size != (STORED, STORED):
-            raise ValueError(f"shard image is {img.size}, expected {STORED}x{STORED}")
-        if size:
-            img = img.crop((x, y, x + size, y + size))
-        if flipped:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+def decode_crops(jpegs: list[bytes], ys, xs, size: int) -> torch.Tensor:
+    """The CPU path: decode each JPEG and copy its size x size window at (y, x) into one
+    uint8 batch (B,3,S,S); size 0 keeps the whole image. The batch is laid out
+    channels_last (B,S,S,3 in memory, as the decoder writes pixels): one copy per image,
+    and the layout the fast model wants. The mirror is left to device_images."""
+    size = size or STORED
+    batch = torch.empty(len(jpegs), size, size, 3, dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        batch.share_memory_()   # allocated where it will cross to the main process
+    for out, jpeg, y, x in zip(batch.numpy(), jpegs, ys, xs):
+        with Image.open(io.BytesIO(jpeg)) as img:
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            if img.size != (STORED, STORED):
+                raise ValueError(f"shard image is {img.size}, expected {STORED}x{STORED}")
+            out[:] = np.asarray(img)[y:y + size, x:x + size]
+    return batch.permute(0, 3, 1, 2)
 
 
-def pack(jpegs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pack(jpegs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of JPEG byte strings as one buffer + lengths: one shared-memory
     tensor per batch crosses from the worker, not one per image."""
-    return torch.cat(jpegs), torch.tensor([len(j) for j in jpegs])
+    return (torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8),
+            torch.tensor([len(j) for j in jpegs]))
 
 
-def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], ys, xs, flips, size: int,
-                 device: torch.device) -> torch.Tensor:
-    """The GPU path: decode a batch of JPEGs on `device` (nvJPEG on CUDA) and cut each
-    sample's window, mirrored where flipped: the same crops as decode_crop's."""
+def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The GPU path: decode a packed batch of JPEGs on `device` (nvJPEG on CUDA)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     buffer, lengths = packed
@@ -208,10 +209,14 @@ def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], ys, xs, flips, size:
     images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
     if images.shape[-2:] != (STORED, STORED):
         raise ValueError(f"shard images are {tuple(images.shape[-2:])}, expected {STORED}x{STORED}")
-    if not size:
-        return images
+    return images
+
+
+def cut(images: torch.Tensor, ys, xs, flips, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 (B,3,H,W) on `device` -> each sample's size x size window at (y, x), mirrored
+    where flipped: one gather, into a channels_last (B,3,S,S) batch."""
     rows, cols = crop_windows(ys, xs, flips, size, device)
-    batch = torch.arange(len(jpegs), device=device)[:, None, None]
+    batch = torch.arange(len(images), device=device)[:, None, None]
     return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
@@ -222,11 +227,17 @@ def empty_batch(size: int) -> tuple:
 
 
 def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) -> torch.Tensor:
-    """A loader batch's images as uint8 (B,3,S,S): decoded here on the GPU path."""
+    """A loader batch's images on `device` as uint8 (B,3,S,S), cut and mirrored. GPU path:
+    decoded and cut here. CPU path: the workers cut the windows and the mirror is done
+    here, where it is one gather for the batch (a reversed copy on the host costs about
+    as much as a third of a decode)."""
+    size = plan.crop_size if plan.crop != "none" else STORED
     if isinstance(images, (list, tuple)):
-        return decode_batch(images, ys, xs, flips, plan.crop_size if plan.crop != "none" else 0,
-                            device)
-    return images
+        return cut(decode_batch(images, device), ys, xs, flips, size, device)
+    images = images.to(device, non_blocking=True)
+    if not flips.any():
+        return images
+    return cut(images, torch.zeros_like(ys), torch.zeros_like(xs), flips, size, device)
 
 
 class _WorkerStreams(torch.utils.data.IterableDataset):
@@ -244,14 +255,17 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         w = ((info.id if info is not None else 0) + first) % self.plan.workers
         stream = self.plan.worker_stream(w)
         while batch := list(itertools.islice(stream, self.plan.batch_size)):
-            images, labels, ys, xs, flips = zip(*batch)
-            yield (pack(images) if self.plan.decode == "gpu" else torch.stack(images),
+            jpegs, labels, ys, xs, flips = zip(*batch)
+            size = self.plan.crop_size if self.plan.crop != "none" else 0
+            yield (pack(jpegs) if self.plan.decode == "gpu" else decode_crops(jpegs, ys, xs, size),
                    torch.tensor(labels), torch.tensor(ys),
                    torch.tensor(xs), torch.tensor(flips))
 
 
 def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Batches (uint8 images B,3,H,W; labels; crop ys; crop xs; flips) in the plan's order."""
+    """Batches (images; labels; crop ys; crop xs; flips) in the plan's order. The images
+    are uint8 (B,3,S,S) crops not yet mirrored (CPU path) or packed JPEG bytes (GPU
+    path): device_images makes them the plan's crops on the device."""
     workers = plan.workers if plan.workers > 1 else 0  # 1 stream: read in-process
     return torch.utils.data.DataLoader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
                                        pin_memory=pin_memory,

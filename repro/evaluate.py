@@ -87,8 +87,6 @@ class Member:
         ys, xs, flips = (torch.tensor([w[i] for w in windows]).repeat_interleave(len(images))
                          for i in range(3))
         x = self.normalizer(crops, ys, xs, flips, None)
-        if self.cfg.train.channels_last and x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast:
             logits = self.model(x)
         return logits.float().softmax(1).view(len(windows), len(images), -1).mean(0)
@@ -106,13 +104,13 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
     set_lrn_impl(model, cfg.train.lrn_impl)
     model.load_state_dict(state["model"])
     model.to(device).eval()
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     autocast = nullcontext()
-    if device.type == "cuda":
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if cfg.train.precision == "bf16":
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    normalizer = Normalizer(stats, cfg.augment, device) if stats is not None else None
+    if device.type == "cuda" and cfg.train.precision == "bf16":
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    normalizer = (Normalizer(stats, cfg.augment, device, cfg.train.channels_last)
+                  if stats is not None else None)
     return Member(path, cfg, model, state.get("classes"), normalizer, autocast)
 
 

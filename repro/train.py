@@ -126,8 +126,6 @@ def validate(model, cfg: Config, shards, normalizer: Normalizer, d, device, auto
     for images, labels, ys, xs, flips in loader(plan, pin_memory=device.type == "cuda"):
         images = device_images(images, ys, xs, flips, plan, device)
         x = normalizer(images, ys, xs, flips, None)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(x)
         c1, c5 = topk_correct(logits.float(), labels.to(device), (1, 5))
@@ -153,7 +151,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     manifest = read_manifest(data_dir)
     check_classes(cfg, manifest, data_dir)
     train_shards, val_shards = split_shards(data_dir, "train"), split_shards(data_dir, "val")
-    normalizer = Normalizer(data_dir / "stats.npz", cfg.augment, device)
+    normalizer = Normalizer(data_dir / "stats.npz", cfg.augment, device, cfg.train.channels_last)
 
     model = place_model(cfg, d, device)
     towers = isinstance(model, TowerAlexNet)
@@ -249,8 +247,6 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 torch.manual_seed(derived_seed(cfg.train.seed, epoch, step, d.rank))  # dropout
                 x = normalizer(images, ys, xs, flips,
                                step_generator(device, cfg.train.seed, epoch, step, d.rank))
-                if cfg.train.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 global_n = sum(rank_batch_size(plan, r, step) for r in range(d.world))
                 loss_sum, correct = train_step(net, optimizer, x, labels, d.world, global_n,
                                                autocast)

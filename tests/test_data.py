@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from repro.data import EpochPlan, loader, round_robin, split_shards, worker_batch_counts
+from repro.data import (EpochPlan, device_images, loader, round_robin, split_shards,
+                        worker_batch_counts)
 from shard_helpers import write_shards
 
 
@@ -86,26 +87,42 @@ def test_crop_offsets_are_uniform_and_flip_rate_half(shards):
 
 
 def test_center_crop_and_flip_match_pixels(shards):
-    full = next(iter(loader(plan(shards, crop="none", flip=False, shuffle=False, batch_size=3))))
-    center = next(iter(loader(plan(shards, crop="center", flip=False, shuffle=False, batch_size=3))))
-    torch.testing.assert_close(center[0], full[0][:, :, 14:241, 14:241])
-    rand = next(iter(loader(plan(shards, shuffle=False, batch_size=3, epoch=2))))
-    for img, whole, y, x, f in zip(rand[0], full[0], rand[2], rand[3], rand[4]):
+    cpu = torch.device("cpu")
+
+    def first(p):
+        images, labels, ys, xs, flips = next(iter(loader(p)))
+        return device_images(images, ys, xs, flips, p, cpu), ys, xs, flips
+
+    full = first(plan(shards, crop="none", flip=False, shuffle=False, batch_size=3))[0]
+    center = first(plan(shards, crop="center", flip=False, shuffle=False, batch_size=3))[0]
+    torch.testing.assert_close(center, full[:, :, 14:241, 14:241])
+    rand, ys, xs, flips = first(plan(shards, shuffle=False, batch_size=3, epoch=2))
+    assert 0 < int(flips.sum()) < 3     # this draw mirrors some crops and not others
+    for img, whole, y, x, f in zip(rand, full, ys, xs, flips):
         expect = whole[:, y:y + 227, x:x + 227]
         torch.testing.assert_close(img, expect.flip(-1) if f else expect)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_crops_arrive_channels_last(shards, workers):
+    """Workers write each crop as the decoder lays out pixels (H,W,3): the batch is
+    channels_last memory, also after crossing from a worker process."""
+    for images, *_ in loader(plan(shards, workers=workers, batch_size=4)):
+        assert images.shape == (4, 3, 227, 227) or len(images) < 4
+        assert images.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_gpu_path_gives_the_cpu_paths_crops(shards):
     """Workers pass JPEG bytes; decode_batch (here on the CPU device, nvJPEG on CUDA)
-    cuts the same windows and mirrors as the Pillow path."""
-    from repro.data import decode_batch
-
-    cpu = plan(shards, epoch=3, batch_size=6)
+    then cut give the same windows and mirrors as the Pillow path."""
+    cpu = torch.device("cpu")
+    pil = plan(shards, epoch=3, batch_size=6)
     gpu = plan(shards, epoch=3, batch_size=6, decode="gpu")
-    for (a, la, ya, xa, fa), (jpegs, lb, yb, xb, fb) in zip(loader(cpu), loader(gpu)):
+    for (a, la, ya, xa, fa), (jpegs, lb, yb, xb, fb) in zip(loader(pil), loader(gpu)):
         assert jpegs[0].dtype == torch.uint8 and len(jpegs[1]) == len(la)
         assert torch.equal(la, lb) and torch.equal(ya, yb) and torch.equal(fa, fb)
-        b = decode_batch(jpegs, yb, xb, fb, 227, torch.device("cpu"))
+        a = device_images(a, ya, xa, fa, pil, cpu)
+        b = device_images(jpegs, yb, xb, fb, gpu, cpu)
         assert b.shape == a.shape
         # Two JPEG decoders may differ by a level or so in places; never by a shift.
         assert (b.float() - a.float()).abs().mean() < 1.0

@@ -1,4 +1,5 @@
-"""Shard tars: exactly what tarfile would write, with nothing that varies between runs."""
+"""Shard tars: exactly what tarfile would write, with nothing that varies between runs;
+read back by read_samples exactly as webdataset's own tar reader reads them."""
 from __future__ import annotations
 
 import io
@@ -7,8 +8,9 @@ import string
 import tarfile
 
 import pytest
+from webdataset.tariterators import tarfile_samples
 
-from data_prep.shardfile import ShardWriter, _tobuf, member_header
+from data_prep.shardfile import ShardError, ShardWriter, _tobuf, member_header, read_samples
 
 
 def test_template_headers_equal_tarfiles():
@@ -45,3 +47,62 @@ def test_a_failed_shard_leaves_no_file(tmp_path):
             w.add("k", b"x", 0, "n0")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def random_samples(n, seed=0):
+    rng = random.Random(seed)
+    keys = [f"dir{i % 3}/" * (i % 2) + "k" * rng.choice([1, 5, 99, 150]) + str(i) for i in range(n)]
+    return [(k, rng.randbytes(rng.choice([0, 1, 511, 512, 513, 5000])), rng.randrange(1000),
+             "n%08d" % i) for i, k in enumerate(keys)]
+
+
+def as_tuples(samples):
+    return [(s["__key__"], s["cls"], s["jpg"], s["wnid"]) for s in samples]
+
+
+def webdataset_reads(path):
+    return as_tuples(tarfile_samples([{"url": str(path)}]))
+
+
+def test_read_samples_equals_webdatasets_reader_on_our_shards(tmp_path):
+    with ShardWriter(tmp_path / "s.tar") as w:
+        for sample in random_samples(40):
+            w.add(*sample)
+    reference = webdataset_reads(tmp_path / "s.tar")
+    assert len(reference) == 40 and any(len(k) > 100 for k, *_ in reference)  # GNU long names
+    assert as_tuples(read_samples(tmp_path / "s.tar")) == reference
+    for start, stop in [(0, 1), (7, 19), (39, 40), (40, 40), (0, 40)]:
+        assert as_tuples(read_samples(tmp_path / "s.tar", start, stop)) == reference[start:stop]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_read_samples_reads_tars_written_by_tarfile(tmp_path, fmt):
+    """Shards from other tools: ustar (long names split into prefix + name), pax, GNU."""
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as t:
+        for i, (key, jpg, cls, wnid) in enumerate(random_samples(12, seed=1)):
+            if fmt == tarfile.USTAR_FORMAT:   # > 100 characters only through the prefix field
+                key = f"part{i}/" * 12 + key.rsplit("/", 1)[-1][-80:]
+            for ext, data in (("cls", str(cls).encode()), ("jpg", jpg), ("wnid", wnid.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    reference = webdataset_reads(path)
+    assert len(reference) == 12 and max(len(k) for k, *_ in reference) > 100
+    assert as_tuples(read_samples(path)) == reference
+
+
+def test_bad_shards_are_errors_that_name_the_file(tmp_path):
+    path = tmp_path / "s.tar"
+    with ShardWriter(path) as w:
+        for sample in random_samples(5):
+            w.add(*sample)
+    whole = path.read_bytes()
+    with pytest.raises(ShardError, match=r"s\.tar: holds 5 samples, 6 expected"):
+        list(read_samples(path, 0, 6))
+    path.write_bytes(whole[:2000])                                 # cut inside a member
+    with pytest.raises(ShardError, match=r"s\.tar: truncated"):
+        list(read_samples(path))
+    path.write_bytes(whole[:100] + b"X" + whole[101:])            # a damaged header
+    with pytest.raises(ShardError, match=r"s\.tar: bad tar header checksum at byte 0"):
+        list(read_samples(path))
