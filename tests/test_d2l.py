@@ -1,7 +1,6 @@
 """The d2l.ai variant: its config builds the book's net, and `python -m repro.d2l` trains
 it on Fashion-MNIST files in torchvision's raw IDX layout (a tiny generated set here)."""
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +13,6 @@ from repro.lrn import LocalResponseNorm
 from repro.model import build_model
 
 CONFIG = Path(__file__).parent.parent / "configs" / "d2l_fashion_mnist.yaml"
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX (big-endian, unsigned bytes): magic 0x0000 08 <ndim>, the dims as uint32, data."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def fake_fashion_mnist(root: Path, n_train=24, n_test=12, seed=0) -> None:
-    rng = np.random.default_rng(seed)
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 40, (n, 28, 28))
-        for i, label in enumerate(labels):   # a class-dependent bright band, learnable
-            images[i, 2 * label: 2 * label + 5] += 200
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
 
 
 def test_config_is_the_books_net():
@@ -63,11 +43,16 @@ def test_xavier_is_d2ls_init():
 
 
 def test_generated_files_load_with_torchvision(tmp_path):
-    fake_fashion_mnist(tmp_path)
+    d2l.generate(tmp_path, 24, 12)
     train, test = d2l.fashion_mnist(tmp_path, 32, download=False)
     x, y = train[3]
     assert (len(train), len(test), x.shape, y) == (24, 12, (1, 32, 32), 3)
     assert 0.0 <= x.min() and x.max() <= 1.0
+    train, _ = d2l.fashion_mnist(tmp_path, 28, download=False)   # 28: no resize
+    for i in (0, 7, 13):
+        x, y = train[i]
+        bright = (x[0].mean(1) > 0.5).nonzero().flatten().tolist()
+        assert bright == list(range(2 * y, 2 * y + 5))           # the band's rows give the class
 
 
 def test_missing_data_says_download(tmp_path):
@@ -77,9 +62,9 @@ def test_missing_data_says_download(tmp_path):
 
 def test_runner_trains_one_epoch_and_writes_metrics(tmp_path, capsys):
     torch.set_num_threads(1)
-    fake_fashion_mnist(tmp_path / "data")
     out = tmp_path / "run"
     assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path / "data"), "--out", str(out),
+                     "--generate", "24,12",
                      "data.crop_size=67", "data.batch_size=8", "data.workers=0",
                      "schedule.epochs=1", "train.device=cpu"]) == 0
     printed = capsys.readouterr().out
@@ -91,3 +76,10 @@ def test_runner_trains_one_epoch_and_writes_metrics(tmp_path, capsys):
     assert 0.0 <= epoch[0]["test_acc"] <= 1.0 and 0.0 <= epoch[0]["train_acc"] <= 1.0
     assert records[-1]["event"] == "done"
     assert load_config(out / "config.yaml").data.crop_size == 67
+
+
+def test_generate_wants_two_counts(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        d2l.main(["--config", str(CONFIG), "--root", str(tmp_path), "--generate", "100"])
+    assert "N_TRAIN,N_TEST (two counts), got '100'" in capsys.readouterr().err
+    assert not (tmp_path / "FashionMNIST").exists()
