@@ -55,6 +55,22 @@ class Normalizer:
         rows, cols = crop_windows(ys, xs, flips, size, self.device)
         return self.mean_image[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
+    def views(self, images: torch.Tensor, windows: list[tuple[int, int, bool]],
+              size: int) -> torch.Tensor:
+        """uint8 whole images (B,3,H,W) -> (V*B,3,size,size) model input, view-major: each
+        image cut at each fixed window (y, x, mirrored) minus the mean image cut the same
+        way. Test time: slices, no per-sample gather, no noise."""
+        b = len(images)
+        out = torch.empty(len(windows) * b, 3, size, size, device=self.device,
+                          memory_format=self.memory_format)
+        for v, (y, x, mirrored) in enumerate(windows):
+            crop = images[:, :, y:y + size, x:x + size].to(self.device, non_blocking=True)
+            mean = self.mean_image[y:y + size, x:x + size].permute(2, 0, 1)
+            if mirrored:
+                crop, mean = crop.flip(-1), mean.flip(-1)
+            torch.sub(crop, mean, out=out[v * b:(v + 1) * b])
+        return out
+
     def pca_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n,3) RGB offsets, one per image: sum_i p_i * alpha_i * scale_i, alpha ~ N(0, std)."""
         alpha = torch.randn(n, 3, generator=generator, device=self.device) * self.cfg.pca_std

@@ -2,9 +2,11 @@
 
 (a) the training step alone on synthetic input, per precision/layout/compile
 setting; (b) the loader alone; (c) end to end from shards (loader + device
-augmentation + step); (e) a torchvision-reference-style baseline loop (Pillow
-decode and transforms in DataLoader workers, fp32, eager, torch SGD) on the
-same shards and model. Each figure is images per second after a warm-up.
+augmentation + step); (d) 10-crop evaluation from the val shards, against the
+forward pass at the training batch size; (e) a torchvision-reference-style
+baseline loop (Pillow decode and transforms in DataLoader workers, fp32, eager,
+torch SGD) on the same shards and model; (f, with --soak) host memory over a
+long run. Each figure is images per second after a warm-up.
 """
 from __future__ import annotations
 
@@ -157,8 +159,9 @@ def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
 
 @torch.no_grad()
 def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
-    """10-crop evaluation from the val shards (all 10 crops of a batch in one forward),
-    against the plain forward pass on 227 crops; images/s of each."""
+    """10-crop evaluation from the val shards (all 10 crops of a batch of
+    data.val_batch_size images in one forward), against the forward pass of a training
+    batch (data.batch_size crops, no autograd: the strictest yardstick); images/s of each."""
     from repro.evaluate import Member
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
@@ -167,7 +170,7 @@ def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
     autocast, channels_last = autocast_for(cfg, device), cfg.train.channels_last
     norm = Normalizer(stats, cfg.augment, device, channels_last)
     member = Member(Path("bench"), cfg, net, None, norm, autocast)
-    b, s = cfg.data.val_batch_size, cfg.data.crop_size
+    b, s = cfg.data.batch_size, cfg.data.crop_size
     x = (torch.randn(b, 3, s, s, device=device) * 60).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
@@ -224,8 +227,10 @@ def main(argv=None) -> int:
     p.add_argument("--loaders", default="cpu,gpudec", help="loader variants (gpudec: GPU decode)")
     p.add_argument("--end-to-end", default="bf16+cl+compile,bf16+cl+compile+gpudec",
                    help="end-to-end variants")
+    p.add_argument("--stages", default="abcde",
+                   help="which stages to run (letters; f runs with --soak); b-e need --data")
     p.add_argument("--soak", type=int, default=0,
-                   help="also run N end-to-end steps and report host memory (RSS) over them")
+                   help="also run N end-to-end steps and report host memory (RSS) over them (f)")
     p.add_argument("--json", default="bench.json", help="where to write the results")
     p.add_argument("overrides", nargs="*", help="config overrides")
     args = p.parse_args(argv)
@@ -257,16 +262,22 @@ def main(argv=None) -> int:
               + (f"   peak {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""),
               flush=True)
 
-    for v in args.variants.split(","):
-        add("a: step (synthetic)", v, bench_step(config(v), device, 10, args.steps))
+    stages = set(args.stages)
+    if stages - set("abcdef"):
+        p.error(f"--stages: letters from abcdef, got {args.stages!r}")
+    if stages - {"a"} and not args.data:
+        p.error(f"stages {''.join(sorted(stages - {'a'}))} need --data")
+    if "a" in stages:
+        for v in args.variants.split(","):
+            add("a: step (synthetic)", v, bench_step(config(v), device, 10, args.steps))
     if args.data:
         manifest = read_manifest(args.data)
         classes = [f"model.num_classes={len(manifest['classes'])}"]
         shards = split_shards(args.data, "train")
         stats = Path(args.data) / "stats.npz"
-        for v in args.loaders.split(","):
+        for v in args.loaders.split(",") if "b" in stages else []:
             add("b: loader", v, bench_loader(config(v, classes), shards, device, args.batches))
-        for v in args.end_to_end.split(","):
+        for v in args.end_to_end.split(",") if "c" in stages else []:
             add("c: end to end", v, bench_end_to_end(config(v, classes), shards, stats, device,
                                                      args.batches))
         if args.soak:
@@ -274,16 +285,20 @@ def main(argv=None) -> int:
             add("f: soak (host memory)", f"{args.soak} steps", result)
             print(f"RSS (MB) by step: {result['rss_mb']}; growth after the first tenth: "
                   f"{result['rss_growth_mb_after_first_tenth']:+.1f} MB over {result['epochs']} epochs")
-        v = args.end_to_end.split(",")[0]
-        result = bench_eval(config(v, classes), args.data, stats, device, args.batches)
-        add("d: 10-crop eval", v, result)
-        print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward passes "
-              f"(forward alone {result['forward_images_per_s']:.0f} img/s)")
-        base = bench_baseline(config("", classes), args.data, device, args.workers, args.batches)
-        add("e: baseline (reference)", "fp32 eager, PIL", base)
-        best = max(r["images_per_s"] for r in rows if r["stage"] == "c: end to end")
-        rows[-1]["speedup_of_best_c"] = best / base["images_per_s"]
-        print(f"best end to end / baseline: {rows[-1]['speedup_of_best_c']:.2f}x")
+        if "d" in stages:
+            v = args.end_to_end.split(",")[0]
+            result = bench_eval(config(v, classes), args.data, stats, device, args.batches)
+            add("d: 10-crop eval", v, result)
+            print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward passes "
+                  f"(forward of a training batch alone {result['forward_images_per_s']:.0f} img/s; "
+                  f"target: at most 1.00)")
+        if "e" in stages:
+            base = bench_baseline(config("", classes), args.data, device, args.workers, args.batches)
+            add("e: baseline (reference)", "fp32 eager, PIL", base)
+            ends = [r["images_per_s"] for r in rows if r["stage"] == "c: end to end"]
+            if ends:
+                rows[-1]["speedup_of_best_c"] = max(ends) / base["images_per_s"]
+                print(f"best end to end / baseline: {rows[-1]['speedup_of_best_c']:.2f}x")
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": rows}

@@ -82,11 +82,7 @@ class Member:
         """uint8 (B,3,256,256) on the device -> (B, classes) softmax averaged over the crops."""
         size = self.cfg.data.crop_size
         windows = test_views(images.shape[-1], size, ten_crop)
-        crops = [images[:, :, y:y + size, x:x + size] for y, x, _ in windows]
-        crops = torch.cat([c.flip(-1) if flip else c for c, (_, _, flip) in zip(crops, windows)])
-        ys, xs, flips = (torch.tensor([w[i] for w in windows]).repeat_interleave(len(images))
-                         for i in range(3))
-        x = self.normalizer(crops, ys, xs, flips, None)
+        x = self.normalizer.views(images, windows, size)
         with self.autocast:
             logits = self.model(x)
         return logits.float().softmax(1).view(len(windows), len(images), -1).mean(0)

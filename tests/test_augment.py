@@ -47,6 +47,25 @@ def test_mean_is_cut_at_the_crop_window_and_mirrored(stats):
     torch.testing.assert_close(out, images.float() - crops)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_test_views_are_the_windows_minus_the_mean(stats, channels_last):
+    path = stats[0]
+    mean = np.load(path)["mean_image"]                                  # (256, 256, 3)
+    norm = Normalizer(path, AugmentConfig(pca_std=0.1), torch.device("cpu"), channels_last)
+    images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    windows = [(0, 0, False), (29, 0, True), (14, 14, True)]
+    out = norm.views(images, windows, 227)
+    assert out.shape == (6, 3, 227, 227)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last
+                             else torch.contiguous_format)
+    for v, (y, x, mirrored) in enumerate(windows):
+        for b in range(2):
+            expect = images[b].numpy()[:, y:y + 227, x:x + 227] - mean[y:y + 227, x:x + 227].transpose(2, 0, 1)
+            if mirrored:
+                expect = expect[:, :, ::-1]
+            np.testing.assert_allclose(out[v * 2 + b].numpy(), expect, rtol=0, atol=1e-4)
+
+
 def test_mean_modes(stats):
     path = stats[0]
     ys = xs = torch.tensor([3])

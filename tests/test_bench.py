@@ -1,6 +1,8 @@
 """repro bench runs every stage on whatever device is here and writes its JSON."""
 import json
 
+import pytest
+
 from repro.cli import main
 from shard_helpers import write_shards
 
@@ -20,3 +22,21 @@ def test_bench_runs_every_stage(tmp_path, capsys):
     assert [s for s, _ in soak["rss_mb"]] == [1, 2, 3, 4]
     printed = capsys.readouterr().out
     assert "best end to end / baseline" in printed and "90 epochs" in printed
+
+
+def test_bench_runs_the_stages_asked_for(tmp_path, capsys):
+    shards = write_shards(tmp_path / "s", classes=3, train=24, val=24, shard_size=12)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(shards), "--stages", "d", "--batches", "1",
+                 "--workers", "1", "--end-to-end", "fp32", "--json", str(out),
+                 "data.batch_size=4", "data.val_batch_size=2", "data.crop_size=67"]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["stage"] == "d: 10-crop eval"
+    assert row["cost_vs_10_forwards"] == row["forward_images_per_s"] / (10 * row["images_per_s"])
+    assert "x 10 forward passes" in capsys.readouterr().out
+
+
+def test_bench_stages_other_than_a_need_data(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--stages", "ab"])
+    assert "stages b need --data" in capsys.readouterr().err
