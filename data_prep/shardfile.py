@@ -130,7 +130,8 @@ def _members(f, path):
 
 
 def read_samples(path: str | Path, start: int = 0, stop: int | None = None):
-    """Samples [start, stop) of a WebDataset shard as dicts {"__key__": key, ext: bytes},
+    """Samples [start, stop) of a WebDataset shard as dicts {"__key__": key, "__url__":
+    path, ext: bytes},
     grouped as webdataset groups them (key: the name up to the first dot of its last
     component). Samples before `start` are skipped without reading their data; a shard
     that ends before `stop` is an error, not a short epoch."""
@@ -148,7 +149,7 @@ def read_samples(path: str | Path, start: int = 0, stop: int | None = None):
                 index, key = index + 1, name[:dot]
                 if stop is not None and index >= stop:
                     return
-                sample = {"__key__": key}
+                sample = {"__key__": key, "__url__": str(path)}
             if index < start:
                 f.seek(padded, 1)
                 continue

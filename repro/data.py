@@ -139,7 +139,8 @@ class EpochPlan:
         return -(-largest // self.batch_size)
 
     def worker_stream(self, w: int):
-        """Worker w's samples: (JPEG bytes, label, crop y, crop x, flipped) tuples."""
+        """Worker w's samples: (JPEG bytes, label, crop y, crop x, flipped, where) tuples;
+        `where` names the shard and key for error messages."""
         lo, hi = self.rank_range()
         counts = worker_batch_counts(self.num_batches, self.workers)
         first_batch = sum(counts[:w])
@@ -156,7 +157,13 @@ class EpochPlan:
         samples = ((s, self._window(rng)) for s in samples)
         skip = round_robin(counts, self.skip_batches)[0][w] * self.batch_size
         for sample, (y, x, flipped) in itertools.islice(samples, skip, None):
-            yield sample["jpg"], int(sample["cls"]), y, x, flipped
+            where = f"{sample['__url__']}: sample {sample['__key__']}"
+            try:
+                jpeg, label = sample["jpg"], int(sample["cls"])
+            except (KeyError, ValueError):
+                raise ValueError(f"{where} has no jpg or no integer cls "
+                                 f"(it has {sorted(k for k in sample if k[0] != '_')})") from None
+            yield jpeg, label, y, x, flipped, where
 
     def _window(self, rng: np.random.Generator) -> tuple[int, int, bool]:
         # Drawn for every sample, skipped or not, so that a resume sees the same draws.
@@ -174,22 +181,28 @@ class EpochPlan:
 STORED = SIZE  # shard images are 256x256 (data_prep contract); checked on decode
 
 
-def decode_crops(jpegs: list[bytes], ys, xs, size: int) -> torch.Tensor:
+def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> torch.Tensor:
     """The CPU path: decode each JPEG and copy its size x size window at (y, x) into one
     uint8 batch (B,3,S,S); size 0 keeps the whole image. The batch is laid out
     channels_last (B,S,S,3 in memory, as the decoder writes pixels): one copy per image,
-    and the layout the fast model wants. The mirror is left to device_images."""
+    and the layout the fast model wants. The mirror is left to device_images. `names`
+    say where each JPEG came from, for the error if one cannot be decoded."""
     size = size or STORED
     batch = torch.empty(len(jpegs), size, size, 3, dtype=torch.uint8)
     if torch.utils.data.get_worker_info() is not None:
         batch.share_memory_()   # allocated where it will cross to the main process
-    for out, jpeg, y, x in zip(batch.numpy(), jpegs, ys, xs):
-        with Image.open(io.BytesIO(jpeg)) as img:
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            if img.size != (STORED, STORED):
-                raise ValueError(f"shard image is {img.size}, expected {STORED}x{STORED}")
-            out[:] = np.asarray(img)[y:y + size, x:x + size]
+    for out, jpeg, y, x, name in zip(batch.numpy(), jpegs, ys, xs, names):
+        try:
+            with Image.open(io.BytesIO(jpeg)) as img:
+                if img.mode != "RGB":
+                    img = img.convert("RGB")
+                pixels = np.asarray(img)
+        except (OSError, SyntaxError, ValueError) as e:    # PIL's errors for a bad JPEG
+            raise ValueError(f"{name}: cannot decode its JPEG ({e})") from None
+        if pixels.shape[:2] != (STORED, STORED):
+            raise ValueError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]}, "
+                             f"expected {STORED}x{STORED} (shards not built by data_prep?)")
+        out[:] = pixels[y:y + size, x:x + size]
     return batch.permute(0, 3, 1, 2)
 
 
@@ -255,9 +268,10 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         w = ((info.id if info is not None else 0) + first) % self.plan.workers
         stream = self.plan.worker_stream(w)
         while batch := list(itertools.islice(stream, self.plan.batch_size)):
-            jpegs, labels, ys, xs, flips = zip(*batch)
+            jpegs, labels, ys, xs, flips, names = zip(*batch)
             size = self.plan.crop_size if self.plan.crop != "none" else 0
-            yield (pack(jpegs) if self.plan.decode == "gpu" else decode_crops(jpegs, ys, xs, size),
+            yield (pack(jpegs) if self.plan.decode == "gpu"
+                   else decode_crops(jpegs, ys, xs, size, names),
                    torch.tensor(labels), torch.tensor(ys),
                    torch.tensor(xs), torch.tensor(flips))
 

@@ -1,11 +1,14 @@
 import collections
 import dataclasses
+import io
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from repro.data import (EpochPlan, device_images, loader, round_robin, split_shards,
+from data_prep.shardfile import ShardWriter
+from repro.data import (EpochPlan, Shard, device_images, loader, round_robin, split_shards,
                         worker_batch_counts)
 from shard_helpers import write_shards
 
@@ -134,3 +137,27 @@ def test_resume_at_the_end_of_a_short_ranks_epoch(shards):
     p = plan(shards, rank=0, world=2, batch_size=6, workers=2)
     assert p.num_batches == p.steps - 1
     assert keys_of(dataclasses.replace(p, skip_batches=p.steps)) == ([], [])
+
+
+def jpeg_bytes(size: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (9, 90, 200)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("jpg, cls, message", [
+    (b"not a jpeg", b"1", r"bad\.tar: sample k1: cannot decode its JPEG"),
+    (jpeg_bytes(64), b"1", r"bad\.tar: sample k1: image is 64x64, expected 256x256"),
+    (jpeg_bytes(256), b"one", r"bad\.tar: sample k1 has no jpg or no integer cls"),
+])
+def test_a_bad_sample_in_a_shard_names_the_shard_and_sample(tmp_path, jpg, cls, message):
+    path = tmp_path / "bad.tar"
+    with ShardWriter(path) as w:
+        w.add("k0", jpeg_bytes(256), 0, "n0")
+        w.add("k1", jpg, 0, "n1")
+    if cls != b"1":       # ShardWriter writes integer classes: patch the second one's byte
+        data = path.read_bytes()
+        at = data.index(b"k1.cls") + 512
+        path.write_bytes(data[:at] + b"x" + data[at + 1:])
+    with pytest.raises(ValueError, match=message):
+        list(loader(plan([Shard(str(path), 2)], shuffle=False, batch_size=2)))
