@@ -63,20 +63,48 @@ def autocast_for(cfg, device):
             else nullcontext())
 
 
-def bench_step(cfg, device, warmup, steps) -> dict:
-    channels_last = cfg.train.channels_last
+def synthetic_step(cfg, device):
+    """One training step of the configured model on a fixed synthetic batch, as a callable."""
     net, opt = model_and_opt(cfg, device)
     b, s = cfg.data.batch_size, cfg.data.crop_size
     x = torch.randn(b, 3, s, s, device=device) * 60
-    if channels_last:
+    if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, cfg.model.num_classes, (b,), device=device)
     autocast = autocast_for(cfg, device)
+    return lambda: train_step(net, opt, x, y, 1, b, autocast)
+
+
+def bench_step(cfg, device, warmup, steps) -> dict:
+    step = synthetic_step(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t = timed(lambda: train_step(net, opt, x, y, 1, b, autocast), warmup, steps, device)
+    t = timed(step, warmup, steps, device)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"images_per_s": b / t, "peak_gpu_gb": mem}
+    return {"images_per_s": cfg.data.batch_size / t, "peak_gpu_gb": mem}
+
+
+def profile_step(cfg, device, warmup: int, steps: int, top: int = 20) -> list[dict]:
+    """Where a step's time goes: the `top` ops (CPU) or kernels (CUDA) by their own time,
+    per step, over `steps` profiled steps after `warmup` unprofiled ones."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = synthetic_step(cfg, device)
+    for _ in range(warmup):
+        step()
+    sync(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    own = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    events = prof.key_averages()
+    total = sum(own(e) for e in events) or 1.0
+    ranked = sorted(events, key=own, reverse=True)[:top]
+    return [{"name": e.key, "ms_per_step": own(e) / 1000 / steps, "share": own(e) / total,
+             "calls_per_step": e.count / steps} for e in ranked]
 
 
 def throughput(batches, step, warmup: int, count: int, device) -> float:
@@ -231,6 +259,9 @@ def main(argv=None) -> int:
                    help="which stages to run (letters; f runs with --soak); b-e need --data")
     p.add_argument("--soak", type=int, default=0,
                    help="also run N end-to-end steps and report host memory (RSS) over them (f)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile STEPS synthetic steps of the last --variants entry and "
+                        "print the ops/kernels that take the most time")
     p.add_argument("--json", default="bench.json", help="where to write the results")
     p.add_argument("overrides", nargs="*", help="config overrides")
     args = p.parse_args(argv)
@@ -270,6 +301,14 @@ def main(argv=None) -> int:
     if "a" in stages:
         for v in args.variants.split(","):
             add("a: step (synthetic)", v, bench_step(config(v), device, 10, args.steps))
+    profile = []
+    if args.profile:
+        v = args.variants.split(",")[-1]
+        profile = profile_step(config(v), device, 10, args.profile)
+        print(f"profile of {v}, per step ({'kernels' if device.type == 'cuda' else 'ops'}, own time):")
+        for e in profile:
+            print(f"  {e['ms_per_step']:8.3f} ms {100 * e['share']:5.1f}%  "
+                  f"{e['calls_per_step']:5.1f}x  {e['name'][:90]}")
     if args.data:
         manifest = read_manifest(args.data)
         classes = [f"model.num_classes={len(manifest['classes'])}"]
@@ -301,7 +340,8 @@ def main(argv=None) -> int:
                 print(f"best end to end / baseline: {rows[-1]['speedup_of_best_c']:.2f}x")
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": rows}
+            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": rows,
+            "profile": profile}
     Path(args.json).write_text(json.dumps(info, indent=1))
     print(f"wrote {args.json}")
     return 0

@@ -40,3 +40,16 @@ def test_bench_stages_other_than_a_need_data(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--stages", "ab"])
     assert "stages b need --data" in capsys.readouterr().err
+
+
+def test_bench_profile_ranks_the_steps_ops(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--stages", "a", "--variants", "fp32", "--steps", "1", "--profile", "2",
+                 "--json", str(out), "data.batch_size=2", "data.crop_size=67"]) == 0
+    profile = json.loads(out.read_text())["profile"]
+    times = [e["ms_per_step"] for e in profile]
+    assert len(profile) == 20 and times == sorted(times, reverse=True) and times[0] > 0
+    assert 0 < sum(e["share"] for e in profile) <= 1.0 + 1e-9
+    # a training step of AlexNet on the CPU spends its time in convolutions and matmuls
+    assert any("conv" in e["name"] or "mm" in e["name"] for e in profile[:5])
+    assert "profile of fp32, per step" in capsys.readouterr().out
