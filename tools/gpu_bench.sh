@@ -3,13 +3,14 @@
 # generated fixture with the real data_prep path, then runs `repro bench`.
 # Usage: [PER_CLASS=N] [D2L=1] bash tools/gpu_bench.sh OUT_DIR [extra repro.bench args]
 # D2L=1 also times one epoch of the d2l variant on a generated Fashion-MNIST stand-in.
+# VAL_PER_CLASS (default 30: 3,000 val images, 11 batches of 256 for the 10-crop stage).
 set -euo pipefail
 out=${1:?output dir}; shift
 mkdir -p "$out"
 work=${WORK:-/tmp/alexnet-bench}
 if [ ! -f "$work/shards/manifest.json" ]; then
   python3 -m data_prep.make_fixture --out "$work/src" --layout folder --classes 100 \
-      --train-per-class ${PER_CLASS:-100} --val-per-class 10 --seed 0
+      --train-per-class ${PER_CLASS:-100} --val-per-class ${VAL_PER_CLASS:-30} --seed 0
   python3 -m data_prep.build_shards --source "$work/src" --out "$work/shards" --progress off
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
