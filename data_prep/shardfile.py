@@ -15,6 +15,7 @@ their data. It reads any ustar, GNU or pax tar, not only ours.
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 from pathlib import Path
 
@@ -94,22 +95,26 @@ def _number(field: bytes) -> int:
 
 
 def _members(f, path):
-    """(name, data or None, size) of each regular file; data None when skip(name) says so."""
-    offset, long_name = 0, None
+    """(name, size, padded size) of each regular file in tar order. The caller reads or
+    seeks past each file's padded data before asking for the next."""
+    long_name = None
     while True:
+        offset = f.tell()
         header = f.read(BLOCK)
-        if not header or header == bytes(BLOCK):   # end of archive (or a missing end block)
+        if header == bytes(BLOCK):                 # the end-of-archive block
             return
         if len(header) < BLOCK:
-            raise ShardError(f"{path}: truncated tar header at byte {offset}")
+            raise ShardError(f"{path}: truncated: ends at byte {offset} inside a member or "
+                             f"without the tar end-of-archive blocks")
         try:
             size, checksum = _number(header[124:136]), _number(header[148:156])
         except ValueError:
             raise ShardError(f"{path}: not a tar header at byte {offset}") from None
-        if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+        unsigned = sum(header[:148]) + 256 + sum(header[156:])
+        signed = unsigned - 256 * sum(b > 127 for b in header[:148] + header[156:])
+        if checksum != unsigned and checksum != signed:     # tarfile accepts either sum
             raise ShardError(f"{path}: bad tar header checksum at byte {offset}")
         kind, padded = header[156:157], size + (-size % BLOCK)
-        offset += BLOCK + padded
         if kind in (b"0", b"\0", b"7"):
             name = long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             prefix = header[345:500].split(b"\0", 1)[0]
@@ -120,44 +125,49 @@ def _members(f, path):
             continue
         data = f.read(padded)
         if len(data) < padded:
-            raise ShardError(f"{path}: truncated tar member at byte {offset - padded}")
+            raise ShardError(f"{path}: truncated: ends inside the member at byte {offset}")
         if kind == b"L":                           # GNU long name of the next member
             long_name = data[:size].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        elif kind == b"x":                         # pax header: only its path matters here
+        elif kind == b"x":                         # pax header of the next member: its path
             for record in data[:size].split(b"\n"):
                 if b" path=" in record:
                     long_name = record.split(b" path=", 1)[1].decode("utf-8", "surrogateescape")
+        elif kind not in (b"K", b"g"):             # a directory, link...: it had its own name
+            long_name = None
+
+
+# webdataset's split of a member name into sample key and extension
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 def read_samples(path: str | Path, start: int = 0, stop: int | None = None):
     """Samples [start, stop) of a WebDataset shard as dicts {"__key__": key, "__url__":
-    path, ext: bytes},
-    grouped as webdataset groups them (key: the name up to the first dot of its last
-    component). Samples before `start` are skipped without reading their data; a shard
-    that ends before `stop` is an error, not a short epoch."""
+    path, ext: bytes}, grouped as webdataset groups them (its key/extension split,
+    extensions lower-cased, names without an extension skipped). Samples before `start`
+    are skipped without reading their data; a truncated shard, or one that ends before
+    `stop`, is an error."""
     index, key, sample = -1, None, {}
     with open(path, "rb", buffering=1 << 20) as f:
         for name, size, padded in _members(f, path):
-            slash = name.rfind("/") + 1
-            dot = name.find(".", slash)
-            if dot < 0:
+            parts = _KEY_EXT.match(name)
+            if parts is None:
                 f.seek(padded, 1)
                 continue
-            if name[:dot] != key:
-                if start <= index and sample:
+            if parts[1] != key:
+                if start <= index:
                     yield sample
-                index, key = index + 1, name[:dot]
+                index, key = index + 1, parts[1]
                 if stop is not None and index >= stop:
                     return
                 sample = {"__key__": key, "__url__": str(path)}
             if index < start:
                 f.seek(padded, 1)
                 continue
-            data = f.read(padded)
-            if len(data) < padded:
-                raise ShardError(f"{path}: truncated tar member {name}")
-            sample[name[dot + 1:]] = data[:size]
-    if start <= index and sample:
+            ext = parts[2].lower()
+            if ext in sample:
+                raise ShardError(f"{path}: sample {key} has two {ext} members")
+            sample[ext] = f.read(padded)[:size]
+    if start <= index:
         yield sample
     if stop is not None and index + 1 < stop:
         raise ShardError(f"{path}: holds {index + 1} samples, {stop} expected (manifest out of date?)")

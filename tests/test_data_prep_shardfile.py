@@ -92,6 +92,32 @@ def test_read_samples_reads_tars_written_by_tarfile(tmp_path, fmt):
     assert as_tuples(read_samples(path)) == reference
 
 
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_read_samples_with_directories_links_and_odd_names(tmp_path, fmt):
+    """A long or non-ASCII directory name belongs to the directory only; extensions are
+    lower-cased; webdataset's key/extension split ("x/.hidden" is key "x/"), links and
+    names without an extension skipped: as webdataset reads them."""
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as t:
+        for name, data in [("d" * 120 + "/", None), ("dé/", None), ("x/a.cls", b"1"),
+                           ("x/a.JPG", b"jpeg"), ("x/.hidden", b"?"), ("x/link", "x/a.cls"),
+                           ("x/README", b"-"), ("x/b.cls", b"2"), ("x/b.jpg", b"jpeg2")]:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+            elif isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data
+            else:
+                info.size = len(data)
+            t.addfile(info, io.BytesIO(data) if isinstance(data, bytes) else None)
+    ours = [{k: v for k, v in s.items() if k != "__url__"} for s in read_samples(path)]
+    theirs = [{k: v for k, v in s.items() if k != "__url__"}
+              for s in tarfile_samples([{"url": str(path)}])]
+    assert ours == theirs == [{"__key__": "x/a", "cls": b"1", "jpg": b"jpeg"},
+                              {"__key__": "x/", "hidden": b"?"},
+                              {"__key__": "x/b", "cls": b"2", "jpg": b"jpeg2"}]
+
+
 def test_bad_shards_are_errors_that_name_the_file(tmp_path):
     path = tmp_path / "s.tar"
     with ShardWriter(path) as w:
@@ -100,9 +126,25 @@ def test_bad_shards_are_errors_that_name_the_file(tmp_path):
     whole = path.read_bytes()
     with pytest.raises(ShardError, match=r"s\.tar: holds 5 samples, 6 expected"):
         list(read_samples(path, 0, 6))
-    path.write_bytes(whole[:2000])                                 # cut inside a member
-    with pytest.raises(ShardError, match=r"s\.tar: truncated"):
-        list(read_samples(path))
+    with tarfile.open(path) as t:
+        last = t.getmembers()[-1]
+    members_end = last.offset_data + -(-last.size // 512) * 512
+    for cut in (2000, len(whole) // 2, members_end):
+        path.write_bytes(whole[:cut])          # inside a member, or whole members but no end
+        for start in (0, 4):                            # read, or skipped with a seek
+            with pytest.raises(ShardError, match=r"s\.tar: truncated"):
+                list(read_samples(path, start))
     path.write_bytes(whole[:100] + b"X" + whole[101:])            # a damaged header
     with pytest.raises(ShardError, match=r"s\.tar: bad tar header checksum at byte 0"):
+        list(read_samples(path))
+
+
+def test_two_members_with_one_extension_are_an_error(tmp_path):
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w") as t:
+        for name in ("k.jpg", "k.JPG"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            t.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ShardError, match=r"t\.tar: sample k has two jpg members"):
         list(read_samples(path))
