@@ -44,6 +44,9 @@ def generate(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> None
     """Files of Fashion-MNIST's names and shapes (28x28 greyscale, labels 0-9) under
     root/FashionMNIST/raw: noise with a bright band whose row gives the class."""
     raw = Path(root) / "FashionMNIST" / "raw"
+    if raw.exists() and any(raw.iterdir()):
+        raise SystemExit(f"{raw} is not empty: --generate writes only where no data set is "
+                         f"(it would overwrite the files there)")
     raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for prefix, n in (("train", n_train), ("t10k", n_test)):

@@ -188,9 +188,12 @@ def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> tor
     and the layout the fast model wants. The mirror is left to device_images. `names`
     say where each JPEG came from, for the error if one cannot be decoded."""
     size = size or STORED
-    batch = torch.empty(len(jpegs), size, size, 3, dtype=torch.uint8)
-    if torch.utils.data.get_worker_info() is not None:
-        batch.share_memory_()   # allocated where it will cross to the main process
+    shape = (len(jpegs), size, size, 3)
+    if torch.utils.data.get_worker_info() is None:
+        batch = torch.empty(shape, dtype=torch.uint8)
+    else:   # allocated in shared memory, where it crosses to the main process uncopied
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+        batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
     for out, jpeg, y, x, name in zip(batch.numpy(), jpegs, ys, xs, names):
         try:
             with Image.open(io.BytesIO(jpeg)) as img:

@@ -83,3 +83,12 @@ def test_generate_wants_two_counts(tmp_path, capsys):
         d2l.main(["--config", str(CONFIG), "--root", str(tmp_path), "--generate", "100"])
     assert "N_TRAIN,N_TEST (two counts), got '100'" in capsys.readouterr().err
     assert not (tmp_path / "FashionMNIST").exists()
+
+
+def test_generate_never_overwrites_a_data_set(tmp_path):
+    d2l.generate(tmp_path, 20, 10, seed=0)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "FashionMNIST" / "raw").iterdir()}
+    with pytest.raises(SystemExit, match="is not empty"):
+        d2l.generate(tmp_path, 30, 10, seed=1)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "FashionMNIST" / "raw").iterdir()}
+    assert after == before and len(before) == 4
