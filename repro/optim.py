@@ -3,59 +3,57 @@
     v <- momentum * v - weight_decay * lr * w - lr * grad
     w <- w + v
 
-The learning rate sits inside the velocity. torch.optim.SGD keeps lr outside
-(v <- momentum * v + grad + weight_decay * w;  w <- w - lr * v), which is the same
-update while lr is constant; after an lr change, torch's velocity is rescaled by the
-new lr at once, the paper's carries the old lr's steps and decays them by momentum.
+The learning rate sits inside the velocity. torch.optim.SGD keeps it outside,
+    u <- momentum * u + grad + weight_decay * w;   w <- w - lr * u,
+which is the same update with v = -lr * u while lr is constant; after an lr
+change, torch's velocity is rescaled by the new lr at once, the paper's carries
+the old lr's steps and decays them by momentum. PaperSGD is torch's SGD with
+that difference removed: when a group's lr changes from lr_old to lr_new, its
+momentum buffers are first multiplied by lr_old / lr_new, so v = -lr * u holds
+exactly. So it runs torch's fused SGD kernel: one pass over weights, gradients
+and buffers per step, where the update written out in foreach ops takes four.
 """
 
 import torch
 from torch import nn
 
 
-class PaperSGD(torch.optim.Optimizer):
-    """The update rule above. lr, momentum and weight_decay are read from
-    param_groups at every step, so lr schedulers and manual changes apply.
-    foreach=None uses the vectorised torch._foreach ops where torch has them.
+class PaperSGD(torch.optim.SGD):
+    """The update rule above. lr, momentum and weight_decay are read from param_groups
+    at every step, so lr schedulers and manual changes apply; lr must stay > 0 (the
+    velocity is kept in units of lr). fused=None: torch's fused kernel when every
+    parameter is a floating-point CPU or CUDA tensor and foreach is not given.
+    The state is torch SGD's "momentum_buffer" u (v = -lr * u) and, in each group,
+    "buffer_lr", the lr the buffers are expressed in.
     """
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=5e-4, *, foreach=None):
-        if lr < 0.0 or momentum < 0.0 or weight_decay < 0.0:
-            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.foreach = hasattr(torch, "_foreach_add_") if foreach is None else foreach
+    def __init__(self, params, lr, momentum=0.9, weight_decay=5e-4, *, foreach=None, fused=None):
+        if lr <= 0.0 or momentum < 0.0 or weight_decay < 0.0:
+            raise ValueError(f"PaperSGD needs lr > 0, momentum >= 0, weight_decay >= 0, got "
+                             f"{lr}, {momentum}, {weight_decay}")
+        params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
+        if fused is None and foreach is None:
+            tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         foreach=foreach, fused=fused or None)
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError("PaperSGD does not support sparse gradients")
-            grads = [p.grad for p in params]
-            velocities = [self._velocity(p) for p in params]
-            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            if self.foreach:
-                torch._foreach_mul_(velocities, momentum)
-                torch._foreach_add_(velocities, params, alpha=-decay * lr)
-                torch._foreach_add_(velocities, grads, alpha=-lr)
-                torch._foreach_add_(params, velocities)
-            else:
-                for p, g, v in zip(params, grads, velocities):
-                    v.mul_(momentum).add_(p, alpha=-decay * lr).add_(g, alpha=-lr)
-                    p.add_(v)
+            lr, held = group["lr"], group.get("buffer_lr")
+            if lr <= 0:
+                raise ValueError(f"PaperSGD: lr must stay > 0 (the paper's velocity is kept "
+                                 f"as -lr times torch's momentum buffer), got {lr}")
+            if held is not None and held != lr:
+                buffers = [self.state[p]["momentum_buffer"] for p in group["params"]
+                           if self.state[p].get("momentum_buffer") is not None]
+                if buffers:
+                    torch._foreach_mul_(buffers, held / lr)
+        loss = super().step(closure)
+        for group in self.param_groups:
+            group["buffer_lr"] = group["lr"]
         return loss
-
-    def _velocity(self, p: torch.Tensor) -> torch.Tensor:
-        state = self.state[p]
-        if "velocity" not in state:
-            state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state["velocity"]
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_biases: bool) -> list[dict]:

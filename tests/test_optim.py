@@ -36,11 +36,13 @@ def train(model, opt, data, lrs):
     return [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_matches_the_paper_update_rule(foreach):
+@pytest.mark.parametrize("kernel", [dict(fused=True), dict(foreach=True), dict(foreach=False)])
+def test_matches_the_paper_update_rule(kernel):
     data = batches()
     model = small_model()
-    got = train(model, PaperSGD(model.parameters(), lr=LRS[0], foreach=foreach), data, LRS)
+    opt = PaperSGD(model.parameters(), lr=LRS[0], **kernel)
+    assert bool(opt.param_groups[0]["fused"]) == bool(kernel.get("fused"))
+    got = train(model, opt, data, LRS)
 
     # Section 5, written out: v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v.
     ref = small_model()
@@ -89,7 +91,7 @@ def test_state_dict_round_trip_continues_identically():
     opt = PaperSGD(model.parameters(), lr=0.1)
     train(model, opt, data[:3], LRS[:3])
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    assert all("velocity" in s for s in saved_opt["state"].values())
+    assert all("momentum_buffer" in s for s in saved_opt["state"].values())
     expected = train(model, opt, data[3:], LRS[3:])
 
     resumed = small_model()
@@ -124,3 +126,41 @@ def test_zero_decay_group_leaves_biases_undecayed():
     conv_w, conv_b = model[0].weight, model[0].bias
     torch.testing.assert_close(conv_w, before[0] * (1 - 0.5 * 0.1))
     assert torch.equal(conv_b, before[1])
+
+
+def test_defaults_to_torchs_fused_kernel():
+    assert PaperSGD(small_model().parameters(), lr=0.1).param_groups[0]["fused"] is True
+
+
+def test_lr_change_while_a_parameter_has_no_gradient():
+    """Buffers of parameters that skip a step are rescaled with the rest: when they next
+    step, they carry the paper's velocity, not one expressed at a stale lr."""
+    a, b = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+    b.load_state_dict(a.state_dict())
+    opt = PaperSGD(a.parameters(), lr=0.1)
+    velocity = [torch.zeros_like(p) for p in b.parameters()]
+    g = torch.Generator().manual_seed(0)
+    for step, lr in enumerate([0.1, 0.1, 0.02, 0.02, 0.004]):
+        grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in a.parameters()]
+        skip = step == 2                       # the bias has no gradient at the lr change
+        for p, gr in zip(a.parameters(), grads):
+            p.grad = None if skip and p.dim() == 1 else gr.clone()
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        with torch.no_grad():                  # the paper's rule; a parameter with no gradient
+            for p, v, gr in zip(b.parameters(), velocity, grads):   # does not move at all
+                if not (skip and p.dim() == 1):
+                    v.copy_(0.9 * v - 0.0005 * lr * p - lr * gr)
+                    p.add_(v)
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-15)
+
+
+def test_lr_must_stay_positive():
+    model = small_model()
+    with pytest.raises(ValueError, match="lr > 0"):
+        PaperSGD(model.parameters(), lr=0.0)
+    opt = PaperSGD(model.parameters(), lr=0.1)
+    opt.param_groups[0]["lr"] = 0.0
+    with pytest.raises(ValueError, match="lr must stay > 0"):
+        opt.step()
