@@ -15,6 +15,7 @@ if [ ! -f "$work/shards/manifest.json" ]; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
 python3 -m repro.bench --data "$work/shards" --json "$out/bench.json" "$@" 2>&1 | tee "$out/bench.txt"
+python3 tools/optim_bench.py --device cuda 2>&1 | tee "$out/optim.txt"
 if [ "${D2L:-0}" = 1 ]; then   # the d2l variant's examples/s, beside the book's (BENCHMARKS.md)
   python3 -m repro.d2l --root "$work/fmnist" --generate 60000,10000 --out "$out/d2l" \
       schedule.epochs=1 2>&1 | tee "$out/d2l.txt"
