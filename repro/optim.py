@@ -55,6 +55,18 @@ class PaperSGD(torch.optim.SGD):
             group["buffer_lr"] = group["lr"]
         return loss
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also reads checkpoints of the earlier PaperSGD, which kept the paper's v itself
+        ("velocity"): u = -v / lr, expressed in the lr the checkpoint was at."""
+        state = {i: dict(s) for i, s in state_dict["state"].items()}
+        groups = [{**self.defaults, **g} for g in state_dict["param_groups"]]
+        for group in groups:
+            for i in group["params"]:
+                if "velocity" in state.get(i, {}):
+                    state[i]["momentum_buffer"] = state[i].pop("velocity") / -group["lr"]
+                    group["buffer_lr"] = group["lr"]
+        super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
+
 
 def param_groups(model: nn.Module, weight_decay: float, decay_biases: bool) -> list[dict]:
     """Optimizer parameter groups. The paper decays every weight; the author's

@@ -164,3 +164,33 @@ def test_lr_must_stay_positive():
     opt.param_groups[0]["lr"] = 0.0
     with pytest.raises(ValueError, match="lr must stay > 0"):
         opt.step()
+
+
+def test_reads_checkpoints_that_kept_the_papers_velocity():
+    """The first PaperSGD saved v itself as "velocity": resuming from such a state
+    continues the paper's rule."""
+    data = batches()
+    ref = small_model()
+    velocity = [torch.zeros_like(p) for p in ref.parameters()]
+
+    def paper_steps(steps, lrs):
+        for (x, y), eps in zip(steps, lrs):
+            grads = grads_at(ref, x, y)
+            with torch.no_grad():
+                for p, v, g in zip(ref.parameters(), velocity, grads):
+                    v.copy_(0.9 * v - 0.0005 * eps * p - eps * g)
+                    p.add_(v)
+
+    paper_steps(data[:3], LRS[:3])
+    model = small_model()
+    model.load_state_dict(ref.state_dict())
+    opt = PaperSGD(model.parameters(), lr=LRS[0])
+    old = {"state": {i: {"velocity": v.clone()} for i, v in enumerate(velocity)},
+           "param_groups": [{"lr": LRS[2], "momentum": 0.9, "weight_decay": 5e-4,
+                             "params": list(range(len(velocity)))}]}   # all it saved
+    opt.load_state_dict(old)
+    assert "velocity" in old["state"][0]                     # the caller's dict is untouched
+    got = train(model, opt, data[3:], LRS[3:])
+    paper_steps(data[3:], LRS[3:])
+    for a, b in zip(got, ref.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-15)
