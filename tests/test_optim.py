@@ -36,6 +36,16 @@ def train(model, opt, data, lrs):
     return [p.detach().clone() for p in model.parameters()]
 
 
+def paper_rule(model, velocity, data, lrs):
+    """Section 5, written out: v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v."""
+    for (x, y), eps in zip(data, lrs):
+        grads = grads_at(model, x, y)
+        with torch.no_grad():
+            for p, v, g in zip(model.parameters(), velocity, grads):
+                v.copy_(0.9 * v - 0.0005 * eps * p - eps * g)
+                p.add_(v)
+
+
 @pytest.mark.parametrize("kernel", [dict(fused=True), dict(foreach=True), dict(foreach=False)])
 def test_matches_the_paper_update_rule(kernel):
     data = batches()
@@ -44,15 +54,8 @@ def test_matches_the_paper_update_rule(kernel):
     assert bool(opt.param_groups[0]["fused"]) == bool(kernel.get("fused"))
     got = train(model, opt, data, LRS)
 
-    # Section 5, written out: v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v.
     ref = small_model()
-    velocity = [torch.zeros_like(p) for p in ref.parameters()]
-    for (x, y), eps in zip(data, LRS):
-        grads = grads_at(ref, x, y)
-        with torch.no_grad():
-            for p, v, g in zip(ref.parameters(), velocity, grads):
-                v.copy_(0.9 * v - 0.0005 * eps * p - eps * g)
-                p.add_(v)
+    paper_rule(ref, [torch.zeros_like(p) for p in ref.parameters()], data, LRS)
     for a, b in zip(got, ref.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-15)
 
@@ -172,16 +175,7 @@ def test_reads_checkpoints_that_kept_the_papers_velocity():
     data = batches()
     ref = small_model()
     velocity = [torch.zeros_like(p) for p in ref.parameters()]
-
-    def paper_steps(steps, lrs):
-        for (x, y), eps in zip(steps, lrs):
-            grads = grads_at(ref, x, y)
-            with torch.no_grad():
-                for p, v, g in zip(ref.parameters(), velocity, grads):
-                    v.copy_(0.9 * v - 0.0005 * eps * p - eps * g)
-                    p.add_(v)
-
-    paper_steps(data[:3], LRS[:3])
+    paper_rule(ref, velocity, data[:3], LRS[:3])
     model = small_model()
     model.load_state_dict(ref.state_dict())
     opt = PaperSGD(model.parameters(), lr=LRS[0])
@@ -191,6 +185,6 @@ def test_reads_checkpoints_that_kept_the_papers_velocity():
     opt.load_state_dict(old)
     assert "velocity" in old["state"][0]                     # the caller's dict is untouched
     got = train(model, opt, data[3:], LRS[3:])
-    paper_steps(data[3:], LRS[3:])
+    paper_rule(ref, velocity, data[3:], LRS[3:])
     for a, b in zip(got, ref.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-15)
