@@ -26,15 +26,34 @@ def crop_windows(ys, xs, flips, size: int, device) -> tuple[torch.Tensor, torch.
     return rows, cols
 
 
+def _window(mean_image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(B,3,S,S), channels_last: the HWC mean image at each sample's rows and columns."""
+    return mean_image[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _normalize(images, rows, cols, mean_image, noise, dtype, memory_format):
+    """uint8 crops -> minus the mean window, plus each image's RGB noise, as `dtype` in
+    `memory_format`. Eager: a pass over the batch per op; compiled: one."""
+    x = images.float() - _window(mean_image, rows, cols)
+    if noise is not None:
+        x = x + noise[:, :, None, None]
+    return x.to(dtype).contiguous(memory_format=memory_format)
+
+
 class Normalizer:
-    """Model input from the loader's uint8 crops, in the memory format the model runs in."""
+    """Model input from the loader's uint8 crops: in the memory format the model runs in,
+    and in `dtype` (bf16 under bf16 autocast: the cast the first conv would make, done
+    here); with compile=True, the whole of it is one compiled kernel."""
 
     def __init__(self, stats_path: str | Path, cfg: AugmentConfig, device: torch.device,
-                 channels_last: bool = False):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32,
+                 compile: bool = False):
         stats = load_stats(stats_path)
         self.cfg = cfg
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.dtype = dtype
+        self._normalize = torch.compile(_normalize) if compile else _normalize
         mean_image = torch.from_numpy(np.asarray(stats["mean_image"], dtype=np.float32))
         if cfg.mean == "rgb":
             mean_image = mean_image.mean(dim=(0, 1), keepdim=True).expand_as(mean_image)
@@ -52,8 +71,7 @@ class Normalizer:
                    size: int) -> torch.Tensor:
         """(B,3,size,size), channels_last: the mean image cut at each window, mirrored
         where flipped."""
-        rows, cols = crop_windows(ys, xs, flips, size, self.device)
-        return self.mean_image[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return _window(self.mean_image, *crop_windows(ys, xs, flips, size, self.device))
 
     def views(self, images: torch.Tensor, windows: list[tuple[int, int, bool]],
               size: int) -> torch.Tensor:
@@ -76,15 +94,16 @@ class Normalizer:
         alpha = torch.randn(n, 3, generator=generator, device=self.device) * self.cfg.pca_std
         return alpha @ self.pca_basis.T
 
-    def __call__(self, images: torch.Tensor, ys, xs, flips, generator: torch.Generator | None,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, ys, xs, flips,
+                 generator: torch.Generator | None) -> torch.Tensor:
         """uint8 crops (B,3,S,S) -> model input in 0-255 units minus the mean image
         (+ PCA noise when a generator is given, i.e. in training)."""
-        x = images.to(self.device, non_blocking=True).float()
-        x = x - self.mean_crops(ys, xs, flips, x.shape[-1])
-        if generator is not None and self.cfg.pca_std > 0:
-            x = x + self.pca_noise(x.shape[0], generator)[:, :, None, None]
-        return x.to(dtype).contiguous(memory_format=self.memory_format)
+        images = images.to(self.device, non_blocking=True)
+        rows, cols = crop_windows(ys, xs, flips, images.shape[-1], self.device)
+        noise = (self.pca_noise(len(images), generator)
+                 if generator is not None and self.cfg.pca_std > 0 else None)
+        return self._normalize(images, rows, cols, self.mean_image, noise, self.dtype,
+                               self.memory_format)
 
 
 def derived_seed(*keys: int) -> int:

@@ -27,7 +27,7 @@ from repro.augment import Normalizer, step_generator
 from repro.config import load_config, model_kwargs
 from repro.data import device_images, loader, read_manifest, split_shards
 from repro.model import build_model
-from repro.train import build_optimizer, make_plan, place_model, train_step
+from repro.train import build_optimizer, make_normalizer, make_plan, place_model, train_step
 from repro.distributed import Dist, pick_device
 
 IMAGENET_TRAIN = 1_281_167
@@ -143,7 +143,7 @@ def bench_loader(cfg, shards, device, batches: int) -> dict:
 
 def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
     net, opt = model_and_opt(cfg, device)
-    norm = Normalizer(stats, cfg.augment, device, cfg.train.channels_last)
+    norm = make_normalizer(cfg, stats, device)
     autocast = autocast_for(cfg, device)
     plan = make_plan(cfg, shards, "train", 0, Dist())
 
@@ -166,7 +166,7 @@ def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
     """Host memory of the training process over `steps` end-to-end steps (new epochs,
     new loader workers, as in training): resident set size sampled every 10% of the way."""
     net, opt = model_and_opt(cfg, device)
-    norm = Normalizer(stats, cfg.augment, device, cfg.train.channels_last)
+    norm = make_normalizer(cfg, stats, device)
     samples, step, epoch, t = [], 0, 0, time.perf_counter()
     while step < steps:
         plan = make_plan(cfg, shards, "train", epoch, Dist())

@@ -41,6 +41,13 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def make_normalizer(cfg: Config, stats_path, device: torch.device) -> Normalizer:
+    """The device half of the input pipeline, as the training config runs the model."""
+    return Normalizer(stats_path, cfg.augment, device, cfg.train.channels_last,
+                      torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32,
+                      compile=cfg.train.compile)
+
+
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     groups = param_groups(model, o.weight_decay, o.decay_biases)
@@ -151,7 +158,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     manifest = read_manifest(data_dir)
     check_classes(cfg, manifest, data_dir)
     train_shards, val_shards = split_shards(data_dir, "train"), split_shards(data_dir, "val")
-    normalizer = Normalizer(data_dir / "stats.npz", cfg.augment, device, cfg.train.channels_last)
+    normalizer = make_normalizer(cfg, data_dir / "stats.npz", device)
 
     model = place_model(cfg, d, device)
     towers = isinstance(model, TowerAlexNet)
