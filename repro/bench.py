@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from repro.augment import Normalizer, step_generator
 from repro.config import load_config, model_kwargs
-from repro.data import device_images, loader, read_manifest, split_shards
+from repro.data import device_images, device_loader, loader, read_manifest, split_shards
 from repro.model import build_model
 from repro.train import build_optimizer, make_normalizer, make_plan, place_model, train_step
 from repro.distributed import Dist, pick_device
@@ -135,10 +135,9 @@ def bench_loader(cfg, shards, device, batches: int) -> dict:
 
     def step(i, batch):
         images, labels, ys, xs, flips = batch
-        device_images(images, ys, xs, flips, plan, device).to(device, non_blocking=True)
+        device_images(images, ys, xs, flips, plan, device)
         return len(labels)
-    return {"images_per_s": throughput(loader(plan, pin_memory=device.type == "cuda"), step, 5,
-                                       batches, device)}
+    return {"images_per_s": throughput(device_loader(plan, device), step, 5, batches, device)}
 
 
 def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
@@ -153,8 +152,7 @@ def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
         x = norm(images, ys, xs, flips, step_generator(device, 0, 0, i))
         train_step(net, opt, x, labels.to(device, non_blocking=True), 1, len(labels), autocast)
         return len(labels)
-    return {"images_per_s": throughput(loader(plan, pin_memory=device.type == "cuda"), step, 5,
-                                       batches, device)}
+    return {"images_per_s": throughput(device_loader(plan, device), step, 5, batches, device)}
 
 
 def rss_mb() -> float:
@@ -170,7 +168,7 @@ def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
     samples, step, epoch, t = [], 0, 0, time.perf_counter()
     while step < steps:
         plan = make_plan(cfg, shards, "train", epoch, Dist())
-        for images, labels, ys, xs, flips in loader(plan, pin_memory=device.type == "cuda"):
+        for images, labels, ys, xs, flips in device_loader(plan, device):
             x = norm(device_images(images, ys, xs, flips, plan, device), ys, xs, flips,
                      step_generator(device, 0, epoch, step))
             train_step(net, opt, x, labels.to(device), 1, len(labels))

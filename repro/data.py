@@ -251,9 +251,37 @@ def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) 
     if isinstance(images, (list, tuple)):
         return cut(decode_batch(images, device), ys, xs, flips, size, device)
     images = images.to(device, non_blocking=True)
-    if not flips.any():
+    if not (plan.flip and plan.crop == "random"):       # nothing is mirrored (EpochPlan._window)
         return images
     return cut(images, torch.zeros_like(ys), torch.zeros_like(xs), flips, size, device)
+
+
+def prefetch(batches, device: torch.device):
+    """Loader batches with their tensors on `device`. On CUDA the next batch's copies are
+    issued on a side stream before the current batch is handed over, so they overlap the
+    caller's step, and no blocking copy stalls the host. Packed JPEG bytes stay on the
+    host (nvJPEG reads them there). Elsewhere the batches pass through unchanged."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    stream, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+
+    def send(batch):
+        if batch is None:
+            return None
+        with torch.cuda.stream(stream):
+            return tuple(t if isinstance(t, (list, tuple)) else t.to(device, non_blocking=True)
+                         for t in batch)
+
+    batches = iter(batches)
+    ahead = send(next(batches, None))
+    while ahead is not None:
+        current.wait_stream(stream)
+        for t in ahead:
+            if not isinstance(t, (list, tuple)):
+                t.record_stream(current)     # made on the side stream, used on this one
+        batch, ahead = ahead, send(next(batches, None))
+        yield batch
 
 
 class _WorkerStreams(torch.utils.data.IterableDataset):
@@ -287,3 +315,8 @@ def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLo
     return torch.utils.data.DataLoader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
                                        pin_memory=pin_memory,
                                        prefetch_factor=4 if workers else None)
+
+
+def device_loader(plan: EpochPlan, device: torch.device):
+    """The plan's batches as training consumes them: pinned, then prefetched to `device`."""
+    return prefetch(loader(plan, pin_memory=device.type == "cuda"), device)

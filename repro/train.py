@@ -22,8 +22,8 @@ from tqdm import tqdm
 from repro import checkpoint, distributed
 from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, model_kwargs
-from repro.data import (EpochPlan, device_images, empty_batch, even_range, loader, read_manifest,
-                        split_shards)
+from repro.data import (EpochPlan, device_images, device_loader, empty_batch, even_range,
+                        read_manifest, split_shards)
 from repro.distributed import pick_device
 from repro.evaluate import topk_correct
 from repro.lrn import set_impl as set_lrn_impl
@@ -130,7 +130,7 @@ def validate(model, cfg: Config, shards, normalizer: Normalizer, d, device, auto
     model.eval()
     plan = make_plan(cfg, shards, "val", 0, d)
     totals = np.zeros(3)
-    for images, labels, ys, xs, flips in loader(plan, pin_memory=device.type == "cuda"):
+    for images, labels, ys, xs, flips in device_loader(plan, device):
         images = device_images(images, ys, xs, flips, plan, device)
         x = normalizer(images, ys, xs, flips, None)
         with autocast:
@@ -236,7 +236,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 plan_steps = min(plan.steps, cfg.data.steps_per_epoch)
             else:
                 plan_steps = plan.steps
-            batches = iter(loader(plan, pin_memory=device.type == "cuda"))
+            batches = device_loader(plan, device)
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr
             window = np.zeros(3)        # loss sum, correct, count since the last log line

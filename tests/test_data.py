@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from data_prep.shardfile import ShardWriter
-from repro.data import (EpochPlan, Shard, device_images, loader, round_robin, split_shards,
-                        worker_batch_counts)
+from repro.data import (EpochPlan, Shard, device_images, device_loader, loader, prefetch,
+                        round_robin, split_shards, worker_batch_counts)
 from shard_helpers import write_shards
 
 
@@ -161,3 +161,26 @@ def test_a_bad_sample_in_a_shard_names_the_shard_and_sample(tmp_path, jpg, cls, 
         path.write_bytes(data[:at] + b"x" + data[at + 1:])
     with pytest.raises(ValueError, match=message):
         list(loader(plan([Shard(str(path), 2)], shuffle=False, batch_size=2)))
+
+
+def test_prefetch_passes_batches_through_off_cuda(shards):
+    p = plan(shards, workers=2, batch_size=6)
+    direct = [[t.clone() for t in b] for b in loader(p)]
+    fetched = list(prefetch(loader(p), torch.device("cpu")))
+    assert len(fetched) == len(direct) == p.num_batches
+    assert all(torch.equal(a, b) for x, y in zip(direct, fetched) for a, b in zip(x, y))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_prefetch_to_cuda_gives_the_same_batches(shards, decode):
+    """The side-stream copies arrive whole while the caller keeps the GPU busy."""
+    cuda = torch.device("cuda")
+    p = plan(shards, workers=2, batch_size=6, decode=decode)
+    direct = [device_images(b[0], *b[2:], p, cuda).cpu() for b in loader(p)]
+    busy = torch.randn(2048, 2048, device=cuda)
+    for expect, (images, labels, ys, xs, flips) in zip(direct, device_loader(p, cuda)):
+        busy = busy @ busy / 2048                  # work queued ahead of each batch's use
+        assert labels.is_cuda and ys.is_cuda
+        assert torch.equal(device_images(images, ys, xs, flips, p, cuda).cpu(), expect)
