@@ -243,13 +243,15 @@ def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="repro bench", description=__doc__)
-    p.add_argument("--data", help="shard directory (train split used); stages b, c, e need it")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help="shard directory (built by data_prep); stages b-e need it")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--steps", type=int, default=100, help="timed steps per synthetic variant")
     p.add_argument("--batches", type=int, default=100, help="timed batches for data stages")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers")
     p.add_argument("--variants", default="fp32,bf16,bf16+cl,bf16+cl+compile",
-                   help="synthetic step variants, e.g. bf16+cl+compile+triton (see config())")
+                   help="synthetic step variants, comma-separated; each joins tokens with +: "
+                        "fp32|bf16, cl (channels_last), compile, cg (with compile: CUDA graphs), "
+                        "nolrn, ref|fused|triton (LRN), gpudec (GPU JPEG decode)")
     p.add_argument("--loaders", default="cpu,gpudec", help="loader variants (gpudec: GPU decode)")
     p.add_argument("--end-to-end", default="bf16+cl+compile,bf16+cl+compile+gpudec",
                    help="end-to-end variants")
