@@ -47,9 +47,15 @@ class PaperSGD(torch.optim.SGD):
                                  f"as -lr times torch's momentum buffer), got {lr}")
             if held is not None and held != lr:
                 buffers = [self.state[p]["momentum_buffer"] for p in group["params"]
-                           if self.state[p].get("momentum_buffer") is not None]
+                           if self.state.get(p, {}).get("momentum_buffer") is not None]
                 if buffers:
                     torch._foreach_mul_(buffers, held / lr)
+            if group["momentum"]:
+                # torch's fused kernel takes a group's buffers all or none: a parameter
+                # whose first gradient comes late starts from the paper's v = 0.
+                for p in group["params"]:
+                    if p.grad is not None and self.state.get(p, {}).get("momentum_buffer") is None:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         loss = super().step(closure)
         for group in self.param_groups:
             group["buffer_lr"] = group["lr"]

@@ -272,7 +272,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 flags = np.zeros(2)
                 if pending is not None:
                     flags += settle(pending, window, epoch, step - 1)
-                pending = stats
+                pending = to_host(stats)
                 log_now = step == plan_steps - 1 or (step + 1) % cfg.train.log_every == 0
                 if log_now or flags.any():
                     flags += settle(pending, window, epoch, step)
@@ -328,9 +328,25 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     return 0
 
 
-def settle(stats: torch.Tensor, window: np.ndarray, epoch: int, step: int) -> np.ndarray:
-    """Read a step's all-reduced stats: add them to the log window, stop on a non-finite
-    loss, and return the (stop, save) flags."""
+def to_host(stats: torch.Tensor) -> tuple:
+    """Start a step's stats on their way to the host, and return at once: (host tensor,
+    CUDA event that marks the copy done, or None off CUDA). Reading a CUDA tensor
+    directly (.tolist()) would wait for everything queued since, the next step included."""
+    if stats.device.type != "cuda":
+        return stats, None
+    host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+    host.copy_(stats, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def settle(pending: tuple, window: np.ndarray, epoch: int, step: int) -> np.ndarray:
+    """Read a step's all-reduced stats (from to_host): add them to the log window, stop on
+    a non-finite loss, and return the (stop, save) flags."""
+    stats, done = pending
+    if done is not None:
+        done.synchronize()
     loss_sum, correct, n, stop, save_due = stats.tolist()
     if not math.isfinite(loss_sum):
         raise NonFiniteLoss(f"loss is {loss_sum} at epoch {epoch} step {step + 1}")

@@ -136,8 +136,9 @@ def test_defaults_to_torchs_fused_kernel():
 
 
 def test_lr_change_while_a_parameter_has_no_gradient():
-    """Buffers of parameters that skip a step are rescaled with the rest: when they next
-    step, they carry the paper's velocity, not one expressed at a stale lr."""
+    """A parameter whose first gradient comes after the others' starts from v = 0; buffers
+    of parameters that skip a step are rescaled with the rest: when they next step, they
+    carry the paper's velocity, not one expressed at a stale lr."""
     a, b = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
     b.load_state_dict(a.state_dict())
     opt = PaperSGD(a.parameters(), lr=0.1)
@@ -145,7 +146,7 @@ def test_lr_change_while_a_parameter_has_no_gradient():
     g = torch.Generator().manual_seed(0)
     for step, lr in enumerate([0.1, 0.1, 0.02, 0.02, 0.004]):
         grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in a.parameters()]
-        skip = step == 2                       # the bias has no gradient at the lr change
+        skip = step in (0, 2)   # the bias: its first gradient comes late; none at the lr change
         for p, gr in zip(a.parameters(), grads):
             p.grad = None if skip and p.dim() == 1 else gr.clone()
         opt.param_groups[0]["lr"] = lr

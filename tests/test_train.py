@@ -174,3 +174,21 @@ def test_two_ranks_end_to_end_with_an_empty_last_batch(tmp_path):
     assert (state["epoch"], state["global_step"], state["stream"]["world"]) == (1, 4, 2)
     images = [r["images"] for r in read_metrics(run) if r["event"] == "train"]
     assert images == [8, 8, 8, 1]               # global images per step, over both ranks
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_stats_reach_the_host_without_a_blocking_read(device):
+    """to_host starts the copy and returns; settle waits only for that copy."""
+    import numpy as np
+
+    from repro.train import NonFiniteLoss, settle, to_host
+
+    stats = torch.tensor([12.5, 7.0, 16.0, 0.0, 1.0], device=device)
+    host, done = to_host(stats)
+    assert host.device.type == "cpu" and (done is None) == (device == "cpu")
+    window = np.zeros(3)
+    flags = settle((host, done), window, epoch=0, step=3)
+    assert window.tolist() == [12.5, 7.0, 16.0] and flags.tolist() == [0.0, 1.0]
+    with pytest.raises(NonFiniteLoss, match="loss is nan at epoch 2 step 5"):
+        settle(to_host(torch.tensor([math.nan, 0, 1, 0, 0], device=device)), window, 2, 4)
