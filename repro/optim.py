@@ -31,10 +31,11 @@ class PaperSGD(torch.optim.SGD):
         if lr <= 0.0 or momentum < 0.0 or weight_decay < 0.0:
             raise ValueError(f"PaperSGD needs lr > 0, momentum >= 0, weight_decay >= 0, got "
                              f"{lr}, {momentum}, {weight_decay}")
-        params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
-        if fused is None and foreach is None:
-            tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
-            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
+        params = [dict(g, params=_as_tensors(g["params"])) if isinstance(g, dict) else g
+                  for g in _as_tensors(params)]
+        if fused is None and foreach is None:    # torch picks foreach; the fused kernel is faster
+            fused = all(t.is_floating_point() and t.device.type in ("cpu", "cuda")
+                        for g in params for t in (g["params"] if isinstance(g, dict) else [g]))
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          foreach=foreach, fused=fused or None)
 
@@ -72,6 +73,10 @@ class PaperSGD(torch.optim.SGD):
                     state[i]["momentum_buffer"] = state[i].pop("velocity") / -group["lr"]
                     group["buffer_lr"] = group["lr"]
         super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
+
+
+def _as_tensors(params) -> list:
+    return [params] if isinstance(params, torch.Tensor) else list(params)
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_biases: bool) -> list[dict]:

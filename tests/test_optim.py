@@ -189,3 +189,11 @@ def test_reads_checkpoints_that_kept_the_papers_velocity():
     paper_rule(ref, velocity, data[3:], LRS[3:])
     for a, b in zip(got, ref.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-15)
+
+
+def test_takes_parameters_as_torch_optimizers_do():
+    w, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
+    for params, sizes in [(w, [1]), ([w, b], [2]), (iter([w, b]), [2]),
+                          ([{"params": w}, {"params": iter([b])}], [1, 1])]:
+        opt = PaperSGD(params, lr=0.1)
+        assert [len(g["params"]) for g in opt.param_groups] == sizes
