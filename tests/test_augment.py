@@ -92,23 +92,25 @@ def test_noise_is_the_same_rgb_shift_for_every_pixel_and_reproducible(stats):
     assert not torch.allclose(a[0, :, 0, 0], a[1, :, 0, 0])   # one draw per image
 
 
-def test_compiled_normalizer_equals_eager(stats):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_compiled_normalizer_equals_eager(stats, device):
     """train.compile also compiles the normalizer into one kernel: the same numbers,
     in the dtype and memory format the model runs in, through a change of batch size."""
     path = stats[0]
     cfg = AugmentConfig(pca_std=0.1)
-    cpu = torch.device("cpu")
-    eager = Normalizer(path, cfg, cpu, channels_last=True, dtype=torch.bfloat16)
-    compiled = Normalizer(path, cfg, cpu, channels_last=True, dtype=torch.bfloat16, compile=True)
+    dev = torch.device(device)
+    eager = Normalizer(path, cfg, dev, channels_last=True, dtype=torch.bfloat16)
+    compiled = Normalizer(path, cfg, dev, channels_last=True, dtype=torch.bfloat16, compile=True)
     g = torch.Generator().manual_seed(0)
     for b in (4, 3):
         images = torch.randint(0, 256, (b, 3, 67, 67), dtype=torch.uint8, generator=g)
         ys, xs = torch.randint(0, 190, (b,), generator=g), torch.randint(0, 190, (b,), generator=g)
         flips = torch.randint(0, 2, (b,), generator=g)
-        a = eager(images, ys, xs, flips, step_generator(cpu, 0, 1, b))
-        c = compiled(images, ys, xs, flips, step_generator(cpu, 0, 1, b))
+        a = eager(images, ys, xs, flips, step_generator(dev, 0, 1, b))
+        c = compiled(images, ys, xs, flips, step_generator(dev, 0, 1, b))
         assert c.dtype == torch.bfloat16 and c.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(a, c)
-        expect = (images.float() - eager.mean_crops(ys, xs, flips, 67)
-                  + eager.pca_noise(b, step_generator(cpu, 0, 1, b))[:, :, None, None])
+        expect = (images.to(dev).float() - eager.mean_crops(ys, xs, flips, 67)
+                  + eager.pca_noise(b, step_generator(dev, 0, 1, b))[:, :, None, None])
         assert torch.equal(c, expect.to(torch.bfloat16))
