@@ -76,3 +76,13 @@ def test_cli_prints_resolved_config(capsys):
     assert printed["optim"]["lr"] == 0.05 and printed["model"]["groups"] == 2
     assert main(["config", str(PAPER), "optim.nope=1"]) == 2
     assert "optim.nope" in capsys.readouterr().err
+
+
+def test_fast_config_is_the_paper_config_with_speed_switches_only():
+    paper = load_config(CONFIGS / "alexnet_paper.yaml").to_dict()
+    fast = load_config(CONFIGS / "alexnet_fast.yaml").to_dict()
+    differ = {(section, key) for section in paper for key in paper[section]
+              if paper[section][key] != fast[section][key]}
+    assert differ == {("train", "precision"), ("train", "channels_last"), ("train", "compile")}
+    assert (fast["train"]["precision"], fast["train"]["channels_last"], fast["train"]["compile"]) \
+        == ("bf16", True, True)
