@@ -39,3 +39,16 @@ def test_every_named_config_key_exists():
                 assert key in config[section], f"{section}.{key} (for {detail!r})"
                 named += 1
     assert named > 20
+
+
+def test_every_named_function_exists():
+    named = 0
+    for detail, _, code, _ in table_rows():
+        for path, name in re.findall(r"([\w/]+\.py)::(\w+)", code):
+            files = [ROOT / path] if "/" in path else [ROOT / d / path for d in ("repro", "data_prep")]
+            sources = [f.read_text() for f in files if f.is_file()]
+            assert sources, f"{path} (for {detail!r})"
+            assert any(re.search(rf"^\s*(def|class) {name}\b|^{name} = ", s, re.M) for s in sources), \
+                f"{path}::{name} (for {detail!r})"
+            named += 1
+    assert named > 10
