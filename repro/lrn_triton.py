@@ -34,8 +34,10 @@ def _s(X, rows, cols, row_ok, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.con
 
 
 @triton.jit
-def _forward(X, Y, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
-             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k, beta):
+def _tile(X, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
+          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k):
+    """This program's block of pixels (all channels): its rows, their mask, the offsets
+    and mask of the tile, s over it, and x (fp32)."""
     rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tl.arange(0, BLOCK_C)
     row_ok = rows < P
@@ -43,6 +45,13 @@ def _forward(X, Y, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
     s = _s(X, rows, cols, row_ok, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
     offs = rows[:, None] * C + cols[None, :]
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    return rows, row_ok, offs, mask, s, x
+
+
+@triton.jit
+def _forward(X, Y, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
+             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k, beta):
+    rows, row_ok, offs, mask, s, x = _tile(X, P, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
     y = x * tl.exp2(-beta * tl.log2(s))
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
@@ -50,13 +59,7 @@ def _forward(X, Y, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
 @triton.jit
 def _backward_t(X, G, T, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k, beta):
-    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    cols = tl.arange(0, BLOCK_C)
-    row_ok = rows < P
-    mask = row_ok[:, None] & (cols < C)[None, :]
-    s = _s(X, rows, cols, row_ok, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
-    offs = rows[:, None] * C + cols[None, :]
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    rows, row_ok, offs, mask, s, x = _tile(X, P, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
     t = g * x * tl.exp2((-beta - 1.0) * tl.log2(s))
     tl.store(T + offs, t, mask=mask)
@@ -65,19 +68,14 @@ def _backward_t(X, G, T, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.const
 @triton.jit
 def _backward_x(X, G, T, DX, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, coeff, k, beta):
-    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    rows, row_ok, offs, mask, s, x = _tile(X, P, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
     cols = tl.arange(0, BLOCK_C)
-    row_ok = rows < P
-    mask = row_ok[:, None] & (cols < C)[None, :]
-    s = _s(X, rows, cols, row_ok, C, GROUP, SIZE, BLOCK_P, BLOCK_C, coeff, k)
     back = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for d in tl.static_range(SIZE):           # odd size: the window is its own transpose
         c2 = cols + (d - SIZE // 2)
         ok = (c2 >= 0) & (c2 < C) & (c2 // GROUP == cols // GROUP)
         back += tl.load(T + rows[:, None] * C + c2[None, :], mask=row_ok[:, None] & ok[None, :],
                         other=0.0)
-    offs = rows[:, None] * C + cols[None, :]
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
     dx = g * tl.exp2(-beta * tl.log2(s)) - (2.0 * coeff * beta) * x * back
     tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
