@@ -32,6 +32,8 @@ from repro.distributed import Dist, pick_device
 
 IMAGENET_TRAIN = 1_281_167
 CONFIG = Path(__file__).parent.parent / "configs" / "alexnet_paper.yaml"
+TOKENS = {"fp32", "bf16", "cl", "compile", "cg", "nolrn", "ref", "fused", "triton", "gpudec", "cpu",
+          "split", "pad4", "pad8"}
 
 
 def sync(device):
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="fp32,bf16,bf16+cl,bf16+cl+compile",
                    help="synthetic step variants, comma-separated; each joins tokens with +: "
                         "fp32|bf16, cl (channels_last), compile, cg (with compile: CUDA graphs), "
-                        "nolrn, ref|fused|triton (LRN), gpudec (GPU JPEG decode)")
+                        "nolrn, ref|fused|triton (LRN), gpudec (GPU JPEG decode), split (grouped "
+                        "convs per group), pad4|pad8 (conv1's input padded to 4 or 8 channels)")
     p.add_argument("--loaders", default="cpu,gpudec", help="loader variants (gpudec: GPU decode)")
     p.add_argument("--end-to-end", default="bf16+cl+compile,bf16+cl+compile+gpudec",
                    help="end-to-end variants")
@@ -272,13 +275,20 @@ def main(argv=None) -> int:
     def config(variant: str, extra=()):
         """Variant tokens joined by '+': fp32|bf16, cl (channels_last), compile, nolrn,
         ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode), cg (with compile:
-        CUDA graphs, compile mode reduce-overhead)."""
-        tokens = set(variant.split("+"))
+        CUDA graphs, compile mode reduce-overhead), split (train.split_groups), pad4|pad8
+        (train.pad_input_channels)."""
+        tokens = set(variant.split("+")) - {""}
+        unknown = tokens - TOKENS
+        if unknown:
+            p.error(f"variant {variant!r}: unknown {sorted(unknown)}; tokens are {sorted(TOKENS)}")
         impl = next((t for t in ("ref", "fused", "triton") if t in tokens), "auto")
+        pad = next((int(t[3:]) for t in tokens if t in ("pad4", "pad8")), 0)
         cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
                                    f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
                                    f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}",
-                                   f"train.compile_mode={'reduce-overhead' if 'cg' in tokens else 'default'}"])
+                                   f"train.compile_mode={'reduce-overhead' if 'cg' in tokens else 'default'}",
+                                   f"train.split_groups={'split' in tokens}",
+                                   f"train.pad_input_channels={pad}"])
         cfg.train.precision = "bf16" if "bf16" in tokens else "fp32"
         cfg.train.channels_last, cfg.train.compile = "cl" in tokens, "compile" in tokens
         if "nolrn" in tokens:

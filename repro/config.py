@@ -96,6 +96,8 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"    # torch.compile mode; reduce-overhead = CUDA graphs
     lrn_impl: str = "auto"           # auto | reference | fused | triton: the same function
+    split_groups: bool = False       # grouped convs as one conv per group: the same function
+    pad_input_channels: int = 0      # conv1's input zero-padded to this many channels (0: off)
     parallel: str = "ddp"            # ddp (also single process) | towers
     deterministic: bool = False
     log_every: int = 50
@@ -158,7 +160,7 @@ POSITIVE = ("model.num_classes", "model.in_channels", "model.lrn_size",
 NON_NEGATIVE = ("model.conv1_padding", "model.lrn_alpha", "model.lrn_k", "model.weight_std",
                 "optim.momentum", "optim.weight_decay", "schedule.patience", "schedule.threshold",
                 "schedule.max_drops", "data.workers", "data.shuffle_buffer", "data.steps_per_epoch",
-                "data.val_limit", "augment.pca_std")
+                "data.val_limit", "augment.pca_std", "train.pad_input_channels")
 
 
 def _check_type(value, tp, key: str, where: str):

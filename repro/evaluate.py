@@ -23,8 +23,7 @@ from repro.augment import Normalizer
 from repro.config import Config, config_from_dict, model_kwargs
 from repro.data import STORED, EpochPlan, loader, read_manifest, split_shards
 from repro.distributed import pick_device
-from repro.lrn import set_impl as set_lrn_impl
-from repro.model import build_model
+from repro.model import build_model, set_impls
 from repro.tracking import interactive
 
 
@@ -97,7 +96,7 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
         raise EvalError(f"{path}: not a repro checkpoint (no 'config' or 'model' entry)")
     cfg = config_from_dict(state["config"], where=str(path))
     model = build_model(model_kwargs(cfg))
-    set_lrn_impl(model, cfg.train.lrn_impl)
+    set_impls(model, cfg.train)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     if cfg.train.channels_last:

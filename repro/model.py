@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.lrn import LocalResponseNorm
+from repro.lrn import LocalResponseNorm, set_impl as set_lrn_impl
 
 # Figure 2: conv layer -> (kernels, kernel size, stride). conv2..conv5 use "same"
 # padding (kernel // 2); conv1's padding is a knob (0 in the paper at 227 input).
@@ -47,6 +47,26 @@ def feature_size(input_size: int, conv1_padding: int, pool_kernel: int, pool_str
                                  f"after {name} (input_size={input_size})")
             size = (size - pool_kernel) // pool_stride + 1
     return size
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same function) with two other ways to run it, set by
+    set_impls for speed: split_groups runs a grouped convolution as one convolution per
+    group (cuDNN's grouped kernels have been slow for some shapes and layouts), and
+    pad_to appends zero input channels, with zero weights for them, up to pad_to
+    (conv1 only: NHWC tensor-core kernels want 4 or 8 input channels, not RGB's 3)."""
+    split_groups = False
+    pad_to = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.pad_to > x.shape[1]:
+            extra = (0, 0, 0, 0, 0, self.pad_to - x.shape[1])
+            x, w = F.pad(x, extra), F.pad(w, extra)
+        if self.split_groups and self.groups > 1:
+            parts = zip(x.chunk(self.groups, 1), w.chunk(self.groups), self.bias.chunk(self.groups))
+            return torch.cat([F.conv2d(xg, wg, bg, self.stride, self.padding) for xg, wg, bg in parts], 1)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, groups=self.groups)
 
 
 class AlexNet(nn.Module):
@@ -91,7 +111,7 @@ class AlexNet(nn.Module):
             channels = in_channels
             for name, (_, kernel, stride) in CONVS.items():
                 padding = conv1_padding if name == "conv1" else kernel // 2
-                setattr(self, name, nn.Conv2d(channels, widths[name], kernel, stride, padding,
+                setattr(self, name, Conv2d(channels, widths[name], kernel, stride, padding,
                                               groups=groups if name in GROUPED else 1))
                 channels = widths[name]
             self.fc6 = nn.Linear(channels * side * side, FC_WIDTH)
@@ -137,6 +157,20 @@ class AlexNet(nn.Module):
         x = self.drop6(F.relu(self.fc6(x)))
         x = self.drop7(F.relu(self.fc7(x)))
         return self.fc8(x)  # logits; the softmax lives in the loss
+
+
+def set_impls(model: nn.Module, train) -> None:
+    """Apply the train section's implementation switches (lrn_impl, split_groups,
+    pad_input_channels), none of which changes the function the model computes."""
+    set_lrn_impl(model, train.lrn_impl)
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.split_groups = train.split_groups
+    pad = train.pad_input_channels
+    if pad and pad < model.conv1.in_channels:
+        raise ValueError(f"train.pad_input_channels={pad} is fewer than conv1's "
+                         f"{model.conv1.in_channels} input channels")
+    model.conv1.pad_to = pad
 
 
 def build_model(model_cfg: dict) -> AlexNet:

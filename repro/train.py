@@ -26,8 +26,7 @@ from repro.data import (EpochPlan, device_images, device_loader, empty_batch, ev
                         read_manifest, split_shards)
 from repro.distributed import pick_device
 from repro.evaluate import topk_correct
-from repro.lrn import set_impl as set_lrn_impl
-from repro.model import build_model
+from repro.model import build_model, set_impls
 from repro.optim import PaperSGD, param_groups
 from repro.schedule import Schedule
 from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
@@ -60,7 +59,7 @@ def place_model(cfg: Config, d, device: torch.device) -> torch.nn.Module:
     """The model on its device(s): one device (also under DDP), or the paper's two
     towers (train.parallel = towers: one process driving two GPUs, or one device twice)."""
     model = build_model(model_kwargs(cfg))
-    set_lrn_impl(model, cfg.train.lrn_impl)
+    set_impls(model, cfg.train)
     if cfg.train.parallel == "towers":
         if d.world > 1:
             raise SystemExit("train.parallel = towers is one process driving two devices: "

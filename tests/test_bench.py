@@ -44,7 +44,7 @@ def test_bench_stages_other_than_a_need_data(capsys):
 
 def test_bench_profile_ranks_the_steps_ops(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--stages", "a", "--variants", "fp32", "--steps", "1", "--profile", "2",
+    assert main(["bench", "--stages", "a", "--variants", "fp32+split+pad4", "--steps", "1", "--profile", "2",
                  "--json", str(out), "data.batch_size=2", "data.crop_size=67"]) == 0
     profile = json.loads(out.read_text())["profile"]
     times = [e["ms_per_step"] for e in profile]
@@ -52,4 +52,12 @@ def test_bench_profile_ranks_the_steps_ops(tmp_path, capsys):
     assert 0 < sum(e["share"] for e in profile) <= 1.0 + 1e-9
     # a training step of AlexNet on the CPU spends its time in convolutions and matmuls
     assert any("conv" in e["name"] or "mm" in e["name"] for e in profile[:5])
-    assert "profile of fp32, per step" in capsys.readouterr().out
+    # split: conv2, conv4 and conv5 run as two convolutions each, 5 + 3 in all
+    assert next(e for e in profile if e["name"] == "aten::convolution_backward")["calls_per_step"] == 8
+    assert "profile of fp32+split+pad4, per step" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_unknown_variant_token(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--stages", "a", "--variants", "bf16+pad6"])
+    assert "unknown ['pad6']" in capsys.readouterr().err

@@ -199,3 +199,39 @@ def test_build_model_from_dict():
     assert model.conv1.in_channels == 1 and model.fc8.out_features == 10
     with pytest.raises(ValueError, match="lrn_n"):
         build_model(D2L | {"lrn_n": 5})
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("split, pad", [(True, 0), (False, 4), (True, 8)])
+def test_conv_switches_compute_the_same_function(split, pad, channels_last):
+    from types import SimpleNamespace
+
+    from repro.model import set_impls
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 3, 67, 67, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
+    plain = AlexNet(**SMALL, seed=0, bias_value=0.1).to(memory_format=fmt)
+    switched = AlexNet(**SMALL, seed=0, bias_value=0.1).to(memory_format=fmt)
+    set_impls(switched, SimpleNamespace(lrn_impl="reference", split_groups=split, pad_input_channels=pad))
+    assert switched.conv1.pad_to == pad and switched.conv2.split_groups == split
+    outs = []
+    for model in (plain, switched):
+        out = model.eval()(x * 50)
+        out.square().sum().backward()
+        outs.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (out, grads), (out_s, grads_s) = outs
+    torch.testing.assert_close(out_s, out, rtol=1e-5, atol=1e-6)
+    assert grads_s.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_s[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert list(switched.state_dict()) == list(plain.state_dict())
+
+
+def test_pad_input_channels_below_the_input_is_refused():
+    from types import SimpleNamespace
+
+    from repro.model import set_impls
+
+    with pytest.raises(ValueError, match="pad_input_channels=2 is fewer than conv1's 3"):
+        set_impls(AlexNet(**SMALL), SimpleNamespace(lrn_impl="auto", split_groups=False,
+                                                    pad_input_channels=2))
