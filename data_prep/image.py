@@ -21,6 +21,7 @@ central 256x256 patch. Here precisely:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -34,6 +35,18 @@ SUBSAMPLING = "4:2:0"  # libjpeg's default at quality 95, written down so it can
 
 class UnreadableImage(Exception):
     """The bytes are not an image Pillow can decode (truncated, empty, garbage)."""
+
+
+# Pillow's messages can hold an object's repr ("cannot identify image file <_io.BytesIO
+# object at 0x7f...>"); the address differs every run and would make the manifest differ.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def error_text(e: BaseException) -> str:
+    """'ExceptionClass: message', with memory addresses removed so it is the same every run."""
+    return _ADDRESS.sub("", f"{type(e).__name__}: {e}")
 
 
 @dataclass
@@ -93,8 +106,8 @@ def decode_256(data: bytes, size: int = SIZE, draft: bool = True) -> Decoded:
                     scale = width / res[1][2]
             im.load()
             im = _to_rgb(im, notes)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise UnreadableImage(f"{type(e).__name__}: {e}") from None
+        except DECODE_ERRORS as e:
+            raise UnreadableImage(error_text(e)) from None
     for w in caught:
         notes.append(f"warning: {w.message}")
     new_w, new_h, left, top = crop_geometry(width, height, size)

@@ -3,8 +3,10 @@
 Re-hashes every shard and stats.npz, reads every tar header to count samples
 and check that each has jpg/cls/wnid with a class index that matches the
 class list, and flags shard files the manifest does not name. ``--decode``
-also decodes every JPEG and checks it is 256x256 RGB. Exit status 0 if all is
-well, 1 with a list of problems otherwise.
+also fully decodes every JPEG and checks it is RGB at the manifest's image size
+(256x256). Exit status 0 if all is well, 1 with a list of problems otherwise;
+bad bytes anywhere are reported as problems naming the shard and sample, never
+raised.
 """
 from __future__ import annotations
 
@@ -19,13 +21,49 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .image import DECODE_ERRORS, SIZE, error_text
 from .manifest import STATS, load_manifest
 from .stats import STATS_KEYS
 
 EXTS = ("cls", "jpg", "wnid")
 
 
-def _check_shard(path: Path, entry: dict, classes: list[str], decode: bool) -> list[str]:
+def _check_image(jpg: bytes, size: int) -> str | None:
+    """What is wrong with one sample's JPEG bytes, or None. Decodes every pixel: Image.open
+    alone reads only the header, so a truncated JPEG would pass."""
+    try:
+        with Image.open(io.BytesIO(jpg)) as im:
+            im.load()
+            if im.format != "JPEG" or im.mode != "RGB" or im.size != (size, size):
+                return f"is {im.format} {im.mode} {im.size[0]}x{im.size[1]}, expected JPEG RGB {size}x{size}"
+    except DECODE_ERRORS as e:
+        return f"does not decode ({error_text(e)})"
+    return None
+
+
+def _check_sample(s: dict[str, bytes], classes: list[str], decode: bool, size: int) -> list[str]:
+    """What is wrong with one sample {ext: bytes}; bad bytes are reported, never raised."""
+    problems = []
+    try:
+        cls = int(s["cls"].decode("ascii"))
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        cls = None
+        problems.append(f"cls is not an integer: {s['cls'][:40]!r}")
+    try:
+        wnid = s["wnid"].decode("utf-8")
+    except UnicodeDecodeError:
+        wnid = None
+        problems.append(f"wnid is not UTF-8 text: {s['wnid'][:40]!r}")
+    if cls is not None and wnid is not None and (not 0 <= cls < len(classes) or classes[cls] != wnid):
+        problems.append(f"has cls {cls} but wnid {wnid}")
+    if decode:
+        bad = _check_image(s["jpg"], size)
+        if bad:
+            problems.append(f"jpg {bad}")
+    return problems
+
+
+def _check_shard(path: Path, entry: dict, classes: list[str], decode: bool, size: int) -> list[str]:
     problems = []
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
@@ -35,6 +73,9 @@ def _check_shard(path: Path, entry: dict, classes: list[str], decode: bool) -> l
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for m in tar:
+                if not m.isfile():  # extractfile() gives None for links and directories
+                    problems.append(f"{path.name}: member {m.name} is not a regular file")
+                    continue
                 key, _, ext = m.name.partition(".")
                 if key not in samples:
                     samples[key] = {}
@@ -49,13 +90,7 @@ def _check_shard(path: Path, entry: dict, classes: list[str], decode: bool) -> l
         if sorted(s) != sorted(EXTS):
             problems.append(f"{path.name}: sample {key} has {sorted(s)}, expected {list(EXTS)}")
             continue
-        cls, wnid = int(s["cls"]), s["wnid"].decode()
-        if not 0 <= cls < len(classes) or classes[cls] != wnid:
-            problems.append(f"{path.name}: sample {key} has cls {cls} but wnid {wnid}")
-        if decode:
-            im = Image.open(io.BytesIO(s["jpg"]))
-            if im.format != "JPEG" or im.mode != "RGB" or im.size != (256, 256):
-                problems.append(f"{path.name}: sample {key} is {im.format} {im.mode} {im.size}")
+        problems += [f"{path.name}: sample {key} {p}" for p in _check_sample(s, classes, decode, size)]
     return problems
 
 
@@ -67,6 +102,7 @@ def verify(directory: Path | str, decode: bool = False, progress: bool = False) 
     except (OSError, ValueError) as e:
         return [f"cannot read the manifest: {e}"]
     problems, named = [], set()
+    size = m.get("settings", {}).get("image", {}).get("size", SIZE)  # what the build cropped to
     entries = [(split, e) for split, s in m["splits"].items() for e in s["shards"]]
     for split, s in m["splits"].items():
         if sum(e["count"] for e in s["shards"]) != s["count"]:
@@ -77,7 +113,7 @@ def verify(directory: Path | str, decode: bool = False, progress: bool = False) 
         if not path.is_file():
             problems.append(f"{e['name']}: missing")
             continue
-        problems += _check_shard(path, e, m["classes"], decode)
+        problems += _check_shard(path, e, m["classes"], decode, size)
     strays = sorted(p.name for p in d.glob("*.tar") if p.name not in named)
     problems += [f"{n}: not in the manifest" for n in strays]
     if "stats" in m:

@@ -102,6 +102,13 @@ def test_unreadable_files_raise(data):
         decode_256(data)
 
 
+def test_unreadable_reason_has_no_memory_address():
+    # the reason goes into the manifest, which must be the same on every run
+    with pytest.raises(UnreadableImage) as e:
+        decode_256(b"not an image at all")
+    assert str(e.value) == "UnidentifiedImageError: cannot identify image file <_io.BytesIO object>"
+
+
 def test_encode_is_deterministic_256_rgb_jpeg():
     px = decode_256(_bytes(_rgb(320, 240), "PNG")).pixels
     a, b = encode_jpeg(px, 95), encode_jpeg(px, 95)
