@@ -44,7 +44,7 @@ from tqdm import tqdm
 from . import atomic, image
 from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
 from .shardfile import ShardWriter
-from .sources import SPLITS, Record, Source, SourceError, open_source, read_record
+from .sources import EXPECTED, SPLITS, Record, Source, SourceError, open_source, read_record
 from .stats import Sums, finalize, save_stats
 
 DEFAULT_SHARD_SIZE = 1024
@@ -109,6 +109,9 @@ def build_shard(task: tuple[str, int, list[Record]]) -> dict:
             except image.UnreadableImage as e:
                 skipped.append({"key": r.key, "path": r.origin, "reason": str(e)})
                 continue
+            except OSError as e:  # no permission, an I/O error: listed, not fatal
+                skipped.append({"key": r.key, "path": r.origin, "reason": f"cannot read: {e.strerror or e}"})
+                continue
             if dec.notes:
                 converted.append({"key": r.key, "path": r.origin, "notes": dec.notes})
             w.add(r.key, image.encode_jpeg(dec.pixels, quality), labels[r.wnid], r.wnid)
@@ -149,8 +152,9 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
 
 
-def _claim_out(out: Path, settings: dict) -> dict | None:
-    """Make `out` ours for this build; returns the manifest if the build is already complete."""
+def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
+    """Make `out` ours for this build; returns the manifest if the build is already complete.
+    alone: no other process (a --part) can be building in `out`."""
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
         if old.get("settings") == settings:
@@ -161,6 +165,12 @@ def _claim_out(out: Path, settings: dict) -> dict | None:
     work = out / WORK
     if (work / "settings.json").exists():
         old = json.loads((work / "settings.json").read_text())
+        # A build that failed before its first shard (say, a wrong --source) holds nothing to keep.
+        if (old != settings and alone and not any((work / "parts").glob("*.json"))
+                and not any(out.glob("*-*.tar"))):
+            (work / "plan.json").unlink(missing_ok=True)
+            atomic.write_json(work / "settings.json", settings)
+            old = settings
         if old != settings:
             raise BuildError(f"{out} holds an unfinished build with other settings ({_diff(old, settings)}); "
                              "rerun that command to finish it, or use another --out")
@@ -204,6 +214,16 @@ def _progress_enabled(choice: str) -> bool:
     if choice != "auto":
         return choice == "on"
     return sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ
+
+
+def _nothing_to_build(src: Source, split: str) -> str:
+    why = [f"{len(src.unlabelled[split])} image files could not be labelled"] if src.unlabelled[split] else []
+    why += [f"{src.ignored[split]} files are not images by their suffix"] if src.ignored[split] else []
+    first = src.unlabelled[split][:1]
+    return (f"{split}: no images to build under {src.root} ({src.layout} layout)"
+            + (f": {'; '.join(why)}" if why else "")
+            + (f" (first: {first[0]['path']}: {first[0]['reason']})" if first else "")
+            + f"\n{EXPECTED}")
 
 
 def _count_check(src: Source, split: str, records: list[Record], log) -> dict:
@@ -252,11 +272,11 @@ def build(args, log=print) -> dict | None:
         lock = _lock(out, fcntl.LOCK_SH | fcntl.LOCK_NB)
     try:
         if part is None:
-            done = _claim_out(out, settings)
+            done = _claim_out(out, settings, alone=True)
         else:
             merge_lock = _lock(out, fcntl.LOCK_EX, "merge.lock")
             try:
-                done = _claim_out(out, settings)
+                done = _claim_out(out, settings, alone=False)
             finally:
                 _unlock(merge_lock)
         if done is not None:
@@ -306,6 +326,8 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
     for split in args.splits:
         t = time.time()
         records = src.records(split, cache_dir=work, imap=imap_ordered)
+        if not records:
+            raise BuildError(_nothing_to_build(src, split))
         info = _count_check(src, split, records, log)
         plans[split] = plan_split(records, split, args.shard_size, args.seed, args.limit)
         info["plan_sha256"] = plan_digest(plans[split])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
@@ -29,6 +30,7 @@ SPLITS = ("train", "val")
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
 KAGGLE_DATA = Path("ILSVRC/Data/CLS-LOC")
 KAGGLE_MAPPING, KAGGLE_VAL = "LOC_synset_mapping.txt", "LOC_val_solution.csv"
+WNID = re.compile(r"n\d{8}")  # a WordNet noun id: the name of every ImageNet class folder
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 # ILSVRC2012 itself, used as the expected counts when 1000 classes and no devkit say otherwise.
 ILSVRC2012_COUNTS = {"train": 1_281_167, "val": 50_000}
@@ -83,6 +85,10 @@ class Source:
         """All images of `split`, sorted by key. `imap` parallelises tar indexing."""
         lister = {"official": self._official, "folder": self._folder, "kaggle": self._kaggle}[self.layout]
         records = sorted(lister(split, cache_dir, imap), key=lambda r: r.key)
+        for r in records:
+            if not _printable_utf8(r.key):
+                raise SourceError(f"{r.origin!r}: a file name that is not printable UTF-8 cannot be a "
+                                  "WebDataset key; rename it")
         dup = [a.key for a, b in zip(records, records[1:]) if a.key == b.key]
         if dup:
             raise SourceError(f"{split}: {len(dup)} file names occur twice (keys must be unique): {dup[:5]}")
@@ -96,7 +102,8 @@ class Source:
         """How many images the devkit (or ILSVRC2012 itself) says `split` has, and who says so."""
         dk = self.devkit
         if split == "train" and dk and dk.num_train_images:
-            return sum(dk.num_train_images[w] for w in self.wnids), f"{DEVKIT_NAME} meta.mat num_train_images"
+            # over the devkit's classes, not the ones found: a class folder missing is a shortfall
+            return sum(dk.num_train_images.values()), f"{DEVKIT_NAME} meta.mat num_train_images"
         if split == "val" and dk:
             return len(dk.val_wnids), f"{DEVKIT_NAME} validation ground truth"
         if split == "val" and self.layout == "kaggle" and self._kaggle_val_labels is not None:
@@ -125,25 +132,35 @@ class Source:
     # ---- extracted trees -------------------------------------------------------------
     def _files(self, split: str, directory: Path) -> Iterable[Path]:
         for e in sorted(os.scandir(directory), key=lambda e: e.name):
-            if e.name.startswith(".") or not e.is_file():
+            if e.name.startswith("."):
                 continue
-            if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+            image = os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+            if image and e.is_file():
                 yield Path(e.path)
-            else:
+            elif image or not e.is_dir():  # a text file, a dangling link, a folder named x.JPEG
                 self.ignored[split] += 1
 
     def _class_dirs(self, split: str, top: Path) -> Iterable[Record]:
-        for wnid in _subdirs(top):
+        for wnid in class_dirs(top):
             for p in self._files(split, top / wnid):
                 yield Record(split, key_of(p.name), wnid, str(p), -1, -1, str(p.relative_to(self.root)))
 
+    def _labelled_files(self, split: str, top: Path, labels: dict[str, str], who: str) -> Iterable[Record]:
+        """The images directly in `top` (a flat val folder), labelled by key from `who`."""
+        for p in self._files(split, top):
+            key, origin = key_of(p.name), str(p.relative_to(self.root))
+            if key not in labels:
+                self.unlabelled[split].append({"key": key, "path": origin, "reason": f"not in {who}"})
+                continue
+            yield Record(split, key, labels[key], str(p), -1, -1, origin)
+
     def _folder(self, split, cache_dir, imap) -> Iterable[Record]:
         top = self.root / split
-        if split == "val" and any(self._files(split, top)):
-            raise SourceError(f"{top} holds image files directly; the folder layout needs val/<wnid>/* "
-                              "(torchvision's layout). Use the official tarballs with the devkit instead.")
-        self.ignored[split] = 0
-        return self._class_dirs(split, top)
+        if split == "val":  # a flat val folder, as extracted from the tarball: the devkit labels it
+            labels, who = ((self.devkit.val_labels(), f"{DEVKIT_NAME}'s validation ground truth")
+                           if self.devkit else ({}, f"val/<wnid>/ folders, and no {DEVKIT_NAME} to label it"))
+            yield from self._labelled_files(split, top, labels, who)
+        yield from self._class_dirs(split, top)
 
     _kaggle_val_labels: dict[str, str] | None = None
 
@@ -152,18 +169,31 @@ class Source:
         if split == "train":
             yield from self._class_dirs(split, top)
             return
-        labels = self._kaggle_val_labels
-        for p in self._files(split, top):
-            key = key_of(p.name)
-            origin = str(p.relative_to(self.root))
-            if key not in labels:
-                self.unlabelled[split].append({"key": key, "path": origin, "reason": f"not in {KAGGLE_VAL}"})
-                continue
-            yield Record(split, key, labels[key], str(p), -1, -1, origin)
+        yield from self._labelled_files(split, top, self._kaggle_val_labels, KAGGLE_VAL)
+        yield from self._class_dirs(split, top)  # val sorted into <wnid>/ folders (valprep.sh)
+
+
+def _printable_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # undecodable bytes in a file name arrive as lone surrogates
+    except UnicodeEncodeError:
+        return False
+    return name.isprintable()
 
 
 def _subdirs(directory: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+
+
+def class_dirs(top: Path) -> list[str]:
+    """The class folders under `top`: those named like WNIDs (lost+found and the like are
+    not classes). A class still packed as <wnid>.tar is an error, not a missing class."""
+    packed = sorted(e.name for e in os.scandir(top)
+                    if e.name.endswith(".tar") and WNID.fullmatch(e.name[:-4]) and e.is_file())
+    if packed:
+        raise SourceError(f"{top / packed[0]}: a class archive not extracted ({len(packed)} in {top}); "
+                          f"extract each into {top}/<wnid>/, or point --source at the official tarballs")
+    return [d for d in _subdirs(top) if WNID.fullmatch(d)]
 
 
 # ---- the train tar index, built in parallel and cached in the output directory ----------
@@ -203,7 +233,8 @@ def detect_layouts(root: Path) -> list[str]:
 
 
 def _require(root: Path, layout: str, names: Iterable[str]) -> None:
-    missing = [n for n in names if not (root / n).exists()]
+    # archives and lists (names with a suffix) are files, the rest folders
+    missing = [n for n in names if not ((root / n).is_file() if "." in n else (root / n).is_dir())]
     if missing:
         raise SourceError(f"{root} looks like the {layout} layout but lacks {', '.join(missing)}\n{EXPECTED}")
 
@@ -233,18 +264,46 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
     if layout == "folder":
         _require(root, layout, splits if "train" in splits else ["train"] + splits)
         dk = read_devkit(root / DEVKIT_NAME) if (root / DEVKIT_NAME).is_file() else None
-        return Source(root, layout, _subdirs(root / "train"), dk.words if dk else {}, dk)
+        # With the devkit its 1000 classes are the class list (as for the tarballs), so a class
+        # folder missing shifts no label; it shows in the count check instead.
+        classes = dk.wnids if dk else class_dirs(root / "train")
+        if not classes:
+            raise SourceError(f"{root / 'train'} holds no class folders named like WNIDs (n01440764, ...)\n{EXPECTED}")
+        return Source(root, layout, classes, dk.words if dk else {}, dk)
     # kaggle
     _require(root, layout, [KAGGLE_MAPPING] + [str(KAGGLE_DATA / s) for s in splits]
              + ([KAGGLE_VAL] if "val" in splits else []))
     words = {}
-    for line in (root / KAGGLE_MAPPING).read_text().splitlines():
+    mapping = root / KAGGLE_MAPPING
+    for n, line in enumerate(mapping.read_text(encoding="utf-8-sig").splitlines(), 1):
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
+            if not WNID.fullmatch(wnid):
+                raise SourceError(f"{mapping}:{n}: {wnid!r} is not a WNID (expected 'n01440764 tench, ...')")
             words[wnid] = name
     src = Source(root, layout, sorted(words), words)
     if "val" in splits:
-        with open(root / KAGGLE_VAL, newline="") as f:
-            src._kaggle_val_labels = {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(f)}
+        src._kaggle_val_labels = read_kaggle_val(root / KAGGLE_VAL)
     return src
+
+
+def read_kaggle_val(path: Path) -> dict[str, str]:
+    """LOC_val_solution.csv: ImageId -> the WNID that starts its PredictionString."""
+    labels = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        header = [h.strip().lower() for h in next(rows, [])]
+        if "imageid" not in header or "predictionstring" not in header:
+            raise SourceError(f"{path}: expected the header 'ImageId,PredictionString', got {','.join(header)!r}")
+        image, pred = header.index("imageid"), header.index("predictionstring")
+        for n, row in enumerate(rows, 2):
+            if not any(cell.strip() for cell in row):
+                continue
+            fields = row[pred].split() if len(row) > max(image, pred) else []
+            if not fields or not WNID.fullmatch(fields[0]):
+                raise SourceError(f"{path}:{n}: no WNID at the start of the PredictionString ({row!r})")
+            key = key_of(row[image].strip())  # also ids written with their .JPEG suffix
+            if labels.setdefault(key, fields[0]) != fields[0]:
+                raise SourceError(f"{path}:{n}: {key} is labelled {labels[key]} above and {fields[0]} here")
+    return labels
 

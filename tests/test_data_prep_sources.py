@@ -1,0 +1,153 @@
+"""ImageNet as users really have it: val sorted or flat, CSV quirks, stray and packed class
+folders, empty splits, unreadable files, odd names. Each either builds the right labels or
+fails with an error that names the file."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from data_prep import build_shards as bs
+from data_prep.build_shards import BuildError
+from data_prep.sources import KAGGLE_DATA, KAGGLE_VAL, Record, SourceError
+from data_prep_helpers import build, fixture, manifest, read_split
+
+TINY = dict(classes=3, train_per_class=2, val_per_class=2)
+
+
+def val_labels(out) -> dict[str, str]:
+    return {k: w for k, _, _, w in read_split(out, "val")}
+
+
+def expected_val(desc) -> dict[str, str]:
+    return {k: w for k, w in desc["labels"]["val"].items() if k not in desc["unreadable"]["val"]}
+
+
+def test_kaggle_val_sorted_into_class_folders(tmp_path):
+    """valprep.sh's layout: val/<wnid>/*.JPEG, the CSV beside it."""
+    desc = fixture(tmp_path / "src", "kaggle", **TINY)
+    val = tmp_path / "src" / KAGGLE_DATA / "val"
+    for p in sorted(val.iterdir()):
+        wnid = desc["labels"]["val"].get(p.stem)
+        if wnid:
+            (val / wnid).mkdir(exist_ok=True)
+            p.rename(val / wnid / p.name)
+    build(tmp_path / "src", tmp_path / "out")
+    assert val_labels(tmp_path / "out") == expected_val(desc)
+
+
+def test_kaggle_csv_with_bom_suffixed_ids_and_other_header_case(tmp_path):
+    desc = fixture(tmp_path / "src", "kaggle", **TINY)
+    csv_path = tmp_path / "src" / KAGGLE_VAL
+    header, *rows = csv_path.read_text().splitlines()
+    rows = [f"{r.split(',', 1)[0]}.JPEG,{r.split(',', 1)[1]}" for r in rows]
+    csv_path.write_text("\ufeffimageId,predictionString\r\n" + "\r\n".join(rows) + "\r\n\r\n", encoding="utf-8")
+    build(tmp_path / "src", tmp_path / "out")
+    assert val_labels(tmp_path / "out") == expected_val(desc)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{id},\n", r":3: no WNID at the start of the PredictionString"),
+    ("{id},n99999999 1 2 3 4\n", r":3: .* is labelled n\d{8} above and n99999999 here"),
+])
+def test_kaggle_csv_errors_name_the_line(tmp_path, bad, message):
+    fixture(tmp_path / "src", "kaggle", quirks=False, **TINY)
+    csv_path = tmp_path / "src" / KAGGLE_VAL
+    lines = csv_path.read_text().splitlines(keepends=True)
+    lines.insert(2, bad.format(id=lines[1].split(",")[0]))
+    csv_path.write_text("".join(lines))
+    with pytest.raises(SourceError, match=f"{KAGGLE_VAL}{message}"):
+        build(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_folder_layout_flat_val_is_labelled_by_the_devkit(tmp_path):
+    official = fixture(tmp_path / "official", "official", **TINY)
+    desc = fixture(tmp_path / "src", "folder", **TINY)
+    assert desc["labels"] == official["labels"]
+    val = tmp_path / "src" / "val"
+    for d in [d for d in val.iterdir() if d.is_dir()]:
+        for p in d.iterdir():
+            p.rename(val / p.name)
+        d.rmdir()
+    with pytest.raises(BuildError, match=r"val: no images to build .*could not be labelled .*no "
+                                         r"ILSVRC2012_devkit_t12.tar.gz to label it"):
+        build(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    shutil.copy(tmp_path / "official" / "ILSVRC2012_devkit_t12.tar.gz", tmp_path / "src")
+    build(tmp_path / "src", tmp_path / "out")  # the same --out: the failed build held nothing
+    assert val_labels(tmp_path / "out") == expected_val(desc)
+
+
+def test_stray_folders_are_not_classes(tmp_path):
+    desc = fixture(tmp_path / "src", "folder", **TINY)
+    for name in ("lost+found", "checkpoints"):
+        (tmp_path / "src" / "train" / name).mkdir()
+        (tmp_path / "src" / "train" / name / "x.JPEG").write_bytes(b"not a class")
+    build(tmp_path / "src", tmp_path / "out")
+    assert manifest(tmp_path / "out")["classes"] == sorted(desc["classes"])
+
+
+def test_a_class_left_packed_is_an_error_naming_it(tmp_path):
+    desc = fixture(tmp_path / "src", "folder", **TINY)
+    wnid = desc["classes"][1]
+    shutil.make_archive(str(tmp_path / "src" / "train" / wnid), "tar", tmp_path / "src" / "train" / wnid)
+    shutil.rmtree(tmp_path / "src" / "train" / wnid)
+    with pytest.raises(SourceError, match=f"train/{wnid}.tar: a class archive not extracted"):
+        build(tmp_path / "src", tmp_path / "out")
+
+
+def test_a_missing_class_shows_in_the_devkit_count_check(tmp_path):
+    fixture(tmp_path / "official", "official", **TINY)
+    desc = fixture(tmp_path / "src", "folder", **TINY)
+    shutil.copy(tmp_path / "official" / "ILSVRC2012_devkit_t12.tar.gz", tmp_path / "src")
+    gone = desc["classes"][0]
+    shutil.rmtree(tmp_path / "src" / "train" / gone)
+    build(tmp_path / "src", tmp_path / "out")
+    train = manifest(tmp_path / "out")["splits"]["train"]
+    assert train["class_count_mismatch"][gone]["found"] == 0
+    lost = sum(w == gone for w in desc["labels"]["train"].values())
+    assert train["expected_count"] == train["source_count"] + lost
+    assert gone in {w for _, _, _, w in read_split(tmp_path / "out", "val")}  # its val images stay
+
+
+def test_an_empty_split_fails_and_a_corrected_command_takes_the_out_dir(tmp_path):
+    desc = fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    for d in (tmp_path / "src" / "train").iterdir():
+        for p in d.iterdir():
+            p.rename(p.with_suffix(".txt"))
+    with pytest.raises(BuildError, match=r"train: no images to build .*\d+ files are not images"):
+        build(tmp_path / "src", tmp_path / "out", shard_size=4)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    good = tmp_path / "good"
+    fixture(good, "folder", quirks=False, **TINY)
+    m = build(good, tmp_path / "out")  # other settings (source, shard size): nothing was built
+    assert m["splits"]["train"]["count"] == len(desc["labels"]["train"])
+
+
+def test_an_unreadable_file_is_listed_not_fatal(tmp_path):
+    """build_shard on a record whose file cannot be opened (permissions are no obstacle to
+    root, so the file is gone instead): listed as skipped, the shard still written."""
+    desc = fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    (tmp_path / "out" / bs.WORK / "parts").mkdir(parents=True)
+    keys = sorted(desc["labels"]["train"])[:2]
+    records = [Record("val", k, desc["labels"]["train"][k], str(tmp_path / "src" / "train" /
+                                                               desc["labels"]["train"][k] / f"{k}.JPEG"),
+                      -1, -1, f"train/{k}.JPEG") for k in keys]
+    records[0] = records[0]._replace(path=str(tmp_path / "gone.JPEG"))
+    bs._init_worker({"out": str(tmp_path / "out"), "quality": 90,
+                     "labels": {w: i for i, w in enumerate(desc["classes"])}})
+    part = bs.build_shard(("val", 0, records))
+    assert part["count"] == 1
+    (skipped,) = part["skipped"]
+    assert skipped["key"] == keys[0] and "cannot read" in skipped["reason"]
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+    desc = fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    d = tmp_path / "src" / "train" / desc["classes"][0]
+    src = next(d.iterdir())
+    os.rename(os.fsencode(src), os.fsencode(d) + b"/bad\xffname.JPEG")
+    with pytest.raises(SourceError, match=r"bad.*name.JPEG.*not printable UTF-8"):
+        build(tmp_path / "src", tmp_path / "out")
