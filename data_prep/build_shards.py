@@ -152,12 +152,17 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
 
 
+def _same(a: dict, b: dict) -> bool:
+    """The same build, wherever the source is mounted now (the plan digest checks its listing)."""
+    return {**a, "source": None} == {**b, "source": None}
+
+
 def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
     """Make `out` ours for this build; returns the manifest if the build is already complete.
     alone: no other process (a --part) can be building in `out`."""
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
-        if old.get("settings") == settings:
+        if _same(old.get("settings", {}), settings):
             return old
         raise BuildError(f"{out} holds a finished build with other settings "
                          f"({_diff(old.get('settings', {}), settings)}); "
@@ -166,12 +171,12 @@ def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
     if (work / "settings.json").exists():
         old = json.loads((work / "settings.json").read_text())
         # A build that failed before its first shard (say, a wrong --source) holds nothing to keep.
-        if (old != settings and alone and not any((work / "parts").glob("*.json"))
+        if (not _same(old, settings) and alone and not any((work / "parts").glob("*.json"))
                 and not any(out.glob("*-*.tar"))):
             (work / "plan.json").unlink(missing_ok=True)
             atomic.write_json(work / "settings.json", settings)
             old = settings
-        if old != settings:
+        if not _same(old, settings):
             raise BuildError(f"{out} holds an unfinished build with other settings ({_diff(old, settings)}); "
                              "rerun that command to finish it, or use another --out")
     else:

@@ -151,3 +151,13 @@ def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
     os.rename(os.fsencode(src), os.fsencode(d) + b"/bad\xffname.JPEG")
     with pytest.raises(SourceError, match=r"bad.*name.JPEG.*not printable UTF-8"):
         build(tmp_path / "src", tmp_path / "out")
+
+
+def test_the_same_source_mounted_elsewhere_is_the_same_build(tmp_path):
+    fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    first = build(tmp_path / "src", tmp_path / "out")
+    (tmp_path / "src").rename(tmp_path / "moved")
+    again = build(tmp_path / "moved", tmp_path / "out")
+    assert again == first  # already complete: nothing rebuilt
+    with pytest.raises(BuildError, match="quality"):
+        build(tmp_path / "moved", tmp_path / "out", quality=80)
