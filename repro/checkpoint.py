@@ -1,14 +1,24 @@
-"""Checkpoints: atomic writes (temp file + rename), the last K kept plus the best."""
+"""Checkpoints: atomic writes (temp file + rename), the last K kept plus the best; a damaged
+file is a CheckpointError naming it (load), skipped for an older one on resume (load_latest)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 import torch
 
-from data_prep.atomic import atomic_open, tmp_name
+from data_prep.atomic import TMP_MARK, atomic_open, tmp_name
+
+# What `repro train` needs to resume (it also writes config, best_top1_err, stream, classes).
+TRAIN_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "global_step")
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be used; the message names it and says why."""
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -29,9 +39,29 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfileobj(f, out)
 
 
+def remove_stale_tmp(ckpt_dir: Path) -> None:
+    """Delete the temp files of checkpoint writes killed mid-way (SIGKILL, node failure), each
+    as big as a checkpoint. Only the run's main process writes here, one save at a time, so
+    at the start of a save every temp file is stale, except one a live process on this host
+    is still writing (a second job on the same run dir, by mistake)."""
+    for p in ckpt_dir.glob(f"*{TMP_MARK}*"):
+        host, _, pid = p.name.rpartition(TMP_MARK)[2].rpartition("-")
+        if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue                    # its writer is alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:         # alive, another user's
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
 def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     """Write step-<global step>.pt, point last.pt (and best.pt) at it, prune old ones."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(ckpt_dir)
     path = ckpt_dir / f"step-{state['global_step']:09d}.pt"
     atomic_save(state, path)
     _link_or_copy(path, ckpt_dir / "last.pt")
@@ -42,10 +72,54 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     return path
 
 
-def load(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=False)
+def load(path: Path, map_location="cpu", keys=()) -> dict:
+    """The checkpoint at `path`; CheckpointError if the file cannot be read as one (damaged,
+    not torch.save'd, not a dict) or lacks any of `keys`."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a damaged file raises anything: zip, pickle, EOF, import errors
+        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0].split('. ')[0]}"
+        raise CheckpointError(f"{path}: not a readable checkpoint of this project ({why})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this project (it holds a "
+                              f"{type(state).__name__}, not a dict of model, config, ...)")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint of this project: no "
+                              f"{', '.join(missing)} entr{'ies' if len(missing) > 1 else 'y'} "
+                              f"(has {', '.join(map(str, state)) or 'nothing'})")
+    return state
 
 
 def latest(run_dir: Path) -> Path | None:
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    return last if last.is_file() else None
+    """last.pt, else the newest step-*.pt, else None (whether it loads: load_latest)."""
+    ckpts = Path(run_dir) / "checkpoints"
+    last = ckpts / "last.pt"
+    return last if last.is_file() else max(ckpts.glob("step-*.pt"), default=None)
+
+
+def load_latest(run_dir: Path, map_location="cpu") -> tuple[Path | None, dict | None]:
+    """The newest training checkpoint of run_dir that loads: last.pt, else the step-*.pt
+    newest first, each unusable one skipped with a warning on stderr. (None, None) when the
+    run has no checkpoint; CheckpointError when it has some but none loads, so that a run is
+    never silently started over."""
+    ckpts = Path(run_dir) / "checkpoints"
+    found = sorted(ckpts.glob("*.pt"))
+    if not found:
+        return None, None
+    tries = sorted(ckpts.glob("step-*.pt"), reverse=True)
+    if (ckpts / "last.pt").is_file():
+        tries.insert(0, ckpts / "last.pt")
+    problems = []
+    for path in tries:
+        try:
+            return path, load(path, map_location, TRAIN_KEYS)
+        except CheckpointError as e:
+            print(f"warning: skipping {e}", file=sys.stderr, flush=True)
+            problems.append(str(e))
+    if not problems:
+        problems = [f"{', '.join(p.name for p in found)}: no last.pt or step-*.pt"]
+    raise CheckpointError(f"{ckpts}: no checkpoint to resume from ({'; '.join(problems)}); "
+                          f"move the checkpoints away to start the run over")

@@ -29,24 +29,23 @@ def cmd_train(args) -> int:
     from repro.checkpoint import latest
 
     cfg = load_config(args.config, args.overrides)
-    if latest(args.out) is not None:
-        print(f"{args.out} has a checkpoint: resuming it", flush=True)
-    elif args.resume:
+    if args.resume and latest(args.out) is None:
         print(f"--resume: no checkpoint in {args.out}/checkpoints", file=sys.stderr)
         return 2
     return train(cfg, args.data, args.out)
 
 
 def reports_errors(cmd):
-    """Bad input to eval/report/figures/demo (a missing file, a checkpoint that does not fit
-    the shards) is one line on stderr and status 2, not a traceback."""
+    """Bad input to train/eval/report/figures/demo (a missing file, a damaged checkpoint, one
+    that does not fit the shards) is one line on stderr and status 2, not a traceback."""
     def run(args) -> int:
+        from repro.checkpoint import CheckpointError
         from repro.distributed import DeviceError
         from repro.evaluate import EvalError
 
         try:
             return cmd(args)
-        except (EvalError, FileNotFoundError, DeviceError) as e:
+        except (EvalError, CheckpointError, FileNotFoundError, DeviceError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return run
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/checkpoints/last.pt (also automatic when it exists)")
     p.add_argument("overrides", nargs="*")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=reports_errors(cmd_train))
 
     p = sub.add_parser("eval", help="top-1/top-5 error on the val shards (10 crops, ensembles)")
     p.add_argument("--checkpoint", action="append", required=True,

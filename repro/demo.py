@@ -18,7 +18,6 @@ from pathlib import Path
 
 from data_prep.build_shards import build_shards
 from data_prep.make_fixture import make_fixture
-from repro.checkpoint import latest
 from repro.config import load_config
 from repro.evaluate import default_checkpoint, evaluate, format_result, write_breakdown
 from repro.figures import make_figures
@@ -75,8 +74,6 @@ def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes)
     cfg = load_config(CONFIG_DIR / "smoke.yaml", [
         f"model.num_classes={len(manifest['classes'])}", f"schedule.epochs={s['epochs']}",
         f"data.steps_per_epoch={s['steps_per_epoch']}", f"train.device={device}"])
-    if latest(run) is not None:
-        print(f"{run} has a checkpoint: resuming it (nothing to do if it is finished)")
     status = train(cfg, shards, run)
     if status:
         raise SystemExit(f"demo: training stopped with status {status}; see {run / 'metrics.jsonl'}")

@@ -91,9 +91,7 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"{path}: checkpoint not found")
-    state = checkpoint.load(path)
-    if "config" not in state or "model" not in state:
-        raise EvalError(f"{path}: not a repro checkpoint (no 'config' or 'model' entry)")
+    state = checkpoint.load(path, keys=("config", "model"))   # CheckpointError if unusable
     cfg = config_from_dict(state["config"], where=str(path))
     model = build_model(model_kwargs(cfg))
     set_impls(model, cfg.train)

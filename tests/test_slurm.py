@@ -256,7 +256,7 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
     (info,) = cluster.wait(again, timeout=120)
     log = log_of(logs, "alexnet-train", again)
     assert info["JobState"] == "COMPLETED", log
-    assert f"{run} has a checkpoint: resuming it" in log
+    assert f"resuming {run}/checkpoints/last.pt at epoch 0 step " in log
     assert load(run / "checkpoints" / "last.pt")["epoch"] == 2
     assert _metrics(run)[-1]["event"] == "done"
 
@@ -285,3 +285,34 @@ def test_eval_sbatch_writes_ten_crop_eval_and_report(cluster, shards, requeued, 
     assert "10 crops, 12 val images" in report
     assert f"{summary['top1_err']:.2f}" in report and "paper: 1 CNN, 10 crops" in report
     assert report in log
+
+
+@pytest.mark.slurm
+def test_eval_sbatch_ensemble_without_run_dir_writes_its_own_dir(cluster, shards, tmp_path):
+    """The header's ensemble example as given (CHECKPOINTS, no RUN_DIR), submitted from a
+    directory whose runs/alexnet-train (the default RUN_DIR) must stay untouched."""
+    from repro.config import load_config, model_kwargs
+    from repro.model import build_model
+
+    ckpts = []
+    for seed in (0, 1):
+        cfg = load_config(SMOKE, TRAIN + [f"model.seed={seed}"])
+        ckpts.append(tmp_path / f"m{seed}.pt")
+        torch.save({"model": build_model(model_kwargs(cfg)).state_dict(),
+                    "config": cfg.to_dict()}, ckpts[-1])
+    run = tmp_path / "runs" / "alexnet-train"
+    (run / "eval").mkdir(parents=True)
+    for f in (run / "eval" / "eval.json", run / "report.md"):
+        f.write_text("the run's own\n")
+    job = cluster.sbatch("--cpus-per-task=1", f"--output={tmp_path}/%x-%j.out",
+                         SLURM / "eval.sbatch", cwd=tmp_path,
+                         env=job_env(DATA=shards, CHECKPOINTS=" ".join(map(str, ckpts))))
+    (info,) = cluster.wait(job, timeout=180)
+    log = log_of(tmp_path, "alexnet-eval", job)
+    assert info["JobState"] == "COMPLETED", log
+    summary = json.loads((tmp_path / "runs" / f"eval-{job}" / "eval.json").read_text())
+    assert summary["checkpoints"] == [str(c) for c in ckpts] and summary["crops"] == 10
+    assert "no RUN_DIR: no report written" in log
+    assert sorted(p.name for p in run.rglob("*")) == ["eval", "eval.json", "report.md"]
+    assert {f.read_text() for f in (run / "eval" / "eval.json", run / "report.md")} == \
+        {"the run's own\n"}

@@ -1,0 +1,225 @@
+"""Damaged checkpoints and missing inputs: one-line errors naming the file (repro eval,
+repro train), resuming from the newest checkpoint that loads (checkpoint.load_latest), and
+the temp files of a checkpoint write killed mid-way. Real torch.save'd files, really damaged."""
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro import checkpoint
+from repro.checkpoint import CheckpointError, load_latest
+from repro.cli import main
+from repro.config import load_config, model_kwargs
+from repro.model import build_model
+from shard_helpers import write_shards
+
+ROOT = Path(__file__).parent.parent
+SMOKE = ROOT / "configs" / "smoke.yaml"
+SMALL = ["model.num_classes=4", "data.crop_size=67", "data.steps_per_epoch=0",
+         "train.deterministic=true", "checkpoint.every_minutes=1000", "data.workers=1"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=48, val=4,
+                        shard_size=16)      # 3 steps an epoch (batch 16)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    """A real eval checkpoint: the smoke config's model and its config."""
+    cfg = load_config(SMOKE, SMALL)
+    path = tmp_path_factory.mktemp("good") / "good.pt"
+    torch.save({"model": build_model(model_kwargs(cfg)).state_dict(), "config": cfg.to_dict()},
+               path)
+    return path
+
+
+def damage(good: Path, bad: Path, how: str) -> None:
+    data = good.read_bytes()
+    if how == "truncated":                    # a copy cut short (disk full, killed transfer)
+        bad.write_bytes(data[: len(data) // 2])
+    elif how == "header overwritten":
+        bad.write_bytes(b"\0" * 64 + data[64:])
+    elif how == "random bytes":
+        bad.write_bytes(random.Random(0).randbytes(4096))
+    elif how == "empty":
+        bad.write_bytes(b"")
+    elif how == "tensor only":
+        torch.save(torch.zeros(3), bad)
+    elif how == "no config":
+        torch.save({"model": torch.load(good, weights_only=False)["model"]}, bad)
+
+
+@pytest.mark.parametrize("how, says", [
+    ("truncated", "not a readable checkpoint of this project (RuntimeError: PytorchStreamReader"),
+    ("header overwritten", "not a readable checkpoint of this project (UnpicklingError"),
+    ("random bytes", "not a readable checkpoint of this project ("),
+    ("empty", "not a readable checkpoint of this project (EOFError"),
+    ("tensor only", "not a checkpoint of this project (it holds a Tensor, not a dict"),
+    ("no config", "not a checkpoint of this project: no config entry (has model)"),
+])
+def test_eval_refuses_a_damaged_checkpoint_in_one_line(shards, good, tmp_path, capsys, how, says):
+    bad = tmp_path / "bad.pt"
+    damage(good, bad, how)
+    assert main(["eval", "--checkpoint", str(good), "--checkpoint", str(bad),
+                 "--data", str(shards)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: {says}") and err.count("\n") == 1, err
+
+
+# ---- load_latest ------------------------------------------------------------------------
+def save_steps(run: Path, steps=(1, 2, 3), keep_last=3) -> Path:
+    """Training checkpoints as `repro train` writes them (checkpoint.save, hard links)."""
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for s in steps:
+        model(torch.ones(1, 4)).sum().backward()
+        optimizer.step()
+        checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": {"lr": 0.1}, "epoch": 0, "step": s, "global_step": s},
+                        run / "checkpoints", keep_last, is_best=s == 1)
+    return run / "checkpoints"
+
+
+def test_load_latest_intact_and_absent(tmp_path, capsys):
+    assert load_latest(tmp_path / "new") == (None, None)
+    (tmp_path / "new" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "new" / "checkpoints" / "last.pt.tmp-host-1").write_bytes(b"half")
+    assert load_latest(tmp_path / "new") == (None, None)      # a temp file is no checkpoint
+    ckpts = save_steps(tmp_path / "run")
+    path, state = load_latest(tmp_path / "run")
+    assert path == ckpts / "last.pt" and state["global_step"] == 3
+    assert capsys.readouterr().err == ""
+
+
+def test_load_latest_skips_a_truncated_last_pt_and_its_hard_linked_step(tmp_path, capsys):
+    ckpts = save_steps(tmp_path)
+    assert os.path.samefile(ckpts / "last.pt", ckpts / "step-000000003.pt")
+    os.truncate(ckpts / "last.pt", 1000)      # in place: step-3 is the same file
+    path, state = load_latest(tmp_path)
+    assert path == ckpts / "step-000000002.pt" and state["global_step"] == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    for line, name in zip(err, ("last.pt", "step-000000003.pt")):
+        assert line.startswith(f"warning: skipping {ckpts / name}: not a readable checkpoint")
+
+
+def test_load_latest_falls_back_to_the_step_beside_a_replaced_last_pt(tmp_path, capsys):
+    ckpts = save_steps(tmp_path)
+    (ckpts / "last.pt").unlink()
+    (ckpts / "last.pt").write_bytes(b"\0" * 64 + (ckpts / "step-000000003.pt").read_bytes()[64:])
+    path, state = load_latest(tmp_path)
+    assert path == ckpts / "step-000000003.pt" and state["step"] == 3
+    assert capsys.readouterr().err.startswith(f"warning: skipping {ckpts / 'last.pt'}: not a "
+                                              "readable checkpoint of this project (Unpickling")
+
+
+def test_load_latest_skips_a_checkpoint_without_the_training_state(tmp_path, capsys):
+    ckpts = save_steps(tmp_path, steps=(1,))
+    (ckpts / "last.pt").unlink()
+    torch.save({"model": {}, "config": {}}, ckpts / "last.pt")    # e.g. an eval-only export
+    path, _ = load_latest(tmp_path)
+    assert path == ckpts / "step-000000001.pt"
+    assert (f"skipping {ckpts / 'last.pt'}: not a checkpoint of this project: no optimizer, "
+            "schedule, epoch, step, global_step entries") in capsys.readouterr().err
+
+
+def test_load_latest_refuses_to_start_over_when_nothing_loads(tmp_path, capsys):
+    ckpts = save_steps(tmp_path, steps=(1, 2), keep_last=2)
+    for p in ckpts.glob("step-*.pt"):          # last.pt and best.pt are links to these
+        p.write_bytes(b"\0" * 64 + p.read_bytes()[64:])
+    with pytest.raises(CheckpointError) as e:
+        load_latest(tmp_path)
+    for name in ("last.pt", "step-000000002.pt", "step-000000001.pt"):
+        assert f"{ckpts / name}: not a readable checkpoint" in str(e.value)
+    assert str(e.value).startswith(f"{ckpts}: no checkpoint to resume from")
+    assert capsys.readouterr().err.count("warning: skipping") == 3
+    for p in ckpts.glob("*.pt"):
+        if p.name != "best.pt":
+            p.unlink()
+    with pytest.raises(CheckpointError, match=r"best.pt: no last.pt or step-\*.pt"):
+        load_latest(tmp_path)
+
+
+# ---- temp files of a killed checkpoint write ----------------------------------------------
+KILLED_MID_SAVE = """
+import os, signal, sys, torch
+from pathlib import Path
+from repro import checkpoint
+
+class KilledWhilePickled:
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.save({"global_step": 8, "model": torch.zeros(1000), "x": KilledWhilePickled()},
+                Path(sys.argv[1]), 2, False)
+"""
+
+
+def test_save_removes_the_temp_files_of_killed_writes_only(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_MID_SAVE, str(ckpts)], cwd=ROOT)
+    assert killed.wait() == -signal.SIGKILL
+    (left,) = ckpts.iterdir()
+    assert left.name == f"step-000000008.pt.tmp-{socket.gethostname()}-{killed.pid}"
+    writer = subprocess.Popen(["sleep", "60"])          # a live process on this host
+    try:
+        live = ckpts / f"step-000000009.pt.tmp-{socket.gethostname()}-{writer.pid}"
+        live.write_bytes(b"being written")
+        checkpoint.save({"global_step": 10}, ckpts, keep_last=2, is_best=False)
+        assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", live.name,
+                                                           "step-000000010.pt"]
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+# ---- repro train: one-line errors, the preemption status unchanged -------------------------
+def train(shards, run, *overrides) -> list[str]:
+    return ["train", "--config", str(SMOKE), "--data", str(shards), "--out", str(run),
+            *SMALL, "schedule.epochs=1", *overrides]
+
+
+def test_train_reports_missing_inputs_in_one_line(shards, good, tmp_path, capsys):
+    assert main(train(tmp_path / "nowhere", tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'nowhere' / 'manifest.json'}: no manifest.json")
+    assert err.count("\n") == 1
+    no_stats = tmp_path / "no_stats"
+    shutil.copytree(shards, no_stats)
+    (no_stats / "stats.npz").unlink()
+    assert main(train(no_stats, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(no_stats / "stats.npz") in err
+    assert err.count("\n") == 1
+    # A run whose only checkpoint is damaged is refused, not started over.
+    run = tmp_path / "damaged"
+    (run / "checkpoints").mkdir(parents=True)
+    damage(good, run / "checkpoints" / "last.pt", "truncated")
+    assert main(train(shards, run)) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoints' / 'last.pt'}: not a readable checkpoint" in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_train_sigterm_still_checkpoints_and_exits_75(shards, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "repro.cli", *train(shards, run, "schedule.epochs=2")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 0 step 1/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out = proc.stdout.read()
+    assert proc.wait() == 75, out
+    assert "stop requested: checkpoint written" in out
+    assert checkpoint.load(run / "checkpoints" / "last.pt", keys=checkpoint.TRAIN_KEYS)
