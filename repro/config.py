@@ -8,6 +8,7 @@ the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -163,6 +164,22 @@ NON_NEGATIVE = ("model.conv1_padding", "model.lrn_alpha", "model.lrn_k", "model.
                 "data.val_limit", "augment.pca_std", "train.pad_input_channels")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans, true and false only: YAML 1.1 also reads on/off/yes/no as
+    booleans, which would turn `logging.progress: off` into False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def _check_type(value, tp, key: str, where: str):
     """Coerce `value` to the annotated type `tp` or raise naming the key."""
     origin = typing.get_origin(tp)
@@ -212,7 +229,7 @@ def _load_yaml(path: Path, cfg: Config, seen: tuple = ()) -> None:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = _yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(doc, dict):
@@ -231,7 +248,7 @@ def parse_override(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override '{text}' must look like section.key=value")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), _yaml(raw) if raw.strip() else ""
 
 
 def validate(cfg: Config, where: str) -> None:
@@ -296,3 +313,27 @@ def config_from_dict(doc: dict, where: str = "checkpoint") -> Config:
             _apply(cfg, f"{section_name}.{name}", value, where)
     validate(cfg, where)
     return cfg
+
+
+# What a resumed run may change: how it runs (devices, speed switches, loader, logging,
+# checkpointing) and how long. Everything else (model, optimizer, schedule, augmentation,
+# batch, seed) defines the run; changing it mid-run would make the records untrue.
+MAY_CHANGE_ON_RESUME = ("schedule.epochs", "data.workers", "data.decode", "data.val_batch_size",
+                        "data.val_limit", "data.steps_per_epoch", "data.shuffle_buffer", "train.",
+                        "checkpoint.", "logging.")
+KEPT_ON_RESUME = ("train.seed",)
+
+
+def resume_changes(saved: dict, now: dict) -> list[str]:
+    """'key: saved -> now' for each setting a resumed run may not change (keys that the
+    saved config lacks, from an older version, are not compared)."""
+    changes = []
+    for section, body in now.items():
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            if key not in KEPT_ON_RESUME and key.startswith(MAY_CHANGE_ON_RESUME):
+                continue
+            old = saved.get(section, {}).get(name, value)
+            if old != value:
+                changes.append(f"{key}: {old!r} -> {value!r}")
+    return changes

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,13 +217,36 @@ def pack(jpegs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor([len(j) for j in jpegs]))
 
 
+_decode_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _decode_streams:
+        _decode_streams[index] = torch.cuda.Stream(index)
+    return _decode_streams[index]
+
+
 def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> torch.Tensor:
     """The GPU path: decode a packed batch of JPEGs on `device` (nvJPEG on CUDA)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     buffer, lengths = packed
     jpegs = list(torch.split(buffer, lengths.tolist()))
-    images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
+    if device.type != "cuda":
+        images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
+    else:
+        # nvJPEG writes its outputs from a stream of its own that does not wait for the
+        # stream they were allocated on (pytorch/vision#9606): allocated on the compute
+        # stream, they could reuse memory a queued step still reads. So they are allocated
+        # on a decode stream with nothing of ours left queued on it.
+        stream = _decode_stream(device)
+        stream.synchronize()
+        current = torch.cuda.current_stream(device)
+        with torch.cuda.stream(stream):
+            images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
+        current.wait_stream(stream)
+        images.record_stream(current)
     if images.shape[-2:] != (STORED, STORED):
         raise ValueError(f"shard images are {tuple(images.shape[-2:])}, expected {STORED}x{STORED}")
     return images
@@ -313,8 +337,16 @@ def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLo
     path): device_images makes them the plan's crops on the device."""
     workers = plan.workers if plan.workers > 1 else 0  # 1 stream: read in-process
     return torch.utils.data.DataLoader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
-                                       pin_memory=pin_memory,
+                                       pin_memory=pin_memory, worker_init_fn=_outlive_stop_signals,
                                        prefetch_factor=4 if workers else None)
+
+
+def _outlive_stop_signals(worker_id: int) -> None:
+    """SLURM signals every process of a job step (preemption, scancel, the time-limit
+    warning). The trainer then checkpoints and exits, which ends its loader workers; a
+    worker killed by the signal first would end the trainer without a checkpoint."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def device_loader(plan: EpochPlan, device: torch.device):

@@ -52,7 +52,9 @@ class Tracker:
             id_file.write_text(run_id)
             self.wandb = wandb.init(project=project, entity=entity or None, id=run_id,
                                     resume="allow", dir=str(run_dir), mode=mode,
-                                    config=config | {"run": context})
+                                    config=config | {"run": context},
+                                    # not wandb's 90 s: a node without network waits at every requeue
+                                    settings=wandb.Settings(init_timeout=30))
             self.wandb.summary["restart_count"] = context["restart_count"]
             self.log({"event": "wandb", "id": run_id, "mode": mode})
         except Exception as e:  # noqa: BLE001 - any failure here must not stop training

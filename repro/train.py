@@ -8,6 +8,7 @@ the position (epoch, step) to continue bit for bit.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from repro import checkpoint, distributed
 from repro.augment import Normalizer, derived_seed, step_generator
-from repro.config import Config, model_kwargs
+from repro.config import Config, model_kwargs, resume_changes
 from repro.data import (EpochPlan, device_images, device_loader, empty_batch, even_range,
                         read_manifest, split_shards)
 from repro.distributed import pick_device
@@ -144,12 +145,14 @@ def validate(model, cfg: Config, shards, normalizer: Normalizer, d, device, auto
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     """Train (or resume) into run_dir; returns the process exit status."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
+    stop = StopFlag()  # first: a signal during start-up (W&B, a checkpoint load) is honoured too
     d = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
     device = pick_device(cfg.train.device, d.local_rank)
     if cfg.data.batch_size % d.world:
         raise SystemExit(f"data.batch_size = {cfg.data.batch_size} is not divisible by the "
                          f"world size {d.world}")
     if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for it
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     else:
@@ -164,14 +167,22 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     optimizer = build_optimizer(cfg, model)
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
     epoch, first_step, global_step, best = 0, 0, 0, float("inf")
+    restart = False             # a resume whose epoch starts again (the stream changed)
 
     # What fixes the order of an epoch's samples (repro.data): a mid-epoch resume is exact
     # only if all of it is the same.
     stream = {"world": d.world, "workers": max(1, cfg.data.workers), "seed": cfg.train.seed,
               "batch_size": cfg.data.batch_size, "shuffle_buffer": cfg.data.shuffle_buffer}
-    ckpt_path = checkpoint.latest(run_dir)
+    ckpt_path, state = checkpoint.load_latest(run_dir, map_location=device)
     if ckpt_path is not None:
-        state = checkpoint.load(ckpt_path, map_location=device)
+        changes = resume_changes(state.get("config", {}), cfg.to_dict())
+        if changes:
+            raise SystemExit(f"{ckpt_path} belongs to a run with other settings "
+                             f"({'; '.join(changes)}); a resumed run keeps its settings: drop "
+                             f"the overrides, or start a new run with another --out")
+        if state.get("classes", manifest["classes"]) != manifest["classes"]:
+            raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
+                             f"{ckpt_path} was trained on; resume on those shards")
         model.load_state_dict(state["model"])
         if towers:  # checkpoints hold the single model's layout, whatever wrote them
             load_single_optimizer_state(optimizer, model, state["optimizer"])
@@ -180,10 +191,14 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         schedule.load_state_dict(state["schedule"])
         epoch, first_step, global_step = state["epoch"], state["step"], state["global_step"]
         best = state["best_top1_err"]
-        if state.get("stream") != stream and first_step:
-            print(f"warning: the checkpoint's data stream ({state.get('stream')}) differs from "
-                  f"this run's ({stream}): restarting epoch {epoch} from its beginning so that "
-                  f"no image is seen twice or skipped", file=sys.stderr)
+        if d.is_main:
+            print(f"resuming {ckpt_path} at epoch {epoch} step {first_step}", flush=True)
+        restart = state.get("stream") != stream and first_step
+        if restart:
+            # The epoch's order depends on these; its rest cannot be picked out of a new order.
+            print(f"warning: the data stream's settings changed ({state.get('stream')} -> "
+                  f"{stream}): epoch {epoch} starts again, so the images of its first "
+                  f"{first_step} steps are trained on twice", file=sys.stderr)
             first_step = 0
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +209,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         tracker.log({"event": "data", "path": str(data_dir.resolve())})
     if tracker and ckpt_path is not None:
         tracker.log({"event": "resume", "checkpoint": str(ckpt_path), "epoch": epoch,
-                     "step": first_step, "global_step": global_step})
+                     "step": first_step, "global_step": global_step,
+                     **({"epoch_restarted": True, "stream": stream} if restart else {})})
 
     net = model
     if d.world > 1:
@@ -204,7 +220,6 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         net = torch.compile(net, mode=cfg.train.compile_mode)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if cfg.train.precision == "bf16" else nullcontext())
-    stop = StopFlag()
     last_save = time.monotonic()
     show_bar = cfg.logging.progress == "bar" or (cfg.logging.progress == "auto" and interactive())
 
@@ -286,6 +301,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 if flags.any():
                     save(epoch, step + 1)
                 if flags[0]:
+                    if d.is_main and window[2]:  # the steps since the last log line
+                        log_train(tracker, bar, show_bar, window, time.perf_counter() - t_window,
+                                  epoch, step, plan_steps, global_step, schedule.lr, device)
                     if tracker:
                         tracker.log({"event": "preempted", "epoch": epoch, "step": step + 1})
                         tracker.finish(EXIT_PREEMPTED)

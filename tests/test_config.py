@@ -45,6 +45,7 @@ def test_overrides_and_base_inheritance():
     (["model.lrn=fancy"], ["model.lrn", "paper"]),
     (["model.dropout=1.5"], ["model.dropout"]),
     (["augment.flip=maybe"], ["augment.flip", "true or false"]),
+    (["augment.flip=yes"], ["augment.flip", "true or false"]),   # YAML 1.2: only true/false
     (["train.compile_mode=fastest"], ["train.compile_mode", "reduce-overhead"]),
     (["lr"], ["section.key=value"]),
 ])
@@ -63,6 +64,15 @@ def test_bad_file_names_key_and_file(tmp_path):
     assert "optim.momentun" in str(e.value) and str(bad) in str(e.value)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_off_and_on_are_words_not_booleans(tmp_path):
+    """logging.progress takes 'off'; YAML 1.1 would read it as False."""
+    assert load_config(PAPER, ["logging.progress=off"]).logging.progress == "off"
+    f = tmp_path / "quiet.yaml"
+    f.write_text(f"base: {PAPER}\nlogging:\n  progress: off\ntrain:\n  compile: True\n")
+    cfg = load_config(f)
+    assert cfg.logging.progress == "off" and cfg.train.compile is True
 
 
 def test_round_trip_through_dict():
