@@ -8,6 +8,8 @@ backward recomputes s from x rather than saving it, in two passes:
 Registered as torch.library custom ops so torch.compile treats them as opaque
 calls with a known autograd formula.
 """
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -16,7 +18,8 @@ import triton.language as tl
 def applies(x: torch.Tensor, size: int, groups: int) -> bool:
     return (x.is_cuda and x.dim() == 4 and size % 2 == 1 and x.shape[1] % groups == 0
             and x.is_contiguous(memory_format=torch.channels_last)
-            and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and x.numel() < 2**31)  # the kernels' offsets are 32-bit
 
 
 @triton.jit
@@ -87,12 +90,15 @@ def _launch(kernel, x, *tensors, size, coeff, beta, k, groups):
     block_c = triton.next_power_of_2(c)
     block_p = max(1, 4096 // block_c)
     grid = (triton.cdiv(pixels, block_p),)
-    kernel[grid](x, *tensors, pixels, c, c // groups, size, block_p, block_c, coeff, k, beta,
-                 num_warps=4)
+    # Triton launches on the current device, which may not be x's (towers: cuda:1).
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        kernel[grid](x, *tensors, pixels, c, c // groups, size, block_p, block_c, coeff, k, beta,
+                     num_warps=4)
 
 
 @torch.library.custom_op("repro::lrn", mutates_args=())
 def lrn(x: torch.Tensor, size: int, coeff: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    x = x.contiguous(memory_format=torch.channels_last)  # what the kernels index; usually a no-op
     y = torch.empty_like(x, memory_format=torch.channels_last)
     _launch(_forward, x, y, size=size, coeff=coeff, beta=beta, k=k, groups=groups)
     return y
@@ -107,6 +113,7 @@ def _(x, size, coeff, beta, k, groups):
 def lrn_backward(g: torch.Tensor, x: torch.Tensor, size: int, coeff: float, beta: float, k: float,
                  groups: int) -> torch.Tensor:
     g = g.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     t = torch.empty(x.shape, dtype=torch.float32, device=x.device,
                     memory_format=torch.channels_last)
     _launch(_backward_t, x, g, t, size=size, coeff=coeff, beta=beta, k=k, groups=groups)

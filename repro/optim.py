@@ -73,6 +73,13 @@ class PaperSGD(torch.optim.SGD):
                     state[i]["momentum_buffer"] = state[i].pop("velocity") / -group["lr"]
                     group["buffer_lr"] = group["lr"]
         super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
+        # A buffer saved from a run in the other memory format (train.channels_last may change
+        # on resume) must take its parameter's strides: the fused kernel indexes both alike.
+        for group in self.param_groups:
+            for p in group["params"]:
+                buf = self.state.get(p, {}).get("momentum_buffer")
+                if buf is not None and buf.stride() != p.stride():
+                    self.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
 
 
 def _as_tensors(params) -> list:

@@ -113,3 +113,14 @@ def test_triton_equals_reference(dtype, tol, channels, groups):
     for got, want in ((out, ref), (grad, grad_ref)):
         err = (got.double() - want).norm() / want.norm()
         assert err < tol, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_declines_tensors_past_32_bit_offsets():
+    from repro import lrn_triton
+
+    big = torch.empty(7300, 96, 55, 55, dtype=torch.bfloat16, device="cuda",
+                      memory_format=torch.channels_last)   # 10-crop eval at val batch 730
+    assert big.numel() >= 2**31 and not lrn_triton.applies(big, 5, 2)
+    assert lrn_triton.applies(big[:128], 5, 2)

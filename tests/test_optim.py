@@ -197,3 +197,28 @@ def test_takes_parameters_as_torch_optimizers_do():
                           ([{"params": w}, {"params": iter([b])}], [1, 1])]:
         opt = PaperSGD(params, lr=0.1)
         assert [len(g["params"]) for g in opt.param_groups] == sizes
+
+
+@pytest.mark.parametrize("saved, resumed", [(True, False), (False, True)])
+def test_resume_into_the_other_memory_format_continues_the_rule(saved, resumed):
+    """train.channels_last may change on a resume: the buffers saved in one layout must
+    meet parameters in the other (the fused kernel indexes both alike)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 3, 5, 5, generator=g)
+    grads = [torch.randn(w.shape, generator=g) for _ in range(3)]
+
+    def run(saved_cl: bool, resumed_cl: bool) -> torch.Tensor:
+        layout = lambda t, cl: t.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)  # noqa: E731
+        p = nn.Parameter(layout(w.clone(), saved_cl))
+        opt = PaperSGD([p], lr=0.01, fused=True)
+        for grad in grads[:2]:
+            p.grad = layout(grad.clone(), saved_cl)
+            opt.step()
+        q = nn.Parameter(layout(p.detach().clone(), resumed_cl))
+        resumed_opt = PaperSGD([q], lr=0.01, fused=True)
+        resumed_opt.load_state_dict(opt.state_dict())
+        q.grad = layout(grads[2].clone(), resumed_cl)
+        resumed_opt.step()
+        return q.detach()
+
+    torch.testing.assert_close(run(saved, resumed), run(False, False), rtol=1e-6, atol=1e-7)
