@@ -265,6 +265,12 @@ def validate(cfg: Config, where: str) -> None:
     for key in NON_NEGATIVE:
         if get(key) < 0:
             raise ConfigError(f"{where}: {key} must be >= 0, got {get(key)!r}")
+    for key in (*POSITIVE, *NON_NEGATIVE):
+        if get(key) == float("inf"):
+            raise ConfigError(f"{where}: {key} must be finite, got {get(key)!r}")
+    if not cfg.optim.momentum < 1:
+        raise ConfigError(f"{where}: optim.momentum must be in [0, 1) (the velocity would grow "
+                          f"without bound), got {cfg.optim.momentum}")
     m, d = cfg.model, cfg.data
     if d.crop_size > STORED:
         raise ConfigError(f"{where}: data.crop_size = {d.crop_size} is larger than the stored "
