@@ -484,6 +484,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(Exception):
+    """SIGTERM (scancel, a preempted job): leave as Ctrl-C does, workers stopped, shards kept."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.splits = [s.strip() for s in args.splits.split(",") if s.strip()]
@@ -499,8 +507,13 @@ def main(argv: list[str] | None = None) -> int:
         + (["--parts needs --part"] if args.parts != 1 and args.part is None else [])
     if problems:
         parser().error("; ".join(problems))
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         build(args)
+    except Terminated:
+        print("build_shards: terminated (SIGTERM); finished shards are kept: run the same "
+              "command again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (SourceError, BuildError) as e:
         print(f"build_shards: error: {e}", file=sys.stderr)
         return 2

@@ -76,11 +76,14 @@ def parse_meta(data: bytes) -> tuple[dict[int, str], dict[str, str], dict[str, i
 
 
 def read_devkit(path: Path | str) -> Devkit:
-    with tarfile.open(path, "r:*") as tar:
-        meta = _member(tar, META)
-        truth = _member(tar, GROUND_TRUTH)
-    id_to_wnid, words, counts = parse_meta(meta)
-    ids = [int(t) for t in truth.split()]
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            meta = _member(tar, META)
+            truth = _member(tar, GROUND_TRUTH)
+        id_to_wnid, words, counts = parse_meta(meta)
+        ids = [int(t) for t in truth.split()]
+    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError) as e:  # scipy: ValueError
+        raise ValueError(f"{path}: not a readable ILSVRC2012 devkit ({type(e).__name__}: {e})") from None
     unknown = sorted(set(ids) - set(id_to_wnid))
     if unknown:
         raise ValueError(f"{path}: ground truth uses ILSVRC2012_IDs not in meta.mat: {unknown[:10]}")

@@ -89,9 +89,10 @@ class Source:
             if not _printable_utf8(r.key):
                 raise SourceError(f"{r.origin!r}: a file name that is not printable UTF-8 cannot be a "
                                   "WebDataset key; rename it")
-        dup = [a.key for a, b in zip(records, records[1:]) if a.key == b.key]
+        dup = [f"{a.origin} and {b.origin}" for a, b in zip(records, records[1:]) if a.key == b.key]
         if dup:
-            raise SourceError(f"{split}: {len(dup)} file names occur twice (keys must be unique): {dup[:5]}")
+            raise SourceError(f"{split}: {len(dup)} file names occur twice (a file's stem is its "
+                              f"sample key, which must be unique): {'; '.join(dup[:5])}")
         known = set(self.wnids)
         stray = sorted({r.wnid for r in records} - known)
         if stray:

@@ -64,6 +64,26 @@ def test_sigkill_mid_build_then_rerun_is_byte_identical(reference, tmp_path):
     assert not (out / ".build").exists()
 
 
+def test_sigterm_says_how_to_resume_and_the_rerun_finishes(reference, tmp_path):
+    src, ref = reference
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "data_prep.build_shards", "--source", str(src),
+                             "--out", str(out), *ARGS], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    end = time.time() + 60
+    while not any(out.glob("train-*.tar")) and proc.poll() is None and time.time() < end:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGTERM)      # as scancel signals the job step: workers too
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    _assert_no_half_files(out, ref)
+    r = cli("data_prep.build_shards", "--source", str(src), "--out", str(out), *ARGS)
+    assert r.returncode == 0, r.stderr
+    assert output_digest(out) == output_digest(ref)
+
+
 def test_kill_at_arbitrary_moments(reference, tmp_path):
     src, ref = reference
     out = tmp_path / "out"

@@ -161,3 +161,13 @@ def test_the_same_source_mounted_elsewhere_is_the_same_build(tmp_path):
     assert again == first  # already complete: nothing rebuilt
     with pytest.raises(BuildError, match="quality"):
         build(tmp_path / "moved", tmp_path / "out", quality=80)
+
+
+def test_two_files_with_one_key_are_both_named(tmp_path):
+    desc = fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    a, b = desc["classes"][:2]
+    src = next((tmp_path / "src" / "train" / a).iterdir())
+    shutil.copy(src, tmp_path / "src" / "train" / b / src.with_suffix(".png").name)
+    with pytest.raises(SourceError, match=f"occur twice .*train/{a}/{src.name} and "
+                                          f"train/{b}/{src.stem}.png"):
+        build(tmp_path / "src", tmp_path / "out")
