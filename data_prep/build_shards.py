@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -109,8 +110,12 @@ def build_shard(task: tuple[str, int, list[Record]]) -> dict:
             except image.UnreadableImage as e:
                 skipped.append({"key": r.key, "path": r.origin, "reason": str(e)})
                 continue
-            except OSError as e:  # no permission, an I/O error: listed, not fatal
-                skipped.append({"key": r.key, "path": r.origin, "reason": f"cannot read: {e.strerror or e}"})
+            except OSError as e:
+                # A loose file gone or unreadable is one image lost: listed, not fatal. A tar
+                # read that fails is the whole source failing: raised.
+                if r.offset >= 0 or e.errno not in (errno.EACCES, errno.EPERM, errno.ENOENT):
+                    raise
+                skipped.append({"key": r.key, "path": r.origin, "reason": f"cannot read: {e.strerror}"})
                 continue
             if dec.notes:
                 converted.append({"key": r.key, "path": r.origin, "notes": dec.notes})
@@ -140,6 +145,8 @@ def _finished(out: Path, split: str, index: int) -> dict | None:
 def _settings(src: Source, args) -> dict:
     return {
         "source": str(src.root), "layout": src.layout, "splits": list(args.splits),
+        # the labels are indices into it: shards of two class lists must never mix
+        "classes_sha256": hashlib.sha256("\n".join(src.wnids).encode()).hexdigest(),
         "shard_size": args.shard_size, "quality": args.quality, "seed": args.seed, "limit": args.limit,
         "image": {"size": image.SIZE, "resize": "shorter side to 256, antialiased bicubic, centre crop",
                   "draft": True, "jpeg_subsampling": image.SUBSAMPLING},
@@ -153,7 +160,8 @@ def _diff(a: dict, b: dict) -> str:
 
 
 def _same(a: dict, b: dict) -> bool:
-    """The same build, wherever the source is mounted now (the plan digest checks its listing)."""
+    """The same build, wherever the source is mounted now: for an unfinished build, whose
+    resume checks the new source's listing against the plan digest."""
     return {**a, "source": None} == {**b, "source": None}
 
 
@@ -162,8 +170,12 @@ def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
     alone: no other process (a --part) can be building in `out`."""
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
-        if _same(old.get("settings", {}), settings):
+        if old.get("settings") == settings:
             return old
+        if _same(old.get("settings", {}), settings):
+            raise BuildError(f"{out} holds a finished build of {old['settings']['source']}, not of "
+                             f"{settings['source']}: if that is the same source moved, the build "
+                             "is complete and there is nothing to do; else use another --out")
         raise BuildError(f"{out} holds a finished build with other settings "
                          f"({_diff(old.get('settings', {}), settings)}); "
                          "use another --out (or delete it) rather than mixing shards")
@@ -412,6 +424,15 @@ def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> d
     manifest = {"format_version": FORMAT_VERSION, "settings": settings, "classes": src.wnids, "splits": {}}
     for split in args.splits:
         plist = [parts[(split, i)] for i in range(len(plans[split]))]
+        if not any(p["count"] for p in plist):
+            # Nothing in the split could be read: forget its shards, so that the same command
+            # rebuilds them once the files are fixed, and say why.
+            for i in range(len(plans[split])):
+                (work / "parts" / f"{shard_name(split, i)}.json").unlink(missing_ok=True)
+            first = next(s for p in plist for s in p["skipped"])
+            raise BuildError(f"{split}: none of its {sum(p['planned'] for p in plist)} images could be "
+                             f"read (first: {first['path']}: {first['reason']}); fix the files and "
+                             "run the same command again")
         manifest["splits"][split] = {
             "count": sum(p["count"] for p in plist),
             "shards": [{k: p[k] for k in ("name", "count", "sha256", "bytes")} for p in plist],

@@ -56,7 +56,7 @@ POOL_FROM = 2000  # images; below this a pool's start-up costs more than it save
 
 def fixture_wnids(n: int) -> list[str]:
     real = list(REAL_WNIDS)
-    return real[:n] + [f"n{99000000 + 7919 * i:08d}" for i in range(max(0, n - len(real)))]
+    return real[:n] + [f"n{99000000 + i:08d}" for i in range(max(0, n - len(real)))]  # 8 digits
 
 
 # ---- images ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ for every layout, so the three layouts of the same images give the same shards.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -94,9 +95,10 @@ class Source:
             raise SourceError(f"{split}: {len(dup)} file names occur twice (a file's stem is its "
                               f"sample key, which must be unique): {'; '.join(dup[:5])}")
         known = set(self.wnids)
-        stray = sorted({r.wnid for r in records} - known)
+        stray = [r for r in records if r.wnid not in known]
         if stray:
-            raise SourceError(f"{split}: classes not in the class list: {stray[:10]}")
+            raise SourceError(f"{split}: classes not in the class list: "
+                              f"{sorted({r.wnid for r in stray})[:10]} (first: {stray[0].origin})")
         return records
 
     def expected(self, split: str) -> tuple[int | None, str]:
@@ -141,10 +143,17 @@ class Source:
             elif image or not e.is_dir():  # a text file, a dangling link, a folder named x.JPEG
                 self.ignored[split] += 1
 
-    def _class_dirs(self, split: str, top: Path) -> Iterable[Record]:
+    def _class_dirs(self, split: str, top: Path, labels: dict[str, str] | None = None,
+                    who: str = "") -> Iterable[Record]:
+        """The images in top/<wnid>/ folders; where `labels` (from `who`) also label one, they
+        must agree (a val image moved to the wrong folder would train a wrong label silently)."""
         for wnid in class_dirs(top):
             for p in self._files(split, top / wnid):
-                yield Record(split, key_of(p.name), wnid, str(p), -1, -1, str(p.relative_to(self.root)))
+                key, origin = key_of(p.name), str(p.relative_to(self.root))
+                if labels and labels.get(key, wnid) != wnid:
+                    raise SourceError(f"{origin}: in the folder of {wnid}, but {who} labels it "
+                                      f"{labels[key]}")
+                yield Record(split, key, wnid, str(p), -1, -1, origin)
 
     def _labelled_files(self, split: str, top: Path, labels: dict[str, str], who: str) -> Iterable[Record]:
         """The images directly in `top` (a flat val folder), labelled by key from `who`."""
@@ -157,11 +166,12 @@ class Source:
 
     def _folder(self, split, cache_dir, imap) -> Iterable[Record]:
         top = self.root / split
+        labels, who = None, ""
         if split == "val":  # a flat val folder, as extracted from the tarball: the devkit labels it
             labels, who = ((self.devkit.val_labels(), f"{DEVKIT_NAME}'s validation ground truth")
                            if self.devkit else ({}, f"val/<wnid>/ folders, and no {DEVKIT_NAME} to label it"))
             yield from self._labelled_files(split, top, labels, who)
-        yield from self._class_dirs(split, top)
+        yield from self._class_dirs(split, top, labels, who)
 
     _kaggle_val_labels: dict[str, str] | None = None
 
@@ -171,7 +181,8 @@ class Source:
             yield from self._class_dirs(split, top)
             return
         yield from self._labelled_files(split, top, self._kaggle_val_labels, KAGGLE_VAL)
-        yield from self._class_dirs(split, top)  # val sorted into <wnid>/ folders (valprep.sh)
+        # val sorted into <wnid>/ folders (valprep.sh)
+        yield from self._class_dirs(split, top, self._kaggle_val_labels, KAGGLE_VAL)
 
 
 def _printable_utf8(name: str) -> bool:
@@ -276,7 +287,11 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
              + ([KAGGLE_VAL] if "val" in splits else []))
     words = {}
     mapping = root / KAGGLE_MAPPING
-    for n, line in enumerate(mapping.read_text(encoding="utf-8-sig").splitlines(), 1):
+    try:
+        lines = mapping.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{mapping}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
             if not WNID.fullmatch(wnid):
@@ -291,7 +306,11 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
 def read_kaggle_val(path: Path) -> dict[str, str]:
     """LOC_val_solution.csv: ImageId -> the WNID that starts its PredictionString."""
     labels = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    with io.StringIO(text, newline="") as f:
         rows = csv.reader(f)
         header = [h.strip().lower() for h in next(rows, [])]
         if "imageid" not in header or "predictionstring" not in header:

@@ -153,14 +153,61 @@ def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
         build(tmp_path / "src", tmp_path / "out")
 
 
-def test_the_same_source_mounted_elsewhere_is_the_same_build(tmp_path):
+def test_a_source_moved_mid_build_finishes_it(tmp_path):
+    """An unfinished build resumes from the source at its new path (its listing is checked
+    against the plan); a finished one names both paths rather than vouch for the new one."""
     fixture(tmp_path / "src", "folder", quirks=False, **TINY)
-    first = build(tmp_path / "src", tmp_path / "out")
+    reference = build(tmp_path / "src", tmp_path / "ref", shard_size=4)
+    assert build(tmp_path / "src", tmp_path / "out", shard_size=4, part=0, parts=2) is None
     (tmp_path / "src").rename(tmp_path / "moved")
-    again = build(tmp_path / "moved", tmp_path / "out")
-    assert again == first  # already complete: nothing rebuilt
-    with pytest.raises(BuildError, match="quality"):
-        build(tmp_path / "moved", tmp_path / "out", quality=80)
+    done = build(tmp_path / "moved", tmp_path / "out", shard_size=4)
+    assert done["splits"]["train"]["shards"] == reference["splits"]["train"]["shards"]
+    shutil.rmtree(tmp_path / "ref")
+    (tmp_path / "moved").rename(tmp_path / "again")
+    with pytest.raises(BuildError, match=r"finished build of .*moved, not of .*again: if that is "
+                                         r"the same source moved, .* nothing to do"):
+        build(tmp_path / "again", tmp_path / "out", shard_size=4)
+
+
+def test_a_split_with_no_readable_image_fails_until_fixed(tmp_path):
+    desc = fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    saved = {}
+    for p in (tmp_path / "src" / "train").rglob("*.JPEG"):
+        saved[p] = p.read_bytes()
+        p.write_bytes(b"")
+    with pytest.raises(BuildError, match=r"train: none of its 6 images could be read \(first: "
+                                         r"train/.*JPEG: .*\); fix the files"):
+        build(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    for p, data in saved.items():
+        p.write_bytes(data)
+    m = build(tmp_path / "src", tmp_path / "out")       # the same command, once fixed
+    assert m["splits"]["train"]["count"] == len(desc["labels"]["train"])
+
+
+def test_a_val_image_in_the_wrong_class_folder_is_named(tmp_path):
+    desc = fixture(tmp_path / "src", "kaggle", quirks=False, **TINY)
+    val = tmp_path / "src" / KAGGLE_DATA / "val"
+    key, wnid = next(iter(expected_val(desc).items()))
+    other = next(w for w in desc["classes"] if w != wnid)
+    (val / other).mkdir()
+    (val / f"{key}.JPEG").rename(val / other / f"{key}.JPEG")
+    with pytest.raises(SourceError, match=f"val/{other}/{key}.JPEG: in the folder of {other}, but "
+                                          f"{KAGGLE_VAL} labels it {wnid}"):
+        build(tmp_path / "src", tmp_path / "out")
+
+
+def test_parts_with_different_class_lists_never_mix(tmp_path):
+    """A folder subset gains the devkit between two parts: its class list (the labels'
+    meaning) changes, so the second part is refused."""
+    fixture(tmp_path / "official", "official", **TINY)
+    desc = fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    shutil.rmtree(tmp_path / "src" / "train" / desc["classes"][0])
+    shutil.rmtree(tmp_path / "src" / "val" / desc["classes"][0])
+    assert build(tmp_path / "src", tmp_path / "out", shard_size=2, part=0, parts=2) is None
+    shutil.copy(tmp_path / "official" / "ILSVRC2012_devkit_t12.tar.gz", tmp_path / "src")
+    with pytest.raises(BuildError, match="unfinished build with other settings .*classes_sha256"):
+        build(tmp_path / "src", tmp_path / "out", shard_size=2, part=1, parts=2)
 
 
 def test_two_files_with_one_key_are_both_named(tmp_path):
