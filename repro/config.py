@@ -8,6 +8,7 @@ the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -260,13 +261,13 @@ def validate(cfg: Config, where: str) -> None:
         if get(key) not in options:
             raise ConfigError(f"{where}: {key} = {get(key)!r} is not one of {', '.join(options)}")
     for key in POSITIVE:
-        if not get(key) > 0:
+        if not get(key) > 0:      # written so that NaN fails too
             raise ConfigError(f"{where}: {key} must be > 0, got {get(key)!r}")
     for key in NON_NEGATIVE:
-        if get(key) < 0:
+        if not get(key) >= 0:
             raise ConfigError(f"{where}: {key} must be >= 0, got {get(key)!r}")
     for key in (*POSITIVE, *NON_NEGATIVE):
-        if get(key) == float("inf"):
+        if not math.isfinite(get(key)):
             raise ConfigError(f"{where}: {key} must be finite, got {get(key)!r}")
     if not cfg.optim.momentum < 1:
         raise ConfigError(f"{where}: optim.momentum must be in [0, 1) (the velocity would grow "

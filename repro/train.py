@@ -62,6 +62,9 @@ def place_model(cfg: Config, d, device: torch.device) -> torch.nn.Module:
     model = build_model(model_kwargs(cfg))
     set_impls(model, cfg.train)
     if cfg.train.parallel == "towers":
+        if cfg.train.split_groups or cfg.train.pad_input_channels:
+            raise SystemExit("train.split_groups and train.pad_input_channels apply to the "
+                             "one-device model; the towers run their own convolutions")
         if d.world > 1:
             raise SystemExit("train.parallel = towers is one process driving two devices: "
                              "launch a single process (no torchrun or srun tasks)")
@@ -145,8 +148,10 @@ def validate(model, cfg: Config, shards, normalizer: Normalizer, d, device, auto
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     """Train (or resume) into run_dir; returns the process exit status."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    stop = StopFlag()  # first: a signal during start-up (W&B, a checkpoint load) is honoured too
     d = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
+    # Before the slow start-up (checkpoint load, W&B) so that a signal then is honoured too;
+    # after init, so that torchrun can still stop ranks stuck in it.
+    stop = StopFlag()
     device = pick_device(cfg.train.device, d.local_rank)
     if cfg.data.batch_size % d.world:
         raise SystemExit(f"data.batch_size = {cfg.data.batch_size} is not divisible by the "

@@ -47,6 +47,7 @@ def test_overrides_and_base_inheritance():
     (["augment.flip=maybe"], ["augment.flip", "true or false"]),
     (["augment.flip=yes"], ["augment.flip", "true or false"]),   # YAML 1.2: only true/false
     (["optim.lr=.inf"], ["optim.lr", "finite"]),
+    (["optim.weight_decay=.nan"], ["optim.weight_decay", ">= 0"]),
     (["optim.momentum=5"], ["optim.momentum", "[0, 1)"]),
     (["train.compile_mode=fastest"], ["train.compile_mode", "reduce-overhead"]),
     (["lr"], ["section.key=value"]),
