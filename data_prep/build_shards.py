@@ -159,6 +159,12 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
 
 
+def _known(settings: dict, old: dict) -> dict:
+    """`settings` as far as a build made by an earlier version recorded them (keys added since
+    are not compared, so such a build stays usable)."""
+    return {k: v for k, v in settings.items() if k in old}
+
+
 def _same(a: dict, b: dict) -> bool:
     """The same build, wherever the source is mounted now: for an unfinished build, whose
     resume checks the new source's listing against the plan digest."""
@@ -170,26 +176,28 @@ def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
     alone: no other process (a --part) can be building in `out`."""
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
-        if old.get("settings") == settings:
+        was = old.get("settings", {})
+        if was == _known(settings, was):
             return old
-        if _same(old.get("settings", {}), settings):
-            raise BuildError(f"{out} holds a finished build of {old['settings']['source']}, not of "
+        if _same(was, _known(settings, was)):
+            raise BuildError(f"{out} holds a finished build of {was['source']}, not of "
                              f"{settings['source']}: if that is the same source moved, the build "
                              "is complete and there is nothing to do; else use another --out")
         raise BuildError(f"{out} holds a finished build with other settings "
-                         f"({_diff(old.get('settings', {}), settings)}); "
+                         f"({_diff(was, _known(settings, was))}); "
                          "use another --out (or delete it) rather than mixing shards")
     work = out / WORK
     if (work / "settings.json").exists():
         old = json.loads((work / "settings.json").read_text())
         # A build that failed before its first shard (say, a wrong --source) holds nothing to keep.
-        if (not _same(old, settings) and alone and not any((work / "parts").glob("*.json"))
-                and not any(out.glob("*-*.tar"))):
+        if (not _same(old, _known(settings, old)) and alone
+                and not any((work / "parts").glob("*.json")) and not any(out.glob("*-*.tar"))):
             (work / "plan.json").unlink(missing_ok=True)
             atomic.write_json(work / "settings.json", settings)
             old = settings
-        if not _same(old, settings):
-            raise BuildError(f"{out} holds an unfinished build with other settings ({_diff(old, settings)}); "
+        if not _same(old, _known(settings, old)):
+            raise BuildError(f"{out} holds an unfinished build with other settings "
+                             f"({_diff(old, _known(settings, old))}); "
                              "rerun that command to finish it, or use another --out")
     else:
         strays = sorted(p.name for p in out.glob("*-*.tar"))

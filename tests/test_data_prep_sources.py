@@ -3,6 +3,7 @@ folders, empty splits, unreadable files, odd names. Each either builds the right
 fails with an error that names the file."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -218,3 +219,15 @@ def test_two_files_with_one_key_are_both_named(tmp_path):
     with pytest.raises(SourceError, match=f"occur twice .*train/{a}/{src.name} and "
                                           f"train/{b}/{src.stem}.png"):
         build(tmp_path / "src", tmp_path / "out")
+
+
+def test_a_build_by_an_earlier_version_stays_complete(tmp_path):
+    """Settings added since (classes_sha256) are not held against an older finished build."""
+    fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    build(tmp_path / "src", tmp_path / "out")
+    m = manifest(tmp_path / "out")
+    del m["settings"]["classes_sha256"]
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(m))
+    assert build(tmp_path / "src", tmp_path / "out") == m
+    with pytest.raises(BuildError, match="quality"):
+        build(tmp_path / "src", tmp_path / "out", quality=80)
