@@ -344,9 +344,15 @@ def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLo
 def _outlive_stop_signals(worker_id: int) -> None:
     """SLURM signals every process of a job step (preemption, scancel, the time-limit
     warning). The trainer then checkpoints and exits, which ends its loader workers; a
-    worker killed by the signal first would end the trainer without a checkpoint."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+    worker killed by the signal first would end the trainer without a checkpoint. So a
+    worker lets the first SIGTERM pass; a second (the DataLoader or Python's exit stopping
+    a worker that did not finish) ends it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _spare_once)
+
+
+def _spare_once(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def device_loader(plan: EpochPlan, device: torch.device):
