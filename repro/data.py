@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import random
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -345,14 +347,18 @@ def _outlive_stop_signals(worker_id: int) -> None:
     """SLURM signals every process of a job step (preemption, scancel, the time-limit
     warning). The trainer then checkpoints and exits, which ends its loader workers; a
     worker killed by the signal first would end the trainer without a checkpoint. So a
-    worker lets the first SIGTERM pass; a second (the DataLoader or Python's exit stopping
-    a worker that did not finish) ends it."""
+    worker ignores SIGUSR1, and SIGTERM from anyone but its parent (the DataLoader and
+    Python's exit stop workers with SIGTERM: those still end it)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _spare_once)
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below
 
+    def watch() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
 
-def _spare_once(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=watch, daemon=True, name="stop-signals").start()
 
 
 def device_loader(plan: EpochPlan, device: torch.device):

@@ -184,3 +184,47 @@ def test_prefetch_to_cuda_gives_the_same_batches(shards, decode):
         busy = busy @ busy / 2048                  # work queued ahead of each batch's use
         assert labels.is_cuda and ys.is_cuda
         assert torch.equal(device_images(images, ys, xs, flips, p, cuda).cpu(), expect)
+
+
+STOP_SCRIPT = r"""
+import os, signal, subprocess, sys, time, torch
+from repro.data import _outlive_stop_signals
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        while True:
+            yield torch.zeros(1)
+            time.sleep(0.01)
+
+batches = iter(torch.utils.data.DataLoader(Stream(), batch_size=None, num_workers=2,
+                                           worker_init_fn=_outlive_stop_signals))
+next(batches)
+if sys.argv[1] == "group":          # SLURM's SIGTERM to every process: the workers live on
+    subprocess.run(["kill", "-s", "TERM", "--", f"-{os.getpgrp()}"])   # not from the parent
+    time.sleep(0.5)
+    for _ in range(20):
+        next(batches)
+    print("served after SIGTERM", flush=True)
+else:                               # the trainer fails: its exit must still end the workers
+    raise RuntimeError("the trainer failed")
+"""
+
+
+@pytest.mark.parametrize("case", ["group", "crash"])
+def test_loader_workers_outlive_the_jobs_sigterm_but_not_their_parents_exit(case):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    # the script's own process group: its killpg reaches it and its workers, not pytest
+    code = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + STOP_SCRIPT
+            if case == "group" else STOP_SCRIPT)
+    done = subprocess.run([sys.executable, "-c", code, case], cwd=root, capture_output=True,
+                          text=True, timeout=60, start_new_session=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    if case == "group":
+        assert done.returncode == 0 and "served after SIGTERM" in done.stdout, done.stderr[-2000:]
+    else:
+        assert done.returncode == 1 and "the trainer failed" in done.stderr
