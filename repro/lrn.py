@@ -4,6 +4,8 @@
 
 alpha_over_n=False is the paper's formula as printed; alpha_over_n=True divides
 alpha by n, as the author's cuda-convnet code, Caffe and torch.nn.LocalResponseNorm do.
+relu=True applies the ReLU first, inside the same pass (the paper normalises "after
+applying the ReLU nonlinearity"): fused, the rectified maps are never written out.
 With groups=2 each tower normalises over its own maps only: in the paper's
 two-GPU net the window never crosses from one GPU's maps to the other's
 (cuda-convnet2's layers-imagenet-2gpu-model.cfg has rnorm1a/rnorm1b, 48 maps each).
@@ -44,64 +46,71 @@ def _window_sum(t: torch.Tensor, size: int, groups: int, mirrored: bool = False)
 
 
 def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-                        alpha_over_n: bool, groups: int = 1) -> torch.Tensor:
-    """The reference: normalise (N, C, H, W) over windows of `size` adjacent channels
-    of the same group."""
+                        alpha_over_n: bool, groups: int = 1, relu: bool = False) -> torch.Tensor:
+    """The reference: normalise (N, C, H, W) (rectified first if relu) over windows of
+    `size` adjacent channels of the same group."""
     if x.dim() != 4:
         raise ValueError(f"local_response_norm expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     coeff = alpha / size if alpha_over_n else alpha
+    if relu:
+        x = F.relu(x)
     return x / (_window_sum(x * x, size, groups) * coeff + k).pow(beta)
 
 
 class _FusedLRN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, size, coeff, beta, k, groups):
+    def forward(ctx, x, size, coeff, beta, k, groups, relu):
         ctx.save_for_backward(x)
-        ctx.args = size, coeff, beta, k, groups
-        return x * (k + coeff * _window_sum(x * x, size, groups)).pow(-beta)
+        ctx.args = size, coeff, beta, k, groups, relu
+        a = x.clamp(min=0) if relu else x
+        return a * (k + coeff * _window_sum(a * a, size, groups)).pow(-beta)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        size, coeff, beta, k, groups = ctx.args
-        s = k + coeff * _window_sum(x * x, size, groups)
+        size, coeff, beta, k, groups, relu = ctx.args
+        a = x.clamp(min=0) if relu else x
+        s = k + coeff * _window_sum(a * a, size, groups)
         scale = s.pow(-beta)
-        back = _window_sum(g * x * scale / s, size, groups, mirrored=True)
-        return g * scale - (2 * coeff * beta) * x * back, None, None, None, None, None
+        back = _window_sum(g * a * scale / s, size, groups, mirrored=True)
+        da = g * scale - (2 * coeff * beta) * a * back
+        return (da * (x > 0) if relu else da), None, None, None, None, None, None
 
 
-def fast_local_response_norm(x, size, alpha, beta, k, alpha_over_n, groups=1, impl="auto"):
+def fast_local_response_norm(x, size, alpha, beta, k, alpha_over_n, groups=1, impl="auto",
+                             relu=False):
     """The same function as local_response_norm, by the implementation `impl`."""
     coeff = alpha / size if alpha_over_n else alpha
     if impl in ("auto", "triton") and x.is_cuda:
         from repro import lrn_triton
         if lrn_triton.applies(x, size, groups):
-            return lrn_triton.lrn(x, size, coeff, beta, k, groups)
+            return lrn_triton.lrn(x, size, coeff, beta, k, groups, relu)
         if impl == "triton":
             raise ValueError("the Triton LRN needs a channels_last CUDA tensor and an odd size")
     if impl == "reference":
-        return local_response_norm(x, size, alpha, beta, k, alpha_over_n, groups)
-    return _FusedLRN.apply(x, size, coeff, beta, k, groups)
+        return local_response_norm(x, size, alpha, beta, k, alpha_over_n, groups, relu)
+    return _FusedLRN.apply(x, size, coeff, beta, k, groups, relu)
 
 
 class LocalResponseNorm(nn.Module):
     def __init__(self, size: int, alpha: float, beta: float, k: float, alpha_over_n: bool,
-                 groups: int = 1, impl: str = "reference"):
+                 groups: int = 1, impl: str = "reference", relu: bool = False):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.alpha_over_n, self.groups, self.impl = alpha_over_n, groups, impl
+        self.alpha_over_n, self.groups, self.impl, self.relu = alpha_over_n, groups, impl, relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fast_local_response_norm(x, self.size, self.alpha, self.beta, self.k,
-                                        self.alpha_over_n, self.groups, self.impl)
+                                        self.alpha_over_n, self.groups, self.impl, self.relu)
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
-                f"alpha_over_n={self.alpha_over_n}, groups={self.groups}, impl={self.impl}")
+                f"alpha_over_n={self.alpha_over_n}, groups={self.groups}, impl={self.impl}, "
+                f"relu={self.relu}")
 
 
 def set_impl(model: nn.Module, impl: str) -> None:

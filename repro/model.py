@@ -20,7 +20,7 @@ from repro.lrn import LocalResponseNorm, set_impl as set_lrn_impl
 CONVS = {"conv1": (96, 11, 4), "conv2": (256, 5, 1), "conv3": (384, 3, 1),
          "conv4": (384, 3, 1), "conv5": (256, 3, 1)}
 GROUPED = ("conv2", "conv4", "conv5")  # read only their own tower
-NORMED = ("conv1", "conv2")            # followed by ReLU then LRN
+NORMED = ("conv1", "conv2")            # followed by ReLU then LRN (one module: norm1, norm2)
 POOLED = ("conv1", "conv2", "conv5")   # followed by max pooling
 HALVED = ("conv1", "conv2", "conv3", "conv4")  # section 3.2's one-GPU net halves these
 FC_WIDTH = 4096
@@ -125,11 +125,13 @@ class AlexNet(nn.Module):
                     nn.init.xavier_uniform_(getattr(self, name).weight)
 
         def norm():
+            # ReLU then LRN, one module, so the fast LRNs rectify as they read (section 3.3:
+            # normalisation "after applying the ReLU nonlinearity"). Per tower: the paper's
+            # window never crosses to the other GPU's maps.
             if lrn == "none":
-                return nn.Identity()
-            # Per tower: the paper's window never crosses to the other GPU's maps.
+                return nn.ReLU()
             return LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k,
-                                     alpha_over_n=LRN_MODES[lrn], groups=groups)
+                                     alpha_over_n=LRN_MODES[lrn], groups=groups, relu=True)
 
         self.norm1, self.norm2 = norm(), norm()
         self.pool1, self.pool2, self.pool5 = (nn.MaxPool2d(pool_kernel, pool_stride) for _ in range(3))
@@ -148,8 +150,8 @@ class AlexNet(nn.Module):
             layer.bias.fill_(bias_value if name in bias_one else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.norm1(F.relu(self.conv1(x))))
-        x = self.pool2(self.norm2(F.relu(self.conv2(x))))
+        x = self.pool1(self.norm1(self.conv1(x)))    # norm1, norm2: ReLU, then LRN
+        x = self.pool2(self.norm2(self.conv2(x)))
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x))
         x = self.pool5(F.relu(self.conv5(x)))

@@ -172,7 +172,7 @@ class TowerAlexNet(nn.Module):
     def _conv(self, x, name: str, t: int):
         conv = getattr(self._skeleton, name)
         w, b = self._w(name, t)
-        return F.relu(F.conv2d(x, w, b, conv.stride, conv.padding))
+        return F.conv2d(x, w, b, conv.stride, conv.padding)
 
     def _norm(self, norm: nn.Module, xs):
         if isinstance(norm, LocalResponseNorm) and self.lrn_across_towers:
@@ -195,9 +195,9 @@ class TowerAlexNet(nn.Module):
         xs = [self.pool1(y) for y in self._norm(self.norm1, xs)]
         xs = [self._conv(y, "conv2", t) for t, y in enumerate(xs)]
         xs = [self.pool2(y) for y in self._norm(self.norm2, xs)]
-        xs = [self._conv(self._both(xs, t), "conv3", t) for t in range(2)]   # crosses
-        xs = [self._conv(y, "conv4", t) for t, y in enumerate(xs)]
-        xs = [self.pool5(self._conv(y, "conv5", t)) for t, y in enumerate(xs)]
+        xs = [F.relu(self._conv(self._both(xs, t), "conv3", t)) for t in range(2)]   # crosses
+        xs = [F.relu(self._conv(y, "conv4", t)) for t, y in enumerate(xs)]
+        xs = [self.pool5(F.relu(self._conv(y, "conv5", t))) for t, y in enumerate(xs)]
         # flatten(cat(channels)) == cat(flatten): channel-major, as AlexNet.forward flattens
         flat = [self._both([torch.flatten(y, 1) for y in xs], t) for t in range(2)]  # crosses
         xs = [F.relu(F.linear(flat[t], *self._w("fc6", t))) for t in range(2)]

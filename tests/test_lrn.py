@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from repro.lrn import LocalResponseNorm, fast_local_response_norm, local_response_norm
 
@@ -78,35 +79,39 @@ def test_groups_normalise_each_group_alone():
     assert not torch.allclose(got, local_response_norm(a, 5, 1e-4, 0.75, 2.0, False))
 
 
-@pytest.mark.parametrize("size, groups", [(5, 1), (5, 2), (4, 1), (3, 2)])
-def test_fused_backward_equals_autograd_of_the_formula(size, groups):
+@pytest.mark.parametrize("size, groups, relu", [(5, 1, False), (5, 2, False), (4, 1, False),
+                                               (3, 2, False), (5, 2, True), (4, 1, True)])
+def test_fused_backward_equals_autograd_of_the_formula(size, groups, relu):
     g = torch.Generator().manual_seed(2)
     a = (torch.randn(2, 12, 3, 3, generator=g, dtype=torch.float64) * 60).requires_grad_()
     args = (size, 1e-4, 0.75, 2.0, False, groups)
-    ref = local_response_norm(a, *args)
-    out = fast_local_response_norm(a, *args, impl="fused")
+    ref = local_response_norm(F.relu(a) if relu else a, *args)   # relu written out here
+    out = fast_local_response_norm(a, *args, impl="fused", relu=relu)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
     upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     (grad_ref,) = torch.autograd.grad(ref, a, upstream)
     (grad_fused,) = torch.autograd.grad(out, a, upstream)
     torch.testing.assert_close(grad_fused, grad_ref, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(
-        lambda t: fast_local_response_norm(t, *args, impl="fused"), (a[:1, :, :2, :2].detach()
-                                                                       .clone().requires_grad_(),))
+        lambda t: fast_local_response_norm(t, *args, impl="fused", relu=relu),
+        (a[:1, :, :2, :2].detach().clone().requires_grad_(),))
+    if relu:
+        assert (grad_fused[a.detach() < 0] == 0).all() and (grad_fused[a.detach() > 0] != 0).any()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-@pytest.mark.parametrize("channels, groups", [(96, 2), (256, 2), (96, 1)])
-def test_triton_equals_reference(dtype, tol, channels, groups):
+@pytest.mark.parametrize("channels, groups, relu", [(96, 2, False), (256, 2, False), (96, 1, False),
+                                                    (96, 2, True), (256, 2, True)])
+def test_triton_equals_reference(dtype, tol, channels, groups, relu):
     g = torch.Generator(device="cuda").manual_seed(3)
     x = (torch.randn(8, channels, 13, 13, generator=g, device="cuda") * 60).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     args = (5, 1e-4, 0.75, 2.0, False, groups)
     ref_in = x.detach().double().requires_grad_()
-    ref = local_response_norm(ref_in, *args)
-    out = fast_local_response_norm(x, *args, impl="triton")
+    ref = local_response_norm(F.relu(ref_in) if relu else ref_in, *args)
+    out = fast_local_response_norm(x, *args, impl="triton", relu=relu)
     upstream = torch.randn(ref.shape, generator=g, device="cuda", dtype=torch.float64)
     (grad_ref,) = torch.autograd.grad(ref, ref_in, upstream)
     (grad,) = torch.autograd.grad(out, x, upstream.to(dtype))

@@ -16,19 +16,20 @@ from repro import lrn_triton
 from repro.lrn import local_response_norm
 
 g = torch.Generator().manual_seed(0)
-for channels, groups, size in ((12, 2, 5), (10, 1, 5), (12, 2, 3), (6, 2, 1)):
+for channels, groups, size, relu in ((12, 2, 5, False), (10, 1, 5, False), (12, 2, 3, False),
+                                     (6, 2, 1, False), (12, 2, 5, True), (10, 1, 3, True)):
     x = (torch.randn(2, channels, 3, 4, generator=g) * 60).contiguous(
         memory_format=torch.channels_last).requires_grad_()
-    args = (size, 1e-4, 0.75, 2.0, groups)
+    args = (size, 1e-4, 0.75, 2.0, groups, relu)
     out = lrn_triton.lrn(x, *args)                   # the custom op, with its autograd
     upstream = torch.randn(out.shape, generator=g)
     (grad,) = torch.autograd.grad(out, x, upstream)
     ref_in = x.detach().double().requires_grad_()
-    ref = local_response_norm(ref_in, size, 1e-4, 0.75, 2.0, False, groups)
+    ref = local_response_norm(ref_in, size, 1e-4, 0.75, 2.0, False, groups, relu)
     (ref_grad,) = torch.autograd.grad(ref, ref_in, upstream.double())
     for got, want in ((out, ref), (grad, ref_grad)):
         err = ((got.double() - want).norm() / want.norm()).item()
-        assert err < 1e-5, (channels, groups, size, err)
+        assert err < 1e-5, (channels, groups, size, relu, err)
     assert out.is_contiguous(memory_format=torch.channels_last)
 print("ok")
 '''
