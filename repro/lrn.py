@@ -76,7 +76,7 @@ class _FusedLRN(torch.autograd.Function):
         scale = s.pow(-beta)
         back = _window_sum(g * a * scale / s, size, groups, mirrored=True)
         da = g * scale - (2 * coeff * beta) * a * back
-        return (da * (x > 0) if relu else da), None, None, None, None, None, None
+        return (torch.where(x > 0, da, 0) if relu else da), None, None, None, None, None, None
 
 
 def fast_local_response_norm(x, size, alpha, beta, k, alpha_over_n, groups=1, impl="auto",

@@ -34,8 +34,8 @@ def _s(X, rows, cols, row_ok, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.con
         ok = (c2 >= 0) & (c2 < C) & (c2 // GROUP == cols // GROUP)
         v = tl.load(X + rows[:, None] * C + c2[None, :], mask=row_ok[:, None] & ok[None, :],
                     other=0.0).to(tl.float32)
-        if RELU:
-            v = tl.maximum(v, 0.0)
+        if RELU:  # NaN kept, as F.relu keeps it (so a non-finite loss still shows)
+            v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
         acc += v * v
     return k + coeff * acc
 
@@ -53,7 +53,7 @@ def _tile(X, P, C: tl.constexpr, GROUP: tl.constexpr, SIZE: tl.constexpr,
     offs = rows[:, None] * C + cols[None, :]
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        x = tl.maximum(x, 0.0)
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
     return rows, row_ok, offs, mask, s, x
 
 

@@ -64,8 +64,8 @@ def ckpts(tmp_path_factory, shards):
 
 def fc7_by_hand(model, x):
     """The last hidden layer, layer by layer (Figure 2), in eval mode."""
-    x = model.pool1(model.norm1(F.relu(model.conv1(x))))
-    x = model.pool2(model.norm2(F.relu(model.conv2(x))))
+    x = model.pool1(model.norm1(model.conv1(x)))      # norm1, norm2: ReLU then LRN
+    x = model.pool2(model.norm2(model.conv2(x)))
     x = model.pool5(F.relu(model.conv5(F.relu(model.conv4(F.relu(model.conv3(x)))))))
     return F.relu(model.fc7(F.relu(model.fc6(torch.flatten(x, 1)))))
 

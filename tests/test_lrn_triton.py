@@ -18,8 +18,9 @@ from repro.lrn import local_response_norm
 g = torch.Generator().manual_seed(0)
 for channels, groups, size, relu in ((12, 2, 5, False), (10, 1, 5, False), (12, 2, 3, False),
                                      (6, 2, 1, False), (12, 2, 5, True), (10, 1, 3, True)):
-    x = (torch.randn(2, channels, 3, 4, generator=g) * 60).contiguous(
-        memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, channels, 3, 4, generator=g) * 60
+    x[:, :, 0, 0] = 0.0                              # the ReLU's kink: its gradient is 0 there
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     args = (size, 1e-4, 0.75, 2.0, groups, relu)
     out = lrn_triton.lrn(x, *args)                   # the custom op, with its autograd
     upstream = torch.randn(out.shape, generator=g)
@@ -31,6 +32,9 @@ for channels, groups, size, relu in ((12, 2, 5, False), (10, 1, 5, False), (12, 
         err = ((got.double() - want).norm() / want.norm()).item()
         assert err < 1e-5, (channels, groups, size, relu, err)
     assert out.is_contiguous(memory_format=torch.channels_last)
+nan = torch.zeros(1, 6, 2, 2).contiguous(memory_format=torch.channels_last)
+nan[0, 2, 1, 1] = float("nan")                       # the fused ReLU keeps a NaN, as F.relu does
+assert lrn_triton.lrn(nan, 5, 1e-4, 0.75, 2.0, 1, True).isnan().any()
 print("ok")
 '''
 

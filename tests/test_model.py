@@ -159,10 +159,11 @@ def test_lrn_conventions():
     paper_lrn = AlexNet(**SMALL).norm1
     assert (paper_lrn.k, paper_lrn.alpha, paper_lrn.alpha_over_n) == (2.0, 1e-4, False)
     convnet = AlexNet(**SMALL, lrn="cuda-convnet").norm2
-    x = torch.rand(1, 256, 3, 3) * 100
+    x = torch.randn(1, 256, 3, 3) * 100
     torch_lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-    # Two towers: torch's LRN applied to each half of the maps separately.
-    torch.testing.assert_close(convnet(x), torch.cat([torch_lrn(x[:, :128]), torch_lrn(x[:, 128:])], 1))
+    # ReLU, then two towers: torch's LRN applied to each half of the maps separately.
+    a = torch.relu(x)
+    torch.testing.assert_close(convnet(x), torch.cat([torch_lrn(a[:, :128]), torch_lrn(a[:, 128:])], 1))
     caffe = AlexNet(**SMALL, lrn="caffe", lrn_k=1.0).norm1
     assert (caffe.k, caffe.alpha_over_n) == (1.0, True)
     with pytest.raises(ValueError, match="lrn"):

@@ -112,9 +112,10 @@ def test_each_tower_holds_half_of_every_layer():
 
 
 def test_lrn_per_tower_and_the_boundary_exchange():
-    x = torch.rand(2, 96, 4, 4, dtype=torch.float64) * 100
-    per_tower = LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_over_n=False, groups=2)  # the model's
-    crossing = LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_over_n=False, groups=1)
+    x = torch.randn(2, 96, 4, 4, dtype=torch.float64) * 100
+    # the model's: ReLU then LRN per tower
+    per_tower = LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_over_n=False, groups=2, relu=True)
+    crossing = LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_over_n=False, groups=1, relu=True)
     apart = torch.cat(tower_lrn(x[:, :48], x[:, 48:], per_tower, across=False), 1)
     torch.testing.assert_close(apart, per_tower(x), **TIGHT)
     across = torch.cat(tower_lrn(x[:, :48], x[:, 48:], per_tower, across=True), 1)
