@@ -338,20 +338,35 @@ def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLo
     are uint8 (B,3,S,S) crops not yet mirrored (CPU path) or packed JPEG bytes (GPU
     path): device_images makes them the plan's crops on the device."""
     workers = plan.workers if plan.workers > 1 else 0  # 1 stream: read in-process
-    return torch.utils.data.DataLoader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
-                                       pin_memory=pin_memory, worker_init_fn=_outlive_stop_signals,
-                                       prefetch_factor=4 if workers else None)
+    return _Loader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
+                   pin_memory=pin_memory, worker_init_fn=_outlive_stop_signals,
+                   prefetch_factor=4 if workers else None)
+
+
+# SLURM signals every process of a job step (preemption, scancel, the time-limit warning).
+# The trainer then checkpoints and exits, which ends its loader workers; a worker killed by
+# the signal first would end the trainer without a checkpoint.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+
+
+class _Loader(torch.utils.data.DataLoader):
+    """Its workers start with the stop signals blocked (a signal mask is inherited), so that
+    one arriving while a worker starts waits for _outlive_stop_signals, not kills it."""
+
+    def __iter__(self):
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _outlive_stop_signals(worker_id: int) -> None:
-    """SLURM signals every process of a job step (preemption, scancel, the time-limit
-    warning). The trainer then checkpoints and exits, which ends its loader workers; a
-    worker killed by the signal first would end the trainer without a checkpoint. So a
-    worker ignores SIGUSR1, and SIGTERM from anyone but its parent (the DataLoader and
+    """A worker ignores SIGUSR1, and SIGTERM from anyone but its parent (the DataLoader and
     Python's exit stop workers with SIGTERM: those still end it)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # SIGTERM: taken by the thread below
 
     def watch() -> None:
         while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:

@@ -188,7 +188,7 @@ def test_prefetch_to_cuda_gives_the_same_batches(shards, decode):
 
 STOP_SCRIPT = r"""
 import os, signal, subprocess, sys, time, torch
-from repro.data import _outlive_stop_signals
+from repro.data import _Loader, _outlive_stop_signals
 
 class Stream(torch.utils.data.IterableDataset):
     def __iter__(self):
@@ -196,16 +196,17 @@ class Stream(torch.utils.data.IterableDataset):
             yield torch.zeros(1)
             time.sleep(0.01)
 
-batches = iter(torch.utils.data.DataLoader(Stream(), batch_size=None, num_workers=2,
-                                           worker_init_fn=_outlive_stop_signals))
-next(batches)
-if sys.argv[1] == "group":          # SLURM's SIGTERM to every process: the workers live on
+batches = iter(_Loader(Stream(), batch_size=None, num_workers=2,
+                       worker_init_fn=_outlive_stop_signals))
+if sys.argv[1] == "group":          # SLURM's SIGTERM to every process: the workers live on,
+    # even those still starting (no batch taken yet)
     subprocess.run(["kill", "-s", "TERM", "--", f"-{os.getpgrp()}"])   # not from the parent
     time.sleep(0.5)
     for _ in range(20):
         next(batches)
     print("served after SIGTERM", flush=True)
 else:                               # the trainer fails: its exit must still end the workers
+    next(batches)
     raise RuntimeError("the trainer failed")
 """
 
