@@ -117,7 +117,8 @@ def read_samples(path: str | Path, start: int = 0, stop: int | None = None):
             ext = parts[2].lower()
             if ext in sample:
                 raise ShardError(f"{path}: sample {key} has two {ext} members")
-            sample[ext] = f.read(padded)[:size]
+            sample[ext] = f.read(size)          # no padded copy to slice: the data once
+            f.seek(padded - size, 1)
     if start <= index:
         yield sample
     if stop is not None and index + 1 < stop:

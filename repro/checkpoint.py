@@ -93,11 +93,15 @@ def load(path: Path, map_location="cpu", keys=()) -> dict:
     return state
 
 
+def _newest_first(ckpts: Path) -> list[Path]:
+    """The checkpoints a resume tries, in order: last.pt, then the step-*.pt newest first."""
+    steps = sorted(ckpts.glob("step-*.pt"), reverse=True)
+    return [ckpts / "last.pt", *steps] if (ckpts / "last.pt").is_file() else steps
+
+
 def latest(run_dir: Path) -> Path | None:
-    """last.pt, else the newest step-*.pt, else None (whether it loads: load_latest)."""
-    ckpts = Path(run_dir) / "checkpoints"
-    last = ckpts / "last.pt"
-    return last if last.is_file() else max(ckpts.glob("step-*.pt"), default=None)
+    """The first checkpoint a resume tries, or None (whether it loads: load_latest)."""
+    return next(iter(_newest_first(Path(run_dir) / "checkpoints")), None)
 
 
 def load_latest(run_dir: Path, map_location="cpu") -> tuple[Path | None, dict | None]:
@@ -109,11 +113,8 @@ def load_latest(run_dir: Path, map_location="cpu") -> tuple[Path | None, dict | 
     found = sorted(ckpts.glob("*.pt"))
     if not found:
         return None, None
-    tries = sorted(ckpts.glob("step-*.pt"), reverse=True)
-    if (ckpts / "last.pt").is_file():
-        tries.insert(0, ckpts / "last.pt")
     problems = []
-    for path in tries:
+    for path in _newest_first(ckpts):
         try:
             return path, load(path, map_location, TRAIN_KEYS)
         except CheckpointError as e:

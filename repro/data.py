@@ -29,7 +29,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from data_prep.image import SIZE
+from data_prep.image import DECODE_ERRORS, SIZE, error_text
 from data_prep.manifest import load_manifest
 from data_prep.shardfile import read_samples
 from repro.augment import crop_windows
@@ -203,8 +203,8 @@ def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> tor
                 if img.mode != "RGB":
                     img = img.convert("RGB")
                 pixels = np.asarray(img)
-        except (OSError, SyntaxError, ValueError) as e:    # PIL's errors for a bad JPEG
-            raise ValueError(f"{name}: cannot decode its JPEG ({e})") from None
+        except DECODE_ERRORS as e:
+            raise ValueError(f"{name}: cannot decode its JPEG ({error_text(e)})") from None
         if pixels.shape[:2] != (STORED, STORED):
             raise ValueError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]}, "
                              f"expected {STORED}x{STORED} (shards not built by data_prep?)")
@@ -215,7 +215,7 @@ def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> tor
 def pack(jpegs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of JPEG byte strings as one buffer + lengths: one shared-memory
     tensor per batch crosses from the worker, not one per image."""
-    return (torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8),
+    return (torch.frombuffer(bytearray().join(jpegs), dtype=torch.uint8),   # one copy
             torch.tensor([len(j) for j in jpegs]))
 
 
