@@ -75,7 +75,7 @@ class DataConfig:
     crop_size: int = 227
     workers: int = 6                 # loader processes per rank
     shuffle_buffer: int = 4096
-    decode: str = "cpu"              # cpu (Pillow-SIMD workers) | gpu (nvJPEG)
+    decode: str = "cpu"              # cpu (workers decode: libjpeg-turbo) | gpu (nvJPEG)
     steps_per_epoch: int = 0         # 0 = a full pass over the shards
     val_limit: int = 0               # 0 = every val image
 

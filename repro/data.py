@@ -10,26 +10,29 @@ through a seeded webdataset shuffle buffer, draws every sample's crop and flip
 from its own seeded RNG, and only then skips what a resumed run has already
 trained on, so a resume replays exactly the same stream. Workers read the
 shards with data_prep.shardfile's tar reader, then decode and cut the crop (CPU
-Pillow path) or pass the JPEG bytes on (GPU decode path); the mirror and the
-per-pixel float work happen on the device (device_images, repro.augment).
+path: libjpeg-turbo via torchvision) or pass the JPEG bytes on (GPU decode path:
+nvJPEG); the mirror and the per-pixel float work happen on the device
+(device_images, repro.augment).
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import itertools
 import os
 import random
+import re
 import signal
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
-from data_prep.image import DECODE_ERRORS, SIZE, error_text
+from data_prep.image import SIZE
 from data_prep.manifest import load_manifest
 from data_prep.shardfile import read_samples
 from repro.augment import crop_windows
@@ -197,19 +200,35 @@ def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> tor
     else:   # allocated in shared memory, where it crosses to the main process uncopied
         storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
         batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
-    for out, jpeg, y, x, name in zip(batch.numpy(), jpegs, ys, xs, names):
-        try:
-            with Image.open(io.BytesIO(jpeg)) as img:
-                if img.mode != "RGB":
-                    img = img.convert("RGB")
-                pixels = np.asarray(img)
-        except DECODE_ERRORS as e:
-            raise ValueError(f"{name}: cannot decode its JPEG ({error_text(e)})") from None
-        if pixels.shape[:2] != (STORED, STORED):
-            raise ValueError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]}, "
-                             f"expected {STORED}x{STORED} (shards not built by data_prep?)")
-        out[:] = pixels[y:y + size, x:x + size]
+    with _torchvision_io():
+        for out, jpeg, y, x, name in zip(batch.numpy(), jpegs, ys, xs, names):
+            # libjpeg-turbo straight into an RGB (3,H,W) view of H,W,3 memory: Pillow's
+            # decode and conversion to RGB took 1.3x the CPU time (BENCHMARKS, "loader").
+            try:
+                pixels = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8),
+                                     mode=ImageReadMode.RGB)
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"{name}: cannot decode its JPEG ({_torch_message(e)})") from None
+            if pixels.shape[1:] != (STORED, STORED):
+                raise ValueError(f"{name}: image is {pixels.shape[2]}x{pixels.shape[1]}, "
+                                 f"expected {STORED}x{STORED} (shards not built by data_prep?)")
+            out[:] = pixels.permute(1, 2, 0)[y:y + size, x:x + size].numpy()
     return batch.permute(0, 3, 1, 2)
+
+
+@contextlib.contextmanager
+def _torchvision_io():
+    """torchvision 0.29 deprecates its image decoders for torchcodec (not on our GPU
+    machines); torch warns that the JPEG bytes, which it only reads, are read-only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        yield
+
+
+def _torch_message(e: Exception) -> str:
+    """A torch/torchvision C++ error's message without its source location."""
+    return re.sub(r"^.*?\.(?:cpp|h):\d+, ", "", str(e).splitlines()[0])
 
 
 def pack(jpegs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,12 +250,11 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
 
 def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> torch.Tensor:
     """The GPU path: decode a packed batch of JPEGs on `device` (nvJPEG on CUDA)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     buffer, lengths = packed
     jpegs = list(torch.split(buffer, lengths.tolist()))
     if device.type != "cuda":
-        images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
+        with _torchvision_io():
+            images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
     else:
         # nvJPEG writes its outputs from a stream of its own that does not wait for the
         # stream they were allocated on (pytorch/vision#9606): allocated on the compute
@@ -245,7 +263,7 @@ def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], device: torch.device
         stream = _decode_stream(device)
         stream.synchronize()
         current = torch.cuda.current_stream(device)
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), _torchvision_io():
             images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
         current.wait_stream(stream)
         images.record_stream(current)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_prep.shardfile import ShardWriter
+from data_prep.shardfile import ShardWriter, read_samples
 from repro.data import (EpochPlan, Shard, device_images, device_loader, loader, prefetch,
                         round_robin, split_shards, worker_batch_counts)
 from shard_helpers import write_shards
@@ -97,6 +97,11 @@ def test_center_crop_and_flip_match_pixels(shards):
         return device_images(images, ys, xs, flips, p, cpu), ys, xs, flips
 
     full = first(plan(shards, crop="none", flip=False, shuffle=False, batch_size=3))[0]
+    # The loader's decoder (torchvision's libjpeg-turbo) against Pillow's, on the stored JPEGs.
+    stored = [s["jpg"] for s in read_samples(shards[0].path, 0, 3)]
+    pillow = torch.stack([torch.from_numpy(np.asarray(Image.open(io.BytesIO(j)).convert("RGB")))
+                          for j in stored]).permute(0, 3, 1, 2)
+    assert (full.float() - pillow.float()).abs().max() <= 2
     center = first(plan(shards, crop="center", flip=False, shuffle=False, batch_size=3))[0]
     torch.testing.assert_close(center, full[:, :, 14:241, 14:241])
     rand, ys, xs, flips = first(plan(shards, shuffle=False, batch_size=3, epoch=2))
@@ -117,7 +122,7 @@ def test_crops_arrive_channels_last(shards, workers):
 
 def test_gpu_path_gives_the_cpu_paths_crops(shards):
     """Workers pass JPEG bytes; decode_batch (here on the CPU device, nvJPEG on CUDA)
-    then cut give the same windows and mirrors as the Pillow path."""
+    then cut give the same windows and mirrors as the CPU path."""
     cpu = torch.device("cpu")
     pil = plan(shards, epoch=3, batch_size=6)
     gpu = plan(shards, epoch=3, batch_size=6, decode="gpu")
@@ -147,6 +152,7 @@ def jpeg_bytes(size: int) -> bytes:
 
 @pytest.mark.parametrize("jpg, cls, message", [
     (b"not a jpeg", b"1", r"bad\.tar: sample k1: cannot decode its JPEG"),
+    (jpeg_bytes(256)[:400], b"1", r"bad\.tar: sample k1: cannot decode its JPEG \(\w"),
     (jpeg_bytes(64), b"1", r"bad\.tar: sample k1: image is 64x64, expected 256x256"),
     (jpeg_bytes(256), b"one", r"bad\.tar: sample k1 has no jpg or no integer cls"),
 ])
