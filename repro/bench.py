@@ -17,7 +17,6 @@ import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,12 +26,13 @@ from repro.augment import Normalizer, step_generator
 from repro.config import load_config, model_kwargs
 from repro.data import device_images, device_loader, loader, read_manifest, split_shards
 from repro.model import build_model
+from repro.precision import autocast_for
 from repro.train import build_optimizer, make_normalizer, make_plan, place_model, train_step
 from repro.distributed import Dist, pick_device
 
 IMAGENET_TRAIN = 1_281_167
 CONFIG = Path(__file__).parent.parent / "configs" / "alexnet_paper.yaml"
-TOKENS = {"fp32", "bf16", "cl", "compile", "cg", "nolrn", "ref", "fused", "triton", "gpudec", "cpu",
+TOKENS = {"fp32", "tf32", "bf16", "cl", "compile", "cg", "nolrn", "ref", "fused", "triton", "gpudec", "cpu",
           "split", "pad4", "pad8"}
 
 
@@ -60,11 +60,6 @@ def model_and_opt(cfg, device):
     return (torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model), opt
 
 
-def autocast_for(cfg, device):
-    return (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-            else nullcontext())
-
-
 def synthetic_step(cfg, device):
     """One training step of the configured model on a fixed synthetic batch, as a callable."""
     net, opt = model_and_opt(cfg, device)
@@ -73,7 +68,7 @@ def synthetic_step(cfg, device):
     if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, cfg.model.num_classes, (b,), device=device)
-    autocast = autocast_for(cfg, device)
+    autocast = autocast_for(cfg.train.precision, device)
     return lambda: train_step(net, opt, x, y, 1, b, autocast)
 
 
@@ -145,7 +140,7 @@ def bench_loader(cfg, shards, device, batches: int) -> dict:
 def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
     net, opt = model_and_opt(cfg, device)
     norm = make_normalizer(cfg, stats, device)
-    autocast = autocast_for(cfg, device)
+    autocast = autocast_for(cfg.train.precision, device)
     plan = make_plan(cfg, shards, "train", 0, Dist())
 
     def step(i, batch):
@@ -195,9 +190,9 @@ def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
     net, _ = model_and_opt(cfg, device)
     net.eval()
-    autocast, channels_last = autocast_for(cfg, device), cfg.train.channels_last
+    autocast, channels_last = autocast_for(cfg.train.precision, device), cfg.train.channels_last
     norm = Normalizer(stats, cfg.augment, device, channels_last)
-    member = Member(Path("bench"), cfg, net, None, norm, autocast)
+    member = Member(Path("bench"), cfg, net, None, norm, cfg.train.precision)
     b, s = cfg.data.batch_size, cfg.data.crop_size
     x = (torch.randn(b, 3, s, s, device=device) * 60).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -232,6 +227,9 @@ def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
                                      num_workers=workers, pin_memory=device.type == "cuda")
     model = build_model(model_kwargs(cfg)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    # The reference scripts keep PyTorch's defaults: TF32 convolutions, IEEE fp32 matmuls.
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
 
     def step(i, batch):
         x, y = (t.to(device, non_blocking=True) for t in batch)
@@ -273,7 +271,7 @@ def main(argv=None) -> int:
     rows = []
 
     def config(variant: str, extra=()):
-        """Variant tokens joined by '+': fp32|bf16, cl (channels_last), compile, nolrn,
+        """Variant tokens joined by '+': fp32|tf32|bf16 (repro.precision), cl (channels_last), compile, nolrn,
         ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode), cg (with compile:
         CUDA graphs, compile mode reduce-overhead), split (train.split_groups), pad4|pad8
         (train.pad_input_channels)."""
@@ -289,7 +287,7 @@ def main(argv=None) -> int:
                                    f"train.compile_mode={'reduce-overhead' if 'cg' in tokens else 'default'}",
                                    f"train.split_groups={'split' in tokens}",
                                    f"train.pad_input_channels={pad}"])
-        cfg.train.precision = "bf16" if "bf16" in tokens else "fp32"
+        cfg.train.precision = next((t for t in ("bf16", "tf32") if t in tokens), "fp32")
         cfg.train.channels_last, cfg.train.compile = "cl" in tokens, "compile" in tokens
         if "nolrn" in tokens:
             cfg.model.lrn = "none"

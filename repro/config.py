@@ -20,6 +20,7 @@ import yaml
 from data_prep.image import SIZE as STORED  # the shard images' side (paper section 2: 256)
 from repro.lrn import IMPLS
 from repro.model import INITS, LRN_MODES
+from repro.precision import PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -93,7 +94,7 @@ class AugmentConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
-    precision: str = "fp32"          # fp32 | bf16
+    precision: str = "fp32"          # fp32 (IEEE) | tf32 | bf16: repro/precision.py
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"    # torch.compile mode; reduce-overhead = CUDA graphs
@@ -146,7 +147,7 @@ CHOICES = {
     "augment.pca_scale": ("sqrt_eigval", "eigval"),
     "augment.mean": ("image", "rgb", "none"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": PRECISIONS,
     "train.lrn_impl": IMPLS,
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
                            "max-autotune-no-cudagraphs"),

@@ -21,7 +21,6 @@ import argparse
 import struct
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 
 from repro.config import Config, ConfigError, load_config, model_kwargs
 from repro.model import build_model
+from repro.precision import autocast_for
 from repro.tracking import Tracker
 from repro.distributed import pick_device
 from repro.train import build_optimizer, train_step
@@ -107,8 +107,7 @@ def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = N
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     net = torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                if cfg.train.precision == "bf16" else nullcontext())
+    autocast = autocast_for(cfg.train.precision, device)
     tracker = None
     if out is not None:
         out = Path(out)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +50,7 @@ from torch import nn
 
 from repro.lrn import LocalResponseNorm
 from repro.model import CONVS, GROUPED, AlexNet
+from repro.precision import autocast_for
 
 SPLIT = (*CONVS, "fc6", "fc7")   # layers whose output units are split between the towers
 WHOLE = ("fc8",)                 # on devices[0], reading both towers
@@ -300,7 +300,7 @@ def bench_towers(model: AlexNet, device0, device1, batch: int, *, steps: int = 2
     d0 = net.devices[0]
     x = torch.randn(batch, model.conv1.in_channels, input_size, input_size, device=d0)
     y = torch.randint(0, model.fc8.out_features, (batch,), device=d0)
-    autocast = torch.autocast(d0.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = autocast_for("bf16" if bf16 else "fp32", d0)
 
     def step():
         with autocast:

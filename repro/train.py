@@ -29,6 +29,7 @@ from repro.distributed import pick_device
 from repro.evaluate import topk_correct
 from repro.model import build_model, set_impls
 from repro.optim import PaperSGD, param_groups
+from repro.precision import autocast_for
 from repro.schedule import Schedule
 from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
 from repro.tracking import Tracker, interactive
@@ -223,8 +224,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         net = torch.compile(net, mode=cfg.train.compile_mode)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                if cfg.train.precision == "bf16" else nullcontext())
+    autocast = autocast_for(cfg.train.precision, device)
     last_save = time.monotonic()
     show_bar = cfg.logging.progress == "bar" or (cfg.logging.progress == "auto" and interactive())
 
