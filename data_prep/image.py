@@ -13,10 +13,11 @@ central 256x256 patch. Here precisely:
 * geometry: shorter side exactly 256, longer side round(256 * long / short),
   antialiased BICUBIC (Pillow widens the kernel when reducing), then the crop
   starting at (long' - 256) // 2;
-* speed without changing the definition: large JPEGs are decoded at 1/2, 1/4
-  or 1/8 scale in the DCT domain (``Image.draft``) only while the shorter side
-  stays >= 256, and only the source region under the crop is resampled
-  (``resize(box=...)`` gives the crop of the full resize).
+* speed: large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
+  (``Image.draft``) only while the shorter side stays >= 256 (this moves pixels
+  by about a grey level on average, less than the q95 re-encoding does: see
+  PAPER_NOTES "Downsampling"), and only the source region under the crop is
+  resampled (``resize(box=...)`` gives the crop of the full resize).
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def stats_path(data_dir: Path) -> Path:
     return stats
 
 
-def test_views(image: int, crop: int, ten_crop: bool) -> list[tuple[int, int, bool]]:
+def eval_views(image: int, crop: int, ten_crop: bool) -> list[tuple[int, int, bool]]:
     """(y, x, mirrored) of each test crop: the centre, or the paper's four corners and
     centre with their horizontal reflections."""
     c, far = (image - crop) // 2, image - crop
@@ -80,7 +80,7 @@ class Member:
     def probs(self, images: torch.Tensor, ten_crop: bool) -> torch.Tensor:
         """uint8 (B,3,256,256) on the device -> (B, classes) softmax averaged over the crops."""
         size = self.cfg.data.crop_size
-        windows = test_views(images.shape[-1], size, ten_crop)
+        windows = eval_views(images.shape[-1], size, ten_crop)
         x = self.normalizer.views(images, windows, size)
         with autocast_for(self.precision, x.device):   # members may differ
             logits = self.model(x)

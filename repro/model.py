@@ -20,7 +20,6 @@ from repro.lrn import LocalResponseNorm, set_impl as set_lrn_impl
 CONVS = {"conv1": (96, 11, 4), "conv2": (256, 5, 1), "conv3": (384, 3, 1),
          "conv4": (384, 3, 1), "conv5": (256, 3, 1)}
 GROUPED = ("conv2", "conv4", "conv5")  # read only their own tower
-NORMED = ("conv1", "conv2")            # followed by ReLU then LRN (one module: norm1, norm2)
 POOLED = ("conv1", "conv2", "conv5")   # followed by max pooling
 HALVED = ("conv1", "conv2", "conv3", "conv4")  # section 3.2's one-GPU net halves these
 FC_WIDTH = 4096

@@ -22,7 +22,7 @@ class Anchor:
     delta: bool = False      # the numbers are a difference to another row, not an error
 
 
-# ILSVRC-2012 val unless said otherwise; see PAPER_FACTS.md "Results to compare against".
+# ILSVRC-2012 val unless said otherwise; each row names its source.
 ANCHORS = (
     Anchor("paper: 1 CNN, 10 crops", 40.7, 18.2, "paper Table 2"),
     Anchor("paper: 5 CNNs averaged, 10 crops", 38.1, 16.4, "paper Table 2"),

@@ -27,6 +27,8 @@ def test_paper_values():
         2.0, 5, 1e-4, 0.75)
     assert (cfg.schedule.epochs, cfg.schedule.factor, cfg.schedule.max_drops) == (90, 0.1, 3)
     assert cfg.augment.pca_std == 0.1 and cfg.model.dropout == 0.5
+    assert (cfg.model.pool_kernel, cfg.model.pool_stride, cfg.model.groups) == (3, 2, 2)
+    assert (cfg.model.weight_std, cfg.model.bias_value, cfg.train.precision) == (0.01, 1.0, "fp32")
 
 
 def test_overrides_and_base_inheritance():

@@ -21,7 +21,8 @@ from torchvision.transforms.v2.functional import ten_crop
 from repro.cli import main
 from repro.config import config_from_dict, load_config, model_kwargs
 from repro.distributed import pick_device
-from repro.evaluate import EvalError, EvalResult, ensemble_probs, evaluate, load_member, topk_correct
+from repro.evaluate import (EvalError, EvalResult, ensemble_probs, evaluate, load_member, eval_views,
+                            topk_correct)
 from repro.model import build_model
 from shard_helpers import write_shards
 
@@ -157,6 +158,15 @@ def test_ten_crop_equals_torchvision_tencrop(shards, ckpts, val, expected, one):
     assert (s["n"], s["crops"]) == (12, 10)
     assert (s["top1_err"], s["top5_err"]) == pytest.approx(errors(expected[0], val[1]))
     assert np.array_equal(one.confusion, confusion(expected[0], val[1]))
+
+
+def test_the_papers_ten_views_of_a_256_image_at_227():
+    """Four 227 corner patches (offsets 0 and 256 - 227 = 29), the centre patch (offset
+    14: the 29-pixel margin is odd, so it sits 1 px nearer the top left) and the five
+    mirrored, as (y, x, mirrored)."""
+    patches = [(0, 0), (0, 29), (29, 0), (29, 29), (14, 14)]
+    assert eval_views(256, 227, True) == [(y, x, m) for m in (False, True) for y, x in patches]
+    assert eval_views(256, 227, False) == [(14, 14, False)]
 
 
 def test_ensemble_averages_softmax_and_two_copies_equal_one(shards, ckpts, val, expected, one):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repro.lrn import LocalResponseNorm
@@ -69,6 +70,42 @@ def test_paper_feature_maps(paper):
         h.remove()
     assert seen == expected
     assert paper.fc6.in_features == 256 * 6 * 6
+
+
+def paper_forward(m: AlexNet, x: torch.Tensor) -> torch.Tensor:
+    """Sections 3.1-3.5 and Figure 2 written out with the layers' weights: ReLU after every
+    conv and hidden fc; LRN (k=2, n=5, alpha=1e-4, beta=0.75) after conv1's and conv2's
+    ReLU, per tower; 3x3 max pooling at stride 2 after LRN1, LRN2 and conv5; conv2, conv4
+    and conv5 read their own tower only."""
+    def conv(name, x, stride=1, padding=None, groups=1):
+        layer = getattr(m, name)
+        k = layer.weight.shape[-1]
+        return F.relu(F.conv2d(x, layer.weight, layer.bias, stride,
+                               k // 2 if padding is None else padding, groups=groups))
+
+    def lrn(x):   # torch divides alpha by n: pass n * alpha for the paper's plain sum
+        return torch.cat([F.local_response_norm(t, 5, 5 * 1e-4, 0.75, 2.0) for t in x.chunk(2, 1)], 1)
+
+    def pool(x):
+        return F.max_pool2d(x, 3, 2)
+    x = pool(lrn(conv("conv1", x, stride=4, padding=0)))
+    x = pool(lrn(conv("conv2", x, groups=2)))
+    x = conv("conv4", conv("conv3", x), groups=2)
+    x = pool(conv("conv5", x, groups=2)).flatten(1)
+    x = F.relu(F.linear(x, m.fc6.weight, m.fc6.bias))
+    x = F.relu(F.linear(x, m.fc7.weight, m.fc7.bias))
+    return F.linear(x, m.fc8.weight, m.fc8.bias)
+
+
+def test_forward_is_the_papers_layer_sequence():
+    model = AlexNet(num_classes=10, seed=0).eval()
+    with torch.no_grad():
+        for layer in (model.fc6, model.fc7):    # spread the logits, so a change shows
+            layer.weight.mul_(10)
+        x = torch.randn(2, 3, 227, 227) * 50
+        expect = paper_forward(model, x)
+        assert expect.std() > 1e-3
+        torch.testing.assert_close(model(x), expect, rtol=1e-5, atol=1e-4)
 
 
 def test_d2l_fashion_mnist_variant():

@@ -8,15 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
 
 from repro.checkpoint import atomic_save, load
-from repro.config import load_config
+from repro.config import load_config, model_kwargs
+from repro.data import split_shards
+from repro.distributed import Dist
+from repro.model import build_model
 from repro.tracking import read_metrics
-from repro.train import EXIT_NONFINITE, EXIT_PREEMPTED, train
+from repro.train import EXIT_NONFINITE, EXIT_PREEMPTED, make_normalizer, train, validate
 from shard_helpers import write_shards
 from wandb_records import history
 
@@ -241,3 +245,23 @@ def test_stats_reach_the_host_without_a_blocking_read(device):
     assert window.tolist() == [12.5, 7.0, 16.0] and flags.tolist() == [0.0, 1.0]
     with pytest.raises(NonFiniteLoss, match="loss is nan at epoch 2 step 5"):
         settle(to_host(torch.tensor([math.nan, 0, 1, 0, 0], device=device)), window, 2, 4)
+
+
+def test_validation_is_on_the_centre_crop_unmirrored_without_colour_noise(shards):
+    """What validate() feeds the model: each val image's centre window (section 6's
+    single-crop figure), never mirrored, and no PCA noise (no generator)."""
+    cfg = load_config(SMOKE, FAST)
+    normalize = make_normalizer(cfg, Path(shards) / "stats.npz", torch.device("cpu"))
+    seen = []
+
+    def recording(images, ys, xs, flips, generator):
+        seen.append((images.shape[-1], set(ys.tolist()) | set(xs.tolist()), int(flips.sum()),
+                     generator))
+        return normalize(images, ys, xs, flips, generator)
+    model = build_model(model_kwargs(cfg))
+    result = validate(model, cfg, split_shards(shards, "val"), recording, Dist(),
+                      torch.device("cpu"), nullcontext())
+    centre = (256 - 67) // 2
+    assert result["n"] == 12 and seen
+    assert all(s == (67, {centre}, 0, None) for s in seen), seen
+    assert model.training          # handed back in training mode
