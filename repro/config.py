@@ -117,7 +117,7 @@ class LoggingConfig:
     wandb: str = "online"            # online | offline | disabled
     project: str = "alexnet-repro"
     entity: str = ""
-    progress: str = "auto"           # auto | bar | lines | off
+    progress: str = "auto"           # auto (bar on a terminal, else lines) | bar | lines | off (no step lines)
 
 
 @dataclass

@@ -226,7 +226,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         net = torch.compile(net, mode=cfg.train.compile_mode)
     autocast = autocast_for(cfg.train.precision, device)
     last_save = time.monotonic()
-    show_bar = cfg.logging.progress == "bar" or (cfg.logging.progress == "auto" and interactive())
+    progress = cfg.logging.progress
+    if progress == "auto":
+        progress = "bar" if interactive() else "lines"
 
     def save(next_epoch: int, next_step: int, is_best: bool = False) -> None:
         nonlocal last_save
@@ -262,7 +264,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
             t_window = time.perf_counter()
             pending = None              # the previous step's all-reduced stats (read one step late)
             bar = tqdm(total=plan_steps, initial=first_step, desc=f"epoch {epoch}",
-                       disable=not (show_bar and d.is_main), dynamic_ncols=True)
+                       disable=not (progress == "bar" and d.is_main), dynamic_ncols=True)
             for step in range(first_step, plan_steps):
                 batch = next(batches, None)
                 if batch is None:       # this rank's slice is one sample short
@@ -299,7 +301,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                 if log_now:
                     bar.update(step + 1 - bar.n)
                     if d.is_main and window[2]:
-                        log_train(tracker, bar, show_bar, window, time.perf_counter() - t_window,
+                        log_train(tracker, bar, progress, window, time.perf_counter() - t_window,
                                   epoch, step, plan_steps, global_step, schedule.lr, device)
                     window[:] = 0
                     t_window = time.perf_counter()
@@ -307,7 +309,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                     save(epoch, step + 1)
                 if flags[0]:
                     if d.is_main and window[2]:  # the steps since the last log line
-                        log_train(tracker, bar, show_bar, window, time.perf_counter() - t_window,
+                        log_train(tracker, bar, progress, window, time.perf_counter() - t_window,
                                   epoch, step, plan_steps, global_step, schedule.lr, device)
                     if tracker:
                         tracker.log({"event": "preempted", "epoch": epoch, "step": step + 1})
@@ -376,7 +378,7 @@ def settle(pending: tuple, window: np.ndarray, epoch: int, step: int) -> np.ndar
     return np.array([stop > 0, save_due > 0], dtype=float)
 
 
-def log_train(tracker, bar, show_bar, window, dt, epoch, step, steps, global_step, lr, device):
+def log_train(tracker, bar, progress, window, dt, epoch, step, steps, global_step, lr, device):
     record = {"event": "train", "epoch": epoch, "step": step + 1, "global_step": global_step,
               "loss": window[0] / window[2], "top1_err": 100 * (1 - window[1] / window[2]),
               "lr": lr, "images": int(window[2]), "images_per_s": window[2] / dt}
@@ -384,6 +386,6 @@ def log_train(tracker, bar, show_bar, window, dt, epoch, step, steps, global_ste
         record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     tracker.log(record, step=global_step)
     bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-    if not show_bar:
+    if progress == "lines":
         print(f"epoch {epoch} step {step + 1}/{steps} loss {record['loss']:.4f} lr {lr:g} "
               f"{record['images_per_s']:.0f} img/s", flush=True)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,12 +134,14 @@ def test_resume_refuses_other_settings(shards, uninterrupted, tmp_path, override
     assert (run / "config.yaml").read_text() == before
 
 
-def test_resume_may_change_how_it_runs_and_how_long(shards, uninterrupted, tmp_path):
+def test_resume_may_change_how_it_runs_and_how_long(shards, uninterrupted, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     cfg = load_config(SMOKE, FAST + ["data.workers=1", "schedule.epochs=3", "logging.progress=off"])
     assert train(cfg, shards, run) == 0
     assert load(run / "checkpoints" / "last.pt")["epoch"] == 3
+    steps = [r for r in read_metrics(run) if r.get("event") == "train"]
+    assert steps and not re.search(r"step \d+/\d+ loss", capsys.readouterr().out)  # logged only
 
 
 def test_resume_refuses_shards_with_other_classes(shards, uninterrupted, tmp_path):
