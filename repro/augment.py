@@ -67,12 +67,6 @@ class Normalizer:
         scale = eigval.clamp(min=0).sqrt() if cfg.pca_scale == "sqrt_eigval" else eigval
         self.pca_basis = (eigvec * scale).float().to(device)  # column i = p_i * scale_i
 
-    def mean_crops(self, ys: torch.Tensor, xs: torch.Tensor, flips: torch.Tensor,
-                   size: int) -> torch.Tensor:
-        """(B,3,size,size), channels_last: the mean image cut at each window, mirrored
-        where flipped."""
-        return _window(self.mean_image, *crop_windows(ys, xs, flips, size, self.device))
-
     def views(self, images: torch.Tensor, windows: list[tuple[int, int, bool]],
               size: int) -> torch.Tensor:
         """uint8 whole images (B,3,H,W) -> (V*B,3,size,size) model input, view-major: each

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from data_prep.manifest import STATS
 from repro.augment import Normalizer, step_generator
 from repro.config import load_config, model_kwargs
 from repro.data import device_images, device_loader, loader, read_manifest, split_shards
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
         manifest = read_manifest(args.data)
         classes = [f"model.num_classes={len(manifest['classes'])}"]
         shards = split_shards(args.data, "train")
-        stats = Path(args.data) / "stats.npz"
+        stats = Path(args.data) / STATS
         for v in args.loaders.split(",") if "b" in stages else []:
             add("b: loader", v, bench_loader(config(v, classes), shards, device, args.batches))
         for v in args.end_to_end.split(",") if "c" in stages else []:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,11 +189,6 @@ def _check_type(value, tp, key: str, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
         return [_check_type(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            if option is type(None) and value is None:
-                return None
-        return _check_type(value, next(a for a in typing.get_args(tp) if a is not type(None)), key, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string

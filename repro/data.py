@@ -33,7 +33,7 @@ import webdataset as wds
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from data_prep.image import SIZE
-from data_prep.manifest import load_manifest
+from data_prep.manifest import MANIFEST, load_manifest
 from data_prep.shardfile import read_samples
 from repro.augment import crop_windows
 
@@ -45,7 +45,7 @@ class Shard:
 
 
 def read_manifest(shards_dir: str | Path) -> dict:
-    path = Path(shards_dir) / "manifest.json"
+    path = Path(shards_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest.json; build shards with "
                                 f"`python -m data_prep.build_shards --source ... --out {shards_dir}`")
@@ -185,6 +185,14 @@ class EpochPlan:
 
 
 STORED = SIZE  # shard images are 256x256 (data_prep contract); checked on decode
+
+
+def in_order(shards: list[Shard], batch_size: int, workers: int, crop: str = "none",
+             crop_size: int = STORED, limit: int = 0) -> EpochPlan:
+    """Each sample once, in shard order, none mirrored: for evaluation and figures."""
+    return EpochPlan(shards=tuple(shards), epoch=0, seed=0, rank=0, world=1,
+                     batch_size=batch_size, workers=workers, crop=crop, crop_size=crop_size,
+                     flip=False, shuffle=False, shuffle_buffer=0, limit=limit)
 
 
 def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> torch.Tensor:

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data_prep.manifest import MANIFEST, STATS
 from repro import checkpoint
 from repro.augment import Normalizer
 from repro.config import Config, config_from_dict, model_kwargs
-from repro.data import STORED, EpochPlan, loader, read_manifest, split_shards
+from repro.data import in_order, loader, read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.model import build_model, set_impls
 from repro.precision import autocast_for
@@ -50,7 +51,7 @@ def default_checkpoint(run_dir: str | Path) -> Path:
 
 
 def stats_path(data_dir: Path) -> Path:
-    stats = Path(data_dir) / "stats.npz"
+    stats = Path(data_dir) / STATS
     if not stats.is_file():
         raise EvalError(f"{stats}: missing (the mean image is needed to preprocess like training)")
     return stats
@@ -157,12 +158,10 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
     dev = pick_device(device)
     members = [load_member(p, stats_path(data_dir), dev) for p in checkpoints]
     classes = manifest["classes"]
-    check_members(members, classes, data_dir / "manifest.json")
+    check_members(members, classes, data_dir / MANIFEST)
     first = members[0].cfg.data
-    plan = EpochPlan(shards=tuple(split_shards(data_dir, "val")), epoch=0, seed=0, rank=0,
-                     world=1, batch_size=batch_size or first.val_batch_size,
-                     workers=workers or max(1, first.workers), crop="none", crop_size=STORED,
-                     flip=False, shuffle=False, shuffle_buffer=0, limit=limit)
+    plan = in_order(split_shards(data_dir, "val"), batch_size or first.val_batch_size,
+                    workers or max(1, first.workers), limit=limit)
     c = len(classes)
     confusion, top5_hits = torch.zeros(c * c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
     bar = tqdm(total=plan.total, desc="eval", unit="img", disable=not interactive())

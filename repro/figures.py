@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from repro.data import EpochPlan, loader, read_manifest, split_shards
+from data_prep.manifest import MANIFEST
+from repro.data import in_order, loader, read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
 from repro.tracking import read_metrics
@@ -69,10 +70,8 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
     cfg, dev = member.cfg, member.normalizer.device
 
     def plan(split, limit, batch):
-        return EpochPlan(shards=tuple(split_shards(data_dir, split)), epoch=0, seed=0, rank=0,
-                         world=1, batch_size=batch, workers=max(1, cfg.data.workers),
-                         crop="center", crop_size=cfg.data.crop_size, flip=False, shuffle=False,
-                         shuffle_buffer=0, limit=limit)
+        return in_order(split_shards(data_dir, split), batch, max(1, cfg.data.workers),
+                        "center", cfg.data.crop_size, limit)
 
     q_img, q_lab, *window = next(iter(loader(plan("val", queries, queries))))
     q_feat = fc7(member, q_img, *window)
@@ -165,7 +164,7 @@ def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
     paths = [save_filters(member, out / "filters.png")]
     if data_dir is not None:
         data_dir = Path(data_dir)
-        check_members([member], read_manifest(data_dir)["classes"], data_dir / "manifest.json")
+        check_members([member], read_manifest(data_dir)["classes"], data_dir / MANIFEST)
         paths.append(save_neighbours(member, data_dir, out / "neighbours.png", queries, scan))
     if (run_dir / "metrics.jsonl").is_file():
         paths.append(save_curves(read_metrics(run_dir), out / "curves.png"))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data_prep.manifest import STATS
 from repro import checkpoint, distributed
 from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, model_kwargs, resume_changes
@@ -166,7 +167,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     manifest = read_manifest(data_dir)
     check_classes(cfg, manifest, data_dir)
     train_shards, val_shards = split_shards(data_dir, "train"), split_shards(data_dir, "val")
-    normalizer = make_normalizer(cfg, data_dir / "stats.npz", device)
+    normalizer = make_normalizer(cfg, data_dir / STATS, device)
 
     model = place_model(cfg, d, device)
     towers = isinstance(model, TowerAlexNet)

@@ -234,8 +234,9 @@ def test_two_ranks_end_to_end_with_an_empty_last_batch(tmp_path):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])])
-def test_stats_reach_the_host_without_a_blocking_read(device):
-    """to_host starts the copy and returns; settle waits only for that copy."""
+def test_step_stats_reach_the_host_and_a_nonfinite_loss_stops(device):
+    """to_host starts the copy and returns (with an event to wait on, on CUDA); settle
+    adds the stats to the window, returns the flags, and raises on a non-finite loss."""
     import numpy as np
 
     from repro.train import NonFiniteLoss, settle, to_host
