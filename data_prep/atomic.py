@@ -1,9 +1,9 @@
 """Files that are either absent or complete under their final name.
 
-Everything is written to ``<name>.tmp-<pid>`` in the same directory, flushed
-and fsynced, then ``os.replace``d onto the final name (atomic on POSIX). A
-build killed at any moment leaves at worst a stale ``*.tmp-*`` file, which the
-next run removes with :func:`remove_stale_tmp`.
+Everything is written to ``<name>.tmp-<host>-<pid>`` in the same directory,
+flushed and fsynced, then ``os.replace``d onto the final name (atomic on POSIX).
+A build or checkpoint save killed at any moment leaves at worst a stale
+``*.tmp-*`` file, which the next run removes with :func:`remove_stale_tmp`.
 """
 from __future__ import annotations
 
@@ -58,13 +58,31 @@ def write_json(path: Path | str, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
 
+def _writer_alive(p: Path) -> bool:
+    """Whether the temp file `p` is still being written by a live process on this host
+    (not this process: the caller of remove_stale_tmp writes nothing there meanwhile)."""
+    host, _, pid = p.name.rpartition(TMP_MARK)[2].rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # alive, another user's
+        pass
+    return True
+
+
 def remove_stale_tmp(directory: Path | str) -> int:
-    """Delete ``*.tmp-*`` files left in `directory` by a killed run; returns how many."""
+    """Delete the ``*.tmp-*`` files left in `directory` by killed writers (SIGKILL, node
+    failure); returns how many. A temp file that a live process on this host is still
+    writing is spared. Call it when this process is writing nothing into `directory`."""
     n = 0
     directory = Path(directory)
     if directory.is_dir():
         for p in directory.iterdir():
-            if TMP_MARK in p.name and p.is_file():
-                p.unlink()
-                n += 1
+            if TMP_MARK in p.name and p.is_file() and not _writer_alive(p):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    n += 1
     return n

@@ -42,7 +42,7 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from . import atomic, image
+from . import atomic, image, interactive
 from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
 from .shardfile import ShardWriter
 from .sources import EXPECTED, SPLITS, Record, Source, SourceError, open_source, read_record
@@ -236,9 +236,7 @@ def in_part(index: int, part: int | None, parts: int) -> bool:
 
 # ---- the build ---------------------------------------------------------------------------
 def _progress_enabled(choice: str) -> bool:
-    if choice != "auto":
-        return choice == "on"
-    return sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ
+    return choice == "on" or (choice == "auto" and interactive())
 
 
 def _nothing_to_build(src: Source, split: str) -> str:

@@ -79,7 +79,7 @@ def pca(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def finalize(s: Sums) -> dict[str, np.ndarray]:
-    """The stats.npz arrays (DESIGN.md contract) from exact sums."""
+    """The stats.npz arrays (the contract in load_stats' docstring) from exact sums."""
     if s.count == 0:
         raise ValueError("no training images: statistics are undefined")
     n_pix = s.count * s.pixel_sum.shape[0] * s.pixel_sum.shape[1]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 import torch
 
-from data_prep.atomic import TMP_MARK, atomic_open, tmp_name
+from data_prep.atomic import atomic_open, remove_stale_tmp, tmp_name
 
 # What `repro train` needs to resume (it also writes config, best_top1_err, stream, classes).
 TRAIN_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "global_step")
@@ -39,28 +38,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfileobj(f, out)
 
 
-def remove_stale_tmp(ckpt_dir: Path) -> None:
-    """Delete the temp files of checkpoint writes killed mid-way (SIGKILL, node failure), each
-    as big as a checkpoint. Only the run's main process writes here, one save at a time, so
-    at the start of a save every temp file is stale, except one a live process on this host
-    is still writing (a second job on the same run dir, by mistake)."""
-    for p in ckpt_dir.glob(f"*{TMP_MARK}*"):
-        host, _, pid = p.name.rpartition(TMP_MARK)[2].rpartition("-")
-        if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-                continue                    # its writer is alive
-            except ProcessLookupError:
-                pass
-            except PermissionError:         # alive, another user's
-                continue
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
 def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     """Write step-<global step>.pt, point last.pt (and best.pt) at it, prune old ones."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # Temp files of saves killed mid-way, each as big as a checkpoint. Only the run's main
+    # process writes here, one save at a time, so only a live one (a second job on the same
+    # run dir, by mistake) can still be writing.
     remove_stale_tmp(ckpt_dir)
     path = ckpt_dir / f"step-{state['global_step']:09d}.pt"
     atomic_save(state, path)

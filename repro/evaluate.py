@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data_prep import interactive
 from data_prep.manifest import MANIFEST, STATS
 from repro import checkpoint
 from repro.augment import Normalizer
@@ -25,7 +26,6 @@ from repro.data import in_order, loader, read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.model import build_model, set_impls
 from repro.precision import autocast_for
-from repro.tracking import interactive
 
 
 class EvalError(ValueError):

@@ -16,11 +16,6 @@ import warnings
 from pathlib import Path
 
 
-def interactive() -> bool:
-    """Progress bars by default only on a terminal, and not in a Slurm job's log."""
-    return sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ
-
-
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

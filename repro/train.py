@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data_prep import interactive
 from data_prep.manifest import STATS
 from repro import checkpoint, distributed
 from repro.augment import Normalizer, derived_seed, step_generator
@@ -33,7 +34,7 @@ from repro.optim import PaperSGD, param_groups
 from repro.precision import autocast_for
 from repro.schedule import Schedule
 from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
-from repro.tracking import Tracker, interactive
+from repro.tracking import Tracker
 
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL: a checkpoint was written on SIGUSR1/SIGTERM; run again to resume
 EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint is kept
