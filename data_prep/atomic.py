@@ -73,15 +73,17 @@ def _writer_alive(p: Path) -> bool:
     return True
 
 
-def remove_stale_tmp(directory: Path | str) -> int:
+def remove_stale_tmp(directory: Path | str, spare_live: bool = False) -> int:
     """Delete the ``*.tmp-*`` files left in `directory` by killed writers (SIGKILL, node
-    failure); returns how many. A temp file that a live process on this host is still
-    writing is spared. Call it when this process is writing nothing into `directory`."""
+    failure); returns how many. With `spare_live`, a temp file that a live process on
+    this host is still writing is kept (a build instead discards what the workers of a
+    killed build may still be finishing: it rewrites the same bytes itself). Call it when
+    this process is writing nothing into `directory`."""
     n = 0
     directory = Path(directory)
     if directory.is_dir():
         for p in directory.iterdir():
-            if TMP_MARK in p.name and p.is_file() and not _writer_alive(p):
+            if TMP_MARK in p.name and p.is_file() and not (spare_live and _writer_alive(p)):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
                     n += 1

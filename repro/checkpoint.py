@@ -44,7 +44,7 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     # Temp files of saves killed mid-way, each as big as a checkpoint. Only the run's main
     # process writes here, one save at a time, so only a live one (a second job on the same
     # run dir, by mistake) can still be writing.
-    remove_stale_tmp(ckpt_dir)
+    remove_stale_tmp(ckpt_dir, spare_live=True)
     path = ckpt_dir / f"step-{state['global_step']:09d}.pt"
     atomic_save(state, path)
     _link_or_copy(path, ckpt_dir / "last.pt")
