@@ -58,6 +58,28 @@ def write_json(path: Path | str, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
 
+def write_set(files: dict[Path, bytes]) -> None:
+    """Write files that belong together: every one to its temp name first, then all renamed,
+    so a failure while writing (disk full, no permission) leaves the old set untouched."""
+    written = []
+    try:
+        for path, data in files.items():
+            written.append(tmp_name(Path(path)))
+            with open(written[-1], "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    for path, tmp in zip(files, written):
+        os.replace(tmp, path)
+    for directory in {Path(p).parent for p in files}:
+        _fsync_dir(directory)
+
+
 def _writer_alive(p: Path) -> bool:
     """Whether the temp file `p` is still being written by a live process on this host
     (not this process: the caller of remove_stale_tmp writes nothing there meanwhile)."""

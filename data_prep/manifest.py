@@ -32,12 +32,20 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
+class ShardsError(ValueError):
+    """A shard directory's files cannot be used as they are (the message names the file)."""
+
+
 def load_manifest(directory: Path | str) -> dict:
     path = Path(directory) / MANIFEST
-    with open(path) as f:
-        m = json.load(f)
-    if m.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {m.get('format_version')}, this code reads {FORMAT_VERSION}")
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardsError(f"{path}: not a readable manifest ({e}); rerun build_shards") from None
+    if not isinstance(m, dict) or m.get("format_version") != FORMAT_VERSION:
+        version = m.get("format_version") if isinstance(m, dict) else None
+        raise ShardsError(f"{path}: format_version {version}, this code reads {FORMAT_VERSION}")
     return m
 
 

@@ -13,6 +13,7 @@ final mean/covariance are divided, from exact Python integers.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import atomic
 from .image import SIZE
+from .manifest import ShardsError
 
 STATS_KEYS = ("mean_image", "rgb_mean", "rgb_cov", "eigval", "eigvec", "count")
 
@@ -107,5 +109,11 @@ def save_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
 def load_stats(path: Path | str) -> dict[str, np.ndarray]:
     """stats.npz as a dict: mean_image (256,256,3) float32 0-255, rgb_mean (3,), rgb_cov (3,3),
     eigval (3,) descending, eigvec (3,3) eigenvectors as columns, count (int)."""
-    with np.load(path) as z:
-        return {k: z[k] for k in STATS_KEYS}
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in STATS_KEYS}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ShardsError(f"{path}: not a readable stats file ({type(e).__name__}: {e}); "
+                          f"rerun build_shards") from None

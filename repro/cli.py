@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from repro.config import ConfigError, load_config
@@ -39,23 +40,37 @@ def reports_errors(cmd):
     """Bad input to train/eval/report/figures/demo (a missing file, a damaged checkpoint, one
     that does not fit the shards) is one line on stderr and status 2, not a traceback."""
     def run(args) -> int:
+        from data_prep.manifest import ShardsError
+        from data_prep.tarindex import TarError
         from repro.checkpoint import CheckpointError
         from repro.distributed import DeviceError
         from repro.evaluate import EvalError
 
         try:
             return cmd(args)
-        except (EvalError, CheckpointError, FileNotFoundError, DeviceError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (EvalError, CheckpointError, FileNotFoundError, DeviceError, ShardsError,
+                TarError) as e:
+            print(f"error: {error_line(e)}", file=sys.stderr)
             return 2
     return run
+
+
+def error_line(e: Exception) -> str:
+    """The message; for one re-raised from a DataLoader worker ("Caught X in DataLoader
+    worker process N. Original Traceback ..."), the original exception's own message."""
+    text = str(e)
+    if not text.startswith("Caught "):
+        return text
+    return re.sub(r"^[\w.]+: ", "", text.strip().splitlines()[-1])
 
 
 def cmd_eval(args) -> int:
     import json
 
-    from repro.evaluate import evaluate, format_result, write_breakdown
+    from repro.evaluate import check_output, evaluate, format_result, write_breakdown
 
+    if args.out:
+        check_output(args.out, directory=True)
     result = evaluate(args.checkpoint, args.data, args.ten_crop, args.batch_size, args.device,
                       args.workers, args.limit)
     summary = result.summary()
@@ -67,16 +82,23 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from repro.evaluate import default_checkpoint, evaluate
-    from repro.report import write_report
+    from pathlib import Path
 
+    from repro.evaluate import EvalError, check_output, default_checkpoint, evaluate
+    from repro.report import write_report
     from repro.tracking import run_data_dir
 
-    evals = []
-    args.data = args.data or run_data_dir(args.run_dir)
-    if args.data:
-        ckpts = args.checkpoint or [default_checkpoint(args.run_dir)]
-        evals.append(evaluate(ckpts, args.data, not args.centre, args.batch_size, args.device,
+    args.out = check_output(args.out or Path(args.run_dir) / "report.md", directory=False)
+    evals, data = [], args.data or run_data_dir(args.run_dir)
+    try:
+        ckpts = args.checkpoint or [default_checkpoint(args.run_dir)] if data else []
+    except EvalError as e:
+        if args.data:       # asked for an eval: there must be something to evaluate
+            raise
+        print(f"no eval: {e}", file=sys.stderr)
+        ckpts = []
+    if ckpts:
+        evals.append(evaluate(ckpts, data, not args.centre, args.batch_size, args.device,
                               limit=args.limit).summary())
     path = write_report(args.run_dir, evals, args.out, args.ablations)
     print(path.read_text(), end="")
@@ -113,10 +135,25 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def positive(text: str) -> int:
+    n = count(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
+
+
 def add_eval_options(p) -> None:
-    p.add_argument("--batch-size", type=int, default=0,
+    p.add_argument("--batch-size", type=count, default=0,
                    help="val images a batch (x10 crops); 0 = the checkpoint's data.val_batch_size")
-    p.add_argument("--limit", type=int, default=0, help="only the first N val images (0 = all)")
+    p.add_argument("--limit", type=count, default=0, help="only the first N val images (0 = all)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -151,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the paper's 10 crops (corners, centre, mirrored) instead of the centre")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--out", help="directory for eval.json, per_class.csv, worst_confusions.*")
-    p.add_argument("--worst", type=int, default=10, help="classes in worst_confusions")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--worst", type=count, default=10, help="classes in worst_confusions")
+    p.add_argument("--workers", type=count, default=0,
                    help="loader processes; 0 = the checkpoint's data.workers")
     add_eval_options(p)
     p.set_defaults(run=reports_errors(cmd_eval))
@@ -161,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--checkpoint", action="append",
                    help="default RUN_DIR/checkpoints/best.pt (else last.pt); repeat for an ensemble")
-    p.add_argument("--data", help="shard directory: adds the 10-crop eval of the checkpoint(s)")
+    p.add_argument("--data", help="shard directory: adds the 10-crop eval of the checkpoint(s) "
+                                  "(default: the run's own shards, if they are still there)")
     p.add_argument("--centre", action="store_true", help="evaluate the centre crop, not 10 crops")
     p.add_argument("--out", help="markdown file (default RUN_DIR/report.md)")
     p.add_argument("--ablations", nargs="+", default=[], metavar="RUN",
@@ -174,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--data", help="shard directory (needed for the nearest-neighbour figure)")
     p.add_argument("--checkpoint", help="default RUN_DIR/checkpoints/best.pt (else last.pt)")
-    p.add_argument("--queries", type=int, default=5, help="val images in the neighbour figure")
-    p.add_argument("--scan", type=int, default=1024,
+    p.add_argument("--queries", type=positive, default=5, help="val images in the neighbour figure")
+    p.add_argument("--scan", type=positive, default=1024,
                    help="training images searched for neighbours (the first N in shard order)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(run=reports_errors(cmd_figures))

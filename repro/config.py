@@ -310,6 +310,8 @@ def model_kwargs(cfg: Config) -> dict:
 def config_from_dict(doc: dict, where: str = "checkpoint") -> Config:
     """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint)."""
     cfg = Config()
+    if not isinstance(doc, dict) or not all(isinstance(b, dict) for b in doc.values()):
+        raise ConfigError(f"{where}: its config is not a mapping of sections")
     for section_name, body in doc.items():
         for name, value in body.items():
             _apply(cfg, f"{section_name}.{name}", value, where)

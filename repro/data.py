@@ -33,7 +33,7 @@ import webdataset as wds
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from data_prep.image import SIZE
-from data_prep.manifest import MANIFEST, load_manifest
+from data_prep.manifest import MANIFEST, ShardsError, load_manifest
 from data_prep.shardfile import read_samples
 from repro.augment import crop_windows
 
@@ -59,7 +59,7 @@ def split_shards(shards_dir: str | Path, split: str) -> list[Shard]:
                                 f"(built with --splits {','.join(manifest['splits'])})")
     entries = manifest["splits"][split]["shards"]
     if not entries:
-        raise ValueError(f"{shards_dir}: manifest lists no {split} shards")
+        raise ShardsError(f"{Path(shards_dir) / MANIFEST}: lists no {split} shards")
     return [Shard(str(Path(shards_dir) / e["name"]), int(e["count"])) for e in entries]
 
 
@@ -167,7 +167,7 @@ class EpochPlan:
             try:
                 jpeg, label = sample["jpg"], int(sample["cls"])
             except (KeyError, ValueError):
-                raise ValueError(f"{where} has no jpg or no integer cls "
+                raise ShardsError(f"{where} has no jpg or no integer cls "
                                  f"(it has {sorted(k for k in sample if k[0] != '_')})") from None
             yield jpeg, label, y, x, flipped, where
 
@@ -216,9 +216,9 @@ def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> tor
                 pixels = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8),
                                      mode=ImageReadMode.RGB)
             except (RuntimeError, ValueError) as e:
-                raise ValueError(f"{name}: cannot decode its JPEG ({_torch_message(e)})") from None
+                raise ShardsError(f"{name}: cannot decode its JPEG ({_torch_message(e)})") from None
             if pixels.shape[1:] != (STORED, STORED):
-                raise ValueError(f"{name}: image is {pixels.shape[2]}x{pixels.shape[1]}, "
+                raise ShardsError(f"{name}: image is {pixels.shape[2]}x{pixels.shape[1]}, "
                                  f"expected {STORED}x{STORED} (shards not built by data_prep?)")
             out[:] = pixels.permute(1, 2, 0)[y:y + size, x:x + size].numpy()
     return batch.permute(0, 3, 1, 2)
@@ -276,7 +276,7 @@ def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], device: torch.device
         current.wait_stream(stream)
         images.record_stream(current)
     if images.shape[-2:] != (STORED, STORED):
-        raise ValueError(f"shard images are {tuple(images.shape[-2:])}, expected {STORED}x{STORED}")
+        raise ShardsError(f"shard images are {tuple(images.shape[-2:])}, expected {STORED}x{STORED}")
     return images
 
 

@@ -9,7 +9,9 @@ is averaged over the crops, then over the models.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from data_prep import interactive
+from data_prep.atomic import write_set
 from data_prep.manifest import MANIFEST, STATS
 from repro import checkpoint
 from repro.augment import Normalizer
@@ -96,7 +99,11 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
     cfg = config_from_dict(state["config"], where=str(path))
     model = build_model(model_kwargs(cfg))
     set_impls(model, cfg.train)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:   # missing, extra or resized weights
+        raise EvalError(f"{path}: its weights do not fit the model its config describes "
+                        f"({str(e).splitlines()[0].strip()} ...)") from None
     model.to(device).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -181,18 +188,15 @@ def write_breakdown(result: EvalResult, out_dir: str | Path, worst: int = 10,
                     confusions: int = 3) -> list[Path]:
     """eval.json (the summary), per_class.csv, and the commonest wrong answers for the
     `worst` classes with the highest top-1 error (worst_confusions.csv / .json)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     counts = result.confusion.sum(1)
     seen = np.maximum(counts, 1)
     top1_err = 100 * (1 - np.diag(result.confusion) / seen)
     top5_err = 100 * (1 - result.top5_hits / seen)
-    (out / "eval.json").write_text(json.dumps(result.summary(), indent=1) + "\n")
-    with open(out / "per_class.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "wnid", "n", "top1_err", "top5_err"])
-        for i, wnid in enumerate(result.classes):
-            w.writerow([i, wnid, int(counts[i]), f"{top1_err[i]:.2f}", f"{top5_err[i]:.2f}"])
+    per_class = io.StringIO(newline="")
+    w = csv.writer(per_class)
+    w.writerow(["class", "wnid", "n", "top1_err", "top5_err"])
+    for i, wnid in enumerate(result.classes):
+        w.writerow([i, wnid, int(counts[i]), f"{top1_err[i]:.2f}", f"{top5_err[i]:.2f}"])
     rows = []
     order = [i for i in np.argsort(-top1_err, kind="stable") if counts[i]][:worst]
     for i in order:
@@ -204,14 +208,45 @@ def write_breakdown(result: EvalResult, out_dir: str | Path, worst: int = 10,
                              "top1_err": round(float(top1_err[i]), 2),
                              "predicted_wnid": result.classes[j], "predicted": int(j),
                              "count": int(wrong[j])})
-    fields = ["wnid", "class", "n", "top1_err", "predicted_wnid", "predicted", "count"]
-    with open(out / "worst_confusions.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    (out / "worst_confusions.json").write_text(json.dumps(rows, indent=1) + "\n")
-    return [out / n for n in ("eval.json", "per_class.csv", "worst_confusions.csv",
-                              "worst_confusions.json")]
+    worst_csv = io.StringIO(newline="")
+    w = csv.DictWriter(worst_csv, fieldnames=["wnid", "class", "n", "top1_err", "predicted_wnid",
+                                              "predicted", "count"])
+    w.writeheader()
+    w.writerows(rows)
+    out = Path(out_dir)
+    files = {out / "eval.json": json.dumps(result.summary(), indent=1) + "\n",
+             out / "per_class.csv": per_class.getvalue(),
+             out / "worst_confusions.csv": worst_csv.getvalue(),
+             out / "worst_confusions.json": json.dumps(rows, indent=1) + "\n"}
+    write_outputs({path: text.encode() for path, text in files.items()})
+    return list(files)
+
+
+def check_output(path: str | Path, directory: bool) -> Path:
+    """Refuse an output path that cannot be written, before any work is done: an existing
+    file where a directory is wanted or the other way round, or no way to create it."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise EvalError(f"{path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise EvalError(f"{path}: is a directory; give a file name")
+    parent = path if directory else path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise EvalError(f"{existing}: is not a directory, so {path} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EvalError(f"{existing}: not writable, so {path} cannot be written")
+    return path
+
+
+def write_outputs(files: dict[Path, bytes]) -> None:
+    """Write result files together (data_prep.atomic.write_set): all new or all as before."""
+    try:
+        for directory in {p.parent for p in files}:
+            directory.mkdir(parents=True, exist_ok=True)
+        write_set(files)
+    except OSError as e:
+        raise EvalError(f"{e.filename or next(iter(files))}: cannot write ({e.strerror or e})") from None
 
 
 def format_result(summary: dict) -> str:

@@ -80,7 +80,11 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
     best_img = torch.zeros((n, k, *q_img.shape[1:]), dtype=torch.uint8)
     best_lab = torch.full((n, k), -1, dtype=torch.long)
     for images, labels, *window in loader(plan("train", scan, cfg.data.val_batch_size)):
-        d = torch.cat([best_d, torch.cdist(q_feat, fc7(member, images, *window))], 1)
+        # Direct differences: the matmul shortcut loses the ~1e-2 gaps between fc7 vectors
+        # of length ~20 to fp32 cancellation.
+        dist = torch.cdist(q_feat, fc7(member, images, *window),
+                           compute_mode="donot_use_mm_for_euclid_dist")
+        d = torch.cat([best_d, dist], 1)
         best_d, idx = d.topk(min(k, d.shape[1]), dim=1, largest=False)
         idx = idx.cpu()
         for q in range(n):
@@ -157,14 +161,15 @@ def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
                  device: str = "auto") -> list[Path]:
     """Write RUN_DIR/figures/{filters,neighbours,curves}.png; neighbours need the shards."""
     run_dir = Path(run_dir)
-    out = run_dir / "figures"
-    out.mkdir(parents=True, exist_ok=True)
     stats = stats_path(Path(data_dir)) if data_dir is not None else None
     member = load_member(checkpoint or default_checkpoint(run_dir), stats, pick_device(device))
-    paths = [save_filters(member, out / "filters.png")]
-    if data_dir is not None:
+    if data_dir is not None:      # refused before anything is written
         data_dir = Path(data_dir)
         check_members([member], read_manifest(data_dir)["classes"], data_dir / MANIFEST)
+    out = run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [save_filters(member, out / "filters.png")]
+    if data_dir is not None:
         paths.append(save_neighbours(member, data_dir, out / "neighbours.png", queries, scan))
     if (run_dir / "metrics.jsonl").is_file():
         paths.append(save_curves(read_metrics(run_dir), out / "curves.png"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from repro.ablations import CLAIMS, ablation_table, config_path
 from repro.config import Config, load_config
+from repro.evaluate import write_outputs
 from repro.tracking import read_metrics
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -154,5 +155,5 @@ def write_report(run_dir: str | Path, evals: list[dict] = (), out: str | Path | 
     if ablations:
         text += ablation_section(run_dir, [Path(a) for a in ablations])
     out = Path(out) if out else run_dir / "report.md"
-    out.write_text(text)
+    write_outputs({out: text.encode()})
     return out

@@ -1,0 +1,149 @@
+"""repro eval / report / figures on bad input and bad output paths: one line on stderr,
+status 2, and nothing already written changed or lost."""
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep.atomic import TMP_MARK
+from repro.cli import main
+from repro.config import load_config
+from repro.evaluate import EvalError, write_outputs
+from shard_helpers import write_shards
+from test_evaluate import make_checkpoint
+
+CLASSES = 7
+SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=8, val=6,
+                        shard_size=6)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "a.pt")
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    code = main([*map(str, argv)])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def one_line_error(err: str, *words: str) -> bool:
+    lines = err.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words)
+
+
+def test_eval_refuses_an_output_path_before_evaluating(shards, ckpt, tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    for out, words in ((afile, ["afile.txt", "not a directory"]),
+                       (afile / "sub", ["afile.txt", "is not a directory"])):
+        code, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", shards, "--device", "cpu",
+                        "--out", out)
+        assert code == 2 and one_line_error(err, *words), err
+    assert afile.read_text() == "mine"
+
+
+def test_report_refuses_a_directory_as_its_output(shards, ckpt, tmp_path, capsys):
+    code, err = run(capsys, "report", tmp_path, "--data", shards, "--checkpoint", ckpt,
+                    "--out", tmp_path)
+    assert code == 2 and one_line_error(err, "is a directory"), err
+
+
+@pytest.mark.parametrize("option, value", [("--limit", -5), ("--batch-size", -2), ("--worst", -1)])
+def test_negative_counts_are_refused(shards, ckpt, capsys, option, value):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--checkpoint", str(ckpt), "--data", str(shards), option, str(value)])
+    assert e.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_the_previous_results_as_they_were(tmp_path):
+    old = {tmp_path / "eval.json": b"old 1", tmp_path / "per_class.csv": b"old 2"}
+    for path, data in old.items():
+        path.write_bytes(data)
+    # The second file cannot be written: a directory sits where its temp file goes.
+    (tmp_path / f"per_class.csv{TMP_MARK}{socket.gethostname()}-{os.getpid()}").mkdir()
+    with pytest.raises(EvalError, match="per_class.csv.*cannot write"):
+        write_outputs({path: b"new" for path in old})
+    assert {p: p.read_bytes() for p in old} == old
+    assert [p.name for p in tmp_path.iterdir() if TMP_MARK in p.name and p.is_file()] == []
+
+
+def damaged(shards: Path, tmp_path: Path, name: str, data: bytes) -> Path:
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    (copy / name).write_bytes(data)
+    return copy
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("manifest.json", b'{"format_version": 1, "classes": [', ["manifest.json", "not a readable manifest"]),
+    ("stats.npz", b"PK\x03\x04 cut short", ["stats.npz", "not a readable stats file"]),
+])
+def test_damaged_shard_files_are_one_line_errors(shards, ckpt, tmp_path, capsys, name, data, words):
+    copy = damaged(shards, tmp_path, name, data)
+    code, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", copy, "--device", "cpu")
+    assert code == 2 and one_line_error(err, *words), err
+
+
+def test_a_bad_sample_read_by_a_worker_is_one_line_naming_it(shards, ckpt, tmp_path, capsys):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    val = json.loads((copy / "manifest.json").read_text())["splits"]["val"]["shards"][0]["name"]
+    data = bytearray((copy / val).read_bytes())
+    at = data.index(b"\xff\xd8\xff")               # the first JPEG's start of image
+    data[at:at + 3] = b"XXX"
+    (copy / val).write_bytes(bytes(data))
+    code, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", copy, "--device", "cpu",
+                    "--workers", "2")
+    assert code == 2 and one_line_error(err, val, "cannot decode its JPEG"), err
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config(shards, ckpt, tmp_path, capsys):
+    state = torch.load(ckpt, weights_only=False)
+    state["config"]["model"]["groups"] = 1        # conv2/4/5 would be twice as wide
+    torch.save(state, tmp_path / "edited.pt")
+    state["config"] = "not a config"
+    torch.save(state, tmp_path / "text.pt")
+    code, err = run(capsys, "eval", "--checkpoint", tmp_path / "edited.pt", "--data", shards,
+                    "--device", "cpu")
+    assert code == 2 and one_line_error(err, "edited.pt", "weights do not fit"), err
+    code, err = run(capsys, "eval", "--checkpoint", tmp_path / "text.pt", "--data", shards,
+                    "--device", "cpu")
+    assert code == 2 and "text.pt" in err and "not a mapping" in err, err
+
+
+def test_figures_refuse_a_checkpoint_before_writing_anything(shards, tmp_path, capsys):
+    other = make_checkpoint(tmp_path / "five.pt", "model.num_classes=5")
+    run_dir = tmp_path / "run"
+    (run_dir / "figures").mkdir(parents=True)
+    (run_dir / "figures" / "filters.png").write_bytes(b"earlier figure")
+    code, err = run(capsys, "figures", run_dir, "--data", shards, "--checkpoint", other,
+                    "--device", "cpu")
+    assert code == 2 and one_line_error(err, "model.num_classes = 5"), err
+    assert (run_dir / "figures" / "filters.png").read_bytes() == b"earlier figure"
+    code, err = run(capsys, "figures", tmp_path / "no_such_run", "--device", "cpu")
+    assert code == 2 and not (tmp_path / "no_such_run").exists()
+
+
+def test_report_without_checkpoints_reports_the_metrics_it_has(shards, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(load_config(SMOKE).to_yaml())
+    (run_dir / "metrics.jsonl").write_text(
+        json.dumps({"event": "data", "path": str(shards)}) + "\n"
+        + json.dumps({"event": "val", "epoch": 1, "top1_err": 80.0, "top5_err": 30.0, "n": 6}) + "\n")
+    code, err = run(capsys, "report", run_dir)
+    assert code == 0 and "no eval" in err and "no best.pt or last.pt" in err, err
+    assert (run_dir / "report.md").is_file()
+    code, err = run(capsys, "report", run_dir, "--data", shards)     # an eval asked for
+    assert code == 2 and one_line_error(err, "no best.pt or last.pt"), err
