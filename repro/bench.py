@@ -33,7 +33,10 @@ from repro.distributed import Dist, pick_device
 
 IMAGENET_TRAIN = 1_281_167
 CONFIG = Path(__file__).parent.parent / "configs" / "alexnet_paper.yaml"
-TOKENS = {"fp32", "tf32", "bf16", "cl", "compile", "cg", "nolrn", "ref", "fused", "triton", "gpudec", "cpu",
+# (cg, autotune) -> train.compile_mode
+COMPILE_MODES = {(False, False): "default", (True, False): "reduce-overhead",
+                 (False, True): "max-autotune-no-cudagraphs", (True, True): "max-autotune"}
+TOKENS = {"fp32", "tf32", "bf16", "cl", "compile", "cg", "autotune", "nolrn", "ref", "fused", "triton", "gpudec", "cpu",
           "split", "pad4", "pad8"}
 
 
@@ -251,7 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers")
     p.add_argument("--variants", default="fp32,bf16,bf16+cl,bf16+cl+compile",
                    help="synthetic step variants, comma-separated; each joins tokens with +: "
-                        "fp32|bf16, cl (channels_last), compile, cg (with compile: CUDA graphs), "
+                        "fp32|tf32|bf16, cl (channels_last), compile, cg (with compile: CUDA "
+                        "graphs), autotune (with compile: max-autotune), "
                         "nolrn, ref|fused|triton (LRN), gpudec (GPU JPEG decode), split (grouped "
                         "convs per group), pad4|pad8 (conv1's input padded to 4 or 8 channels)")
     p.add_argument("--loaders", default="cpu,gpudec", help="loader variants (gpudec: GPU decode)")
@@ -272,9 +276,10 @@ def main(argv=None) -> int:
     rows = []
 
     def config(variant: str, extra=()):
-        """Variant tokens joined by '+': fp32|tf32|bf16 (repro.precision), cl (channels_last), compile, nolrn,
-        ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode), cg (with compile:
-        CUDA graphs, compile mode reduce-overhead), split (train.split_groups), pad4|pad8
+        """Variant tokens joined by '+': fp32|tf32|bf16 (repro.precision), cl (channels_last),
+        compile, nolrn, ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode), cg (with compile:
+        CUDA graphs, compile mode reduce-overhead), autotune (with compile: max-autotune,
+        without CUDA graphs unless cg too), split (train.split_groups), pad4|pad8
         (train.pad_input_channels)."""
         tokens = set(variant.split("+")) - {""}
         unknown = tokens - TOKENS
@@ -285,7 +290,7 @@ def main(argv=None) -> int:
         cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
                                    f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
                                    f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}",
-                                   f"train.compile_mode={'reduce-overhead' if 'cg' in tokens else 'default'}",
+                                   f"train.compile_mode={COMPILE_MODES['cg' in tokens, 'autotune' in tokens]}",
                                    f"train.split_groups={'split' in tokens}",
                                    f"train.pad_input_channels={pad}"])
         cfg.train.precision = next((t for t in ("bf16", "tf32") if t in tokens), "fp32")
