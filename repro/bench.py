@@ -11,6 +11,7 @@ long run. Each figure is images per second after a warm-up.
 from __future__ import annotations
 
 import argparse
+import re
 import dataclasses
 import json
 import os
@@ -258,7 +259,8 @@ def main(argv=None) -> int:
                         "graphs), autotune (with compile: max-autotune), "
                         "nolrn, ref|fused|triton (LRN), gpudec (GPU JPEG decode), split (grouped "
                         "convs per group), pad4|pad8 (conv1's input padded to 4 or 8 channels)")
-    p.add_argument("--loaders", default="cpu,gpudec", help="loader variants (gpudec: GPU decode)")
+    p.add_argument("--loaders", default="cpu,gpudec",
+                   help="loader variants (gpudec: GPU decode; hybridNN: NN%% on the GPU)")
     p.add_argument("--end-to-end", default="bf16+cl+compile,bf16+cl+compile+gpudec",
                    help="end-to-end variants")
     p.add_argument("--stages", default="abcde",
@@ -277,19 +279,23 @@ def main(argv=None) -> int:
 
     def config(variant: str, extra=()):
         """Variant tokens joined by '+': fp32|tf32|bf16 (repro.precision), cl (channels_last),
-        compile, nolrn, ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode), cg (with compile:
-        CUDA graphs, compile mode reduce-overhead), autotune (with compile: max-autotune,
-        without CUDA graphs unless cg too), split (train.split_groups), pad4|pad8
-        (train.pad_input_channels)."""
+        compile, nolrn, ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode),
+        hybridNN (NN% of each batch decoded on the GPU, the rest by the loader workers), cg
+        (with compile: CUDA graphs, compile mode reduce-overhead), autotune (with compile:
+        max-autotune, without CUDA graphs unless cg too), split (train.split_groups),
+        pad4|pad8 (train.pad_input_channels)."""
         tokens = set(variant.split("+")) - {""}
-        unknown = tokens - TOKENS
+        hybrid = next((t for t in tokens if re.fullmatch(r"hybrid\d\d", t)), None)
+        unknown = tokens - TOKENS - {hybrid}
         if unknown:
             p.error(f"variant {variant!r}: unknown {sorted(unknown)}; tokens are {sorted(TOKENS)}")
         impl = next((t for t in ("ref", "fused", "triton") if t in tokens), "auto")
         pad = next((int(t[3:]) for t in tokens if t in ("pad4", "pad8")), 0)
+        decode = (["data.decode=hybrid", f"data.gpu_share={int(hybrid[6:]) / 100}"] if hybrid
+                  else [f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}"])
         cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
                                    f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
-                                   f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}",
+                                   *decode,
                                    f"train.compile_mode={COMPILE_MODES['cg' in tokens, 'autotune' in tokens]}",
                                    f"train.split_groups={'split' in tokens}",
                                    f"train.pad_input_channels={pad}"])

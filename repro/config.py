@@ -75,7 +75,8 @@ class DataConfig:
     crop_size: int = 227
     workers: int = 6                 # loader processes per rank
     shuffle_buffer: int = 4096
-    decode: str = "cpu"              # cpu (workers decode: libjpeg-turbo) | gpu (nvJPEG)
+    decode: str = "cpu"              # cpu (workers decode: libjpeg-turbo) | gpu (nvJPEG) | hybrid
+    gpu_share: float = 0.25          # hybrid: the share of each batch decoded on the GPU
     steps_per_epoch: int = 0         # 0 = a full pass over the shards
     val_limit: int = 0               # 0 = every val image
 
@@ -142,7 +143,7 @@ CHOICES = {
     "model.init": INITS,
     "optim.name": ("paper_sgd", "sgd"),
     "schedule.kind": ("plateau", "steps", "constant"),
-    "data.decode": ("cpu", "gpu"),
+    "data.decode": ("cpu", "gpu", "hybrid"),
     "augment.pca_scale": ("sqrt_eigval", "eigval"),
     "augment.mean": ("image", "rgb", "none"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -271,6 +272,8 @@ def validate(cfg: Config, where: str) -> None:
     if d.crop_size > STORED:
         raise ConfigError(f"{where}: data.crop_size = {d.crop_size} is larger than the stored "
                           f"{STORED}x{STORED} shard images")
+    if not 0 <= d.gpu_share <= 1:
+        raise ConfigError(f"{where}: data.gpu_share must be in [0, 1], got {d.gpu_share}")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"{where}: model.dropout must be in [0, 1), got {m.dropout}")
     if not 0 < cfg.schedule.factor < 1:
@@ -322,8 +325,9 @@ def config_from_dict(doc: dict, where: str = "checkpoint") -> Config:
 # What a resumed run may change: how it runs (devices, speed switches, loader, logging,
 # checkpointing) and how long. Everything else (model, optimizer, schedule, augmentation,
 # batch, seed) defines the run; changing it mid-run would make the records untrue.
-MAY_CHANGE_ON_RESUME = ("schedule.epochs", "data.workers", "data.decode", "data.val_batch_size",
-                        "data.val_limit", "data.steps_per_epoch", "data.shuffle_buffer", "train.",
+MAY_CHANGE_ON_RESUME = ("schedule.epochs", "data.workers", "data.decode", "data.gpu_share",
+                        "data.val_batch_size", "data.val_limit", "data.steps_per_epoch",
+                        "data.shuffle_buffer", "train.",
                         "checkpoint.", "logging.")
 KEPT_ON_RESUME = ("train.seed",)
 

@@ -26,6 +26,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -115,7 +116,8 @@ class EpochPlan:
     shuffle_buffer: int
     skip_batches: int = 0    # batches this rank already trained on (resume)
     limit: int = 0           # 0 = every sample; else the first `limit` of the sequence
-    decode: str = "cpu"      # cpu: workers decode and crop; gpu: workers pass the JPEG bytes
+    decode: str = "cpu"      # cpu: workers decode and crop; gpu: workers pass the JPEG bytes;
+    gpu_share: float = 0.0   # hybrid: this share of each batch as bytes, the rest as crops
 
     def ordered_shards(self) -> list[Shard]:
         shards = list(self.shards)
@@ -239,11 +241,23 @@ def _torch_message(e: Exception) -> str:
     return re.sub(r"^.*?\.(?:cpp|h):\d+, ", "", str(e).splitlines()[0])
 
 
-def pack(jpegs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of JPEG byte strings as one buffer + lengths: one shared-memory
+class Packed(NamedTuple):
+    """The GPU path's JPEG bytes of a batch as one buffer + lengths: one shared-memory
     tensor per batch crosses from the worker, not one per image."""
-    return (torch.frombuffer(bytearray().join(jpegs), dtype=torch.uint8),   # one copy
-            torch.tensor([len(j) for j in jpegs]))
+    buffer: torch.Tensor
+    lengths: torch.Tensor
+
+
+def pack(jpegs: list[bytes]) -> Packed:
+    return Packed(torch.frombuffer(bytearray().join(jpegs), dtype=torch.uint8),   # one copy
+                  torch.tensor([len(j) for j in jpegs]))
+
+
+class Split(NamedTuple):
+    """The hybrid path: the batch's first len(crops) samples decoded and cut by the workers,
+    the rest left as JPEG bytes for the GPU, so that both decoders feed one batch."""
+    crops: torch.Tensor
+    jpegs: Packed
 
 
 _decode_streams: dict[int, torch.cuda.Stream] = {}
@@ -256,7 +270,7 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
     return _decode_streams[index]
 
 
-def decode_batch(packed: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> torch.Tensor:
+def decode_batch(packed: Packed, device: torch.device) -> torch.Tensor:
     """The GPU path: decode a packed batch of JPEGs on `device` (nvJPEG on CUDA)."""
     buffer, lengths = packed
     jpegs = list(torch.split(buffer, lengths.tolist()))
@@ -298,9 +312,13 @@ def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) 
     """A loader batch's images on `device` as uint8 (B,3,S,S), cut and mirrored. GPU path:
     decoded and cut here. CPU path: the workers cut the windows and the mirror is done
     here, where it is one gather for the batch (a reversed copy on the host costs about
-    as much as a third of a decode)."""
+    as much as a third of a decode). Hybrid: each part its own way, in batch order."""
     size = plan.crop_size if plan.crop != "none" else STORED
-    if isinstance(images, (list, tuple)):
+    if isinstance(images, Split):
+        k = len(images.crops)
+        return torch.cat([device_images(part, ys[a:b], xs[a:b], flips[a:b], plan, device)
+                          for part, a, b in ((images.crops, 0, k), (images.jpegs, k, len(ys)))])
+    if isinstance(images, Packed):
         return cut(decode_batch(images, device), ys, xs, flips, size, device)
     images = images.to(device, non_blocking=True)
     if not (plan.flip and plan.crop == "random"):       # nothing is mirrored (EpochPlan._window)
@@ -318,19 +336,25 @@ def prefetch(batches, device: torch.device):
         return
     stream, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
 
+    def to_device(t):
+        if isinstance(t, Split):
+            return Split(to_device(t.crops), t.jpegs)
+        return t if isinstance(t, Packed) else t.to(device, non_blocking=True)
+
     def send(batch):
         if batch is None:
             return None
         with torch.cuda.stream(stream):
-            return tuple(t if isinstance(t, (list, tuple)) else t.to(device, non_blocking=True)
-                         for t in batch)
+            return tuple(map(to_device, batch))
 
     batches = iter(batches)
     ahead = send(next(batches, None))
     while ahead is not None:
         current.wait_stream(stream)
         for t in ahead:
-            if not isinstance(t, (list, tuple)):
+            if isinstance(t, Split):
+                t = t.crops
+            if not isinstance(t, Packed):
                 t.record_stream(current)     # made on the side stream, used on this one
         batch, ahead = ahead, send(next(batches, None))
         yield batch
@@ -353,16 +377,23 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
         while batch := list(itertools.islice(stream, self.plan.batch_size)):
             jpegs, labels, ys, xs, flips, names = zip(*batch)
             size = self.plan.crop_size if self.plan.crop != "none" else 0
-            yield (pack(jpegs) if self.plan.decode == "gpu"
-                   else decode_crops(jpegs, ys, xs, size, names),
-                   torch.tensor(labels), torch.tensor(ys),
-                   torch.tensor(xs), torch.tensor(flips))
+            share = {"cpu": 0.0, "gpu": 1.0}.get(self.plan.decode, self.plan.gpu_share)
+            here = len(batch) - round(len(batch) * share)   # decoded here; the rest on the GPU
+            if here == 0:
+                images = pack(jpegs)
+            elif here < len(batch):
+                images = Split(decode_crops(jpegs[:here], ys[:here], xs[:here], size, names[:here]),
+                               pack(jpegs[here:]))
+            else:
+                images = decode_crops(jpegs, ys, xs, size, names)
+            yield (images, torch.tensor(labels), torch.tensor(ys), torch.tensor(xs),
+                   torch.tensor(flips))
 
 
 def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Batches (images; labels; crop ys; crop xs; flips) in the plan's order. The images
-    are uint8 (B,3,S,S) crops not yet mirrored (CPU path) or packed JPEG bytes (GPU
-    path): device_images makes them the plan's crops on the device."""
+    are uint8 (B,3,S,S) crops not yet mirrored (CPU path), packed JPEG bytes (GPU path)
+    or both (hybrid): device_images makes them the plan's crops on the device."""
     workers = plan.workers if plan.workers > 1 else 0  # 1 stream: read in-process
     return _Loader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
                    pin_memory=pin_memory, worker_init_fn=_outlive_stop_signals,

@@ -114,7 +114,8 @@ def make_plan(cfg: Config, shards, split: str, epoch: int, d, skip: int = 0) -> 
                      crop="random" if train and cfg.augment.random_crop else "center",
                      crop_size=cfg.data.crop_size, flip=train and cfg.augment.flip,
                      shuffle=train, shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=skip,
-                     limit=cfg.data.val_limit if not train else 0, decode=cfg.data.decode)
+                     limit=cfg.data.val_limit if not train else 0, decode=cfg.data.decode,
+                     gpu_share=cfg.data.gpu_share)
 
 
 def train_step(net, optimizer, x, labels, world: int, global_n: int, autocast=nullcontext()):

@@ -11,12 +11,12 @@ def test_bench_runs_every_stage(tmp_path, capsys):
     shards = write_shards(tmp_path / "s", classes=3, train=48, val=24, shard_size=12)
     out = tmp_path / "bench.json"
     assert main(["bench", "--data", str(shards), "--steps", "1", "--batches", "1",
-                 "--workers", "1", "--variants", "fp32", "--loaders", "cpu,gpudec",
+                 "--workers", "1", "--variants", "fp32", "--loaders", "cpu,gpudec,hybrid50",
                  "--end-to-end", "fp32", "--soak", "4", "--json", str(out),
                  "data.batch_size=4", "data.val_batch_size=4", "data.crop_size=67"]) == 0
     result = json.loads(out.read_text())
     stages = [r["stage"][0] for r in result["results"]]
-    assert stages == ["a", "b", "b", "c", "f", "d", "e"]
+    assert stages == ["a", "b", "b", "b", "c", "f", "d", "e"]
     assert all(r["images_per_s"] > 0 for r in result["results"])
     soak = next(r for r in result["results"] if r["stage"].startswith("f"))
     assert [s for s, _ in soak["rss_mb"]] == [1, 2, 3, 4]

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from data_prep.shardfile import ShardWriter, read_samples
-from repro.data import (EpochPlan, Shard, device_images, device_loader, loader, prefetch,
-                        round_robin, split_shards, worker_batch_counts)
+from repro.data import (EpochPlan, Packed, Shard, Split, device_images, device_loader, loader,
+                        prefetch, round_robin, split_shards, worker_batch_counts)
 from shard_helpers import write_shards
 
 
@@ -120,18 +120,26 @@ def test_crops_arrive_channels_last(shards, workers):
         assert images.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_gpu_path_gives_the_cpu_paths_crops(shards):
-    """Workers pass JPEG bytes; decode_batch (here on the CPU device, nvJPEG on CUDA)
-    then cut give the same windows and mirrors as the CPU path."""
+@pytest.mark.parametrize("decode, share, kinds", [
+    ("gpu", 0.0, {Packed}),
+    ("hybrid", 0.5, {Split, torch.Tensor}),     # 37 = 6 batches of 6 + 1: the last all CPU
+    ("hybrid", 0.9, {Split, Packed}),           # 6 * 0.9 -> 5 of 6; the last one -> 1 of 1
+])
+def test_gpu_and_hybrid_paths_give_the_cpu_paths_crops(shards, decode, share, kinds):
+    """Workers pass all (gpu) or some (hybrid) of a batch as JPEG bytes; decode_batch (here
+    on the CPU device, nvJPEG on CUDA) then cut give the same windows and mirrors, in the
+    same order, as the CPU path."""
     cpu = torch.device("cpu")
-    workers = plan(shards, epoch=3, batch_size=6)
-    gpu = plan(shards, epoch=3, batch_size=6, decode="gpu")
-    for (a, la, ya, xa, fa), (jpegs, lb, yb, xb, fb) in zip(loader(workers), loader(gpu)):
-        assert jpegs[0].dtype == torch.uint8 and len(jpegs[1]) == len(la)
+    workers = plan(shards, epoch=3, batch_size=6, workers=2)
+    other = plan(shards, epoch=3, batch_size=6, workers=2, decode=decode, gpu_share=share)
+    seen = set()
+    for (a, la, ya, xa, fa), (images, lb, yb, xb, fb) in zip(loader(workers), loader(other)):
+        seen.add(type(images))
         assert torch.equal(la, lb) and torch.equal(ya, yb) and torch.equal(fa, fb)
         a = device_images(a, ya, xa, fa, workers, cpu)
-        b = device_images(jpegs, yb, xb, fb, gpu, cpu)
+        b = device_images(images, yb, xb, fb, other, cpu)
         assert torch.equal(a, b)      # one decoder on the CPU (nvJPEG may differ by a level)
+    assert seen == kinds
 
 
 def test_resume_at_the_end_of_a_short_ranks_epoch(shards):
@@ -177,11 +185,11 @@ def test_prefetch_passes_batches_through_off_cuda(shards):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+@pytest.mark.parametrize("decode", ["cpu", "gpu", "hybrid"])
 def test_prefetch_to_cuda_gives_the_same_batches(shards, decode):
     """The side-stream copies arrive whole while the caller keeps the GPU busy."""
     cuda = torch.device("cuda")
-    p = plan(shards, workers=2, batch_size=6, decode=decode)
+    p = plan(shards, workers=2, batch_size=6, decode=decode, gpu_share=0.5)
     direct = [device_images(b[0], *b[2:], p, cuda).cpu() for b in loader(p)]
     busy = torch.randn(2048, 2048, device=cuda)
     for expect, (images, labels, ys, xs, flips) in zip(direct, device_loader(p, cuda)):
