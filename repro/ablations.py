@@ -38,7 +38,7 @@ def ablation_table(runs: dict[str, tuple[float, float]], baseline: tuple[float, 
     head = ("| run | top-1 err | top-5 err | Δ top-1 | Δ top-5 | claimed Δ top-1 | "
             "claimed Δ top-5 | source |")
     rows = [head, "|" + "---|" * 8,
-            f"| paper (baseline) | {_num(baseline[0])} | {_num(baseline[1])} | | | | | |"]
+            f"| paper config (baseline run) | {_num(baseline[0])} | {_num(baseline[1])} | | | | | |"]
     for name, (top1, top5) in runs.items():
         claim = CLAIMS.get(Path(name).stem, {"top1": None, "top5": None, "source": "—"})
         rows.append(f"| {Path(name).stem} | {_num(top1)} | {_num(top5)} | "

@@ -93,6 +93,9 @@ class Member:
 
 def load_member(path: str | Path, stats: Path | None, device: torch.device) -> Member:
     path = Path(path)
+    if path.is_dir():
+        raise EvalError(f"{path}: is a directory; give a checkpoint file, e.g. "
+                        f"{path / 'checkpoints' / 'best.pt'}")
     if not path.is_file():
         raise EvalError(f"{path}: checkpoint not found")
     state = checkpoint.load(path, keys=("config", "model"))   # CheckpointError if unusable

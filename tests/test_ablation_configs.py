@@ -69,7 +69,7 @@ def test_ablation_table_against_hand_computed_deltas():
     assert table.splitlines() == [
         "| run | top-1 err | top-5 err | Δ top-1 | Δ top-5 | claimed Δ top-1 | claimed Δ top-5 | source |",
         "|---|---|---|---|---|---|---|---|",
-        "| paper (baseline) | 40.70 | 18.20 | | | | | |",
+        "| paper config (baseline run) | 40.70 | 18.20 | | | | | |",
         "| no_lrn | 42.00 | 19.50 | +1.30 | +1.30 | +1.40 | +1.20 | section 3.3 |",
         "| no_pca_noise | 41.20 | 18.10 | +0.50 | -0.10 | +1.00 | — | section 4.1 (top-1 'by over 1%') |",
         "| mystery | 40.00 | 18.00 | -0.70 | -0.20 | — | — | — |",

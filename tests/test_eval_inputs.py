@@ -53,6 +53,11 @@ def test_eval_refuses_an_output_path_before_evaluating(shards, ckpt, tmp_path, c
     assert afile.read_text() == "mine"
 
 
+def test_eval_of_a_run_directory_names_the_checkpoint_to_give(shards, tmp_path, capsys):
+    code, err = run(capsys, "eval", "--checkpoint", tmp_path, "--data", shards)
+    assert code == 2 and one_line_error(err, "is a directory", "checkpoints/best.pt"), err
+
+
 def test_report_refuses_a_directory_as_its_output(shards, ckpt, tmp_path, capsys):
     code, err = run(capsys, "report", tmp_path, "--data", shards, "--checkpoint", ckpt,
                     "--out", tmp_path)
