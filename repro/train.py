@@ -175,40 +175,12 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     towers = isinstance(model, TowerAlexNet)
     optimizer = build_optimizer(cfg, model)
     schedule = Schedule(cfg.schedule, cfg.optim.lr)
-    epoch, first_step, global_step, best = 0, 0, 0, float("inf")
-    restart = False             # a resume whose epoch starts again (the stream changed)
-
     # What fixes the order of an epoch's samples (repro.data): a mid-epoch resume is exact
     # only if all of it is the same.
     stream = {"world": d.world, "workers": max(1, cfg.data.workers), "seed": cfg.train.seed,
               "batch_size": cfg.data.batch_size, "shuffle_buffer": cfg.data.shuffle_buffer}
-    ckpt_path, state = checkpoint.load_latest(run_dir, map_location=device)
-    if ckpt_path is not None:
-        changes = resume_changes(state.get("config", {}), cfg.to_dict())
-        if changes:
-            raise SystemExit(f"{ckpt_path} belongs to a run with other settings "
-                             f"({'; '.join(changes)}); a resumed run keeps its settings: drop "
-                             f"the overrides, or start a new run with another --out")
-        if state.get("classes", manifest["classes"]) != manifest["classes"]:
-            raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
-                             f"{ckpt_path} was trained on; resume on those shards")
-        model.load_state_dict(state["model"])
-        if towers:  # checkpoints hold the single model's layout, whatever wrote them
-            load_single_optimizer_state(optimizer, model, state["optimizer"])
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        epoch, first_step, global_step = state["epoch"], state["step"], state["global_step"]
-        best = state["best_top1_err"]
-        if d.is_main:
-            print(f"resuming {ckpt_path} at epoch {epoch} step {first_step}", flush=True)
-        restart = state.get("stream") != stream and first_step
-        if restart:
-            # The epoch's order depends on these; its rest cannot be picked out of a new order.
-            print(f"warning: the data stream's settings changed ({state.get('stream')} -> "
-                  f"{stream}): epoch {epoch} starts again, so the images of its first "
-                  f"{first_step} steps are trained on twice", file=sys.stderr)
-            first_step = 0
+    ckpt_path, (epoch, first_step, global_step, best, restart) = resume(
+        cfg, run_dir, data_dir, manifest["classes"], model, optimizer, schedule, stream, d, device)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -353,6 +325,42 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
                      "best_top1_err": best})
         tracker.finish(0)
     return 0
+
+
+def resume(cfg: Config, run_dir: Path, data_dir: Path, classes: list[str], model, optimizer,
+           schedule: Schedule, stream: dict, d, device) -> tuple[Path | None, tuple]:
+    """Load run_dir's newest usable checkpoint into the model, optimizer and schedule, after
+    checking that it belongs to this run and these shards. Returns its path (None for a
+    new run) and where to go on: (epoch, step, global step, best val top-1 error, whether
+    the epoch starts again because the data stream's settings changed)."""
+    ckpt_path, state = checkpoint.load_latest(run_dir, map_location=device)
+    if ckpt_path is None:
+        return None, (0, 0, 0, float("inf"), False)
+    changes = resume_changes(state.get("config", {}), cfg.to_dict())
+    if changes:
+        raise SystemExit(f"{ckpt_path} belongs to a run with other settings "
+                         f"({'; '.join(changes)}); a resumed run keeps its settings: drop "
+                         f"the overrides, or start a new run with another --out")
+    if state.get("classes", classes) != classes:
+        raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
+                         f"{ckpt_path} was trained on; resume on those shards")
+    model.load_state_dict(state["model"])
+    if isinstance(model, TowerAlexNet):  # checkpoints hold the single model's layout
+        load_single_optimizer_state(optimizer, model, state["optimizer"])
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    epoch, step = state["epoch"], state["step"]
+    if d.is_main:
+        print(f"resuming {ckpt_path} at epoch {epoch} step {step}", flush=True)
+    restart = bool(state.get("stream") != stream and step)
+    if restart:
+        # The epoch's order depends on these; its rest cannot be picked out of a new order.
+        print(f"warning: the data stream's settings changed ({state.get('stream')} -> "
+              f"{stream}): epoch {epoch} starts again, so the images of its first "
+              f"{step} steps are trained on twice", file=sys.stderr)
+        step = 0
+    return ckpt_path, (epoch, step, state["global_step"], state["best_top1_err"], restart)
 
 
 def to_host(stats: torch.Tensor) -> tuple:
