@@ -28,11 +28,7 @@ parameter is concatenated / split the same way).
 LRN. In cuda-convnet2's two-GPU config each GPU has its own rnorm layer over its
 own 48 (128) maps (rnorm1a/rnorm1b), so the n=5 window never crosses the tower
 boundary; repro.model's two-group AlexNet does the same (LocalResponseNorm with
-groups=2), and so does TowerAlexNet by default: each tower normalises its own maps,
-no transfer. A model whose LRN has groups=1 (the window crosses at maps 46..49 of
-conv1, 126..129 of conv2, as torchvision-style ports do) is matched by exchanging
-the n//2 boundary maps (tower_lrn(..., across=True)); lrn_across_towers overrides
-which one is used.
+groups=2), and so does TowerAlexNet: each tower normalises its own maps, no transfer.
 
 Dropout is applied to the full 4096-wide fc6/fc7 activations on devices[0] by the
 model's own nn.Dropout modules, so with the same RNG state the masks are the single
@@ -67,8 +63,7 @@ class TowerAlexNet(nn.Module):
     (train it, then `state_dict()` or `to_single()`); `model` is left untouched.
     """
 
-    def __init__(self, model: AlexNet, devices=("cuda:0", "cuda:1"), *,
-                 lrn_across_towers: bool | None = None):
+    def __init__(self, model: AlexNet, devices=("cuda:0", "cuda:1")):
         super().__init__()
         if not isinstance(model, AlexNet):
             raise TypeError(f"TowerAlexNet wraps a repro.model.AlexNet, got {type(model).__name__}")
@@ -87,16 +82,11 @@ class TowerAlexNet(nn.Module):
         object.__setattr__(self, "_skeleton", skeleton)  # not a submodule: no state_dict keys
         for name in ("pool1", "pool2", "pool5", "drop6", "drop7"):
             setattr(self, name, getattr(skeleton, name))
-        # LRN: one module per tower, over that tower's maps (groups=1), as rnorm1a/rnorm1b.
-        self.lrn_across_towers = False
+        # LRN: applied to each tower's maps alone (groups=1 there), as rnorm1a/rnorm1b; the
+        # model's groups=2 LRN over both towers' maps is the same function.
         for name in ("norm1", "norm2"):
             norm = copy.deepcopy(getattr(skeleton, name))
             if isinstance(norm, LocalResponseNorm):
-                model_groups = norm.groups
-                if model_groups not in (1, 2):
-                    raise ValueError(f"{name} normalises in {model_groups} groups; towers need 1 or 2")
-                self.lrn_across_towers = (model_groups == 1 if lrn_across_towers is None
-                                          else lrn_across_towers)
                 norm.groups = 1
             setattr(self, name, norm)
         self.train(model.training)
@@ -174,11 +164,6 @@ class TowerAlexNet(nn.Module):
         w, b = self._w(name, t)
         return F.conv2d(x, w, b, conv.stride, conv.padding)
 
-    def _norm(self, norm: nn.Module, xs):
-        if isinstance(norm, LocalResponseNorm) and self.lrn_across_towers:
-            return tower_lrn(xs[0], xs[1], norm, across=True)
-        return [norm(x) for x in xs]
-
     def _both(self, xs, t: int, dim: int = 1):
         """Both towers' tensors, concatenated on tower t's device."""
         return torch.cat([x.to(self.devices[t]) for x in xs], dim)
@@ -192,9 +177,9 @@ class TowerAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = [self._conv(x.to(d), "conv1", t) for t, d in enumerate(self.devices)]
-        xs = [self.pool1(y) for y in self._norm(self.norm1, xs)]
+        xs = [self.pool1(self.norm1(y)) for y in xs]
         xs = [self._conv(y, "conv2", t) for t, y in enumerate(xs)]
-        xs = [self.pool2(y) for y in self._norm(self.norm2, xs)]
+        xs = [self.pool2(self.norm2(y)) for y in xs]
         xs = [F.relu(self._conv(self._both(xs, t), "conv3", t)) for t in range(2)]   # crosses
         xs = [F.relu(self._conv(y, "conv4", t)) for t, y in enumerate(xs)]
         xs = [self.pool5(F.relu(self._conv(y, "conv5", t))) for t, y in enumerate(xs)]
@@ -205,22 +190,6 @@ class TowerAlexNet(nn.Module):
         xs = [F.relu(F.linear(full[t], *self._w("fc7", t))) for t in range(2)]
         full = self._dropout(self.drop7, xs)                                         # crosses
         return F.linear(full[0], *self._w("fc8", 0))   # logits on devices[0]
-
-
-def tower_lrn(xa: torch.Tensor, xb: torch.Tensor, norm: LocalResponseNorm, across: bool):
-    """LRN of two towers' maps by `norm` (its groups ignored). across=False: each tower over
-    its own maps (== LRN with groups=2 over cat(xa, xb)); across=True: == LRN with groups=1
-    over cat(xa, xb), the window crossing the boundary: tower a borrows xb's first (n-1)//2
-    maps, tower b xa's last n//2."""
-    lrn = copy.copy(norm)
-    lrn.groups = 1
-    if not across:
-        return [lrn(xa), lrn(xb)]
-    before, after = norm.size // 2, (norm.size - 1) // 2   # the window is [i - before, i + after]
-    ca = xa.shape[1]
-    a = lrn(torch.cat([xa, xb[:, :after].to(xa.device)], 1))[:, :ca]
-    b = lrn(torch.cat([xa[:, ca - before:].to(xb.device), xb], 1))[:, before:]
-    return [a, b]
 
 
 def single_optimizer_state(optimizer: torch.optim.Optimizer, towers: TowerAlexNet) -> dict:

@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro.lrn import LocalResponseNorm
 from repro.model import AlexNet
 from repro.optim import PaperSGD, param_groups
 from repro.towers import (TowerAlexNet, bench_towers, load_single_optimizer_state,
-                          single_optimizer_state, tower_lrn)
+                          single_optimizer_state)
 
 CPU2 = ("cpu", "cpu")
 TIGHT = dict(rtol=1e-10, atol=1e-12)
@@ -109,35 +108,6 @@ def test_each_tower_holds_half_of_every_layer():
     assert tower.parts("conv2.weight")[0].shape == (128, 48, 5, 5)
     assert tower.parts("conv3.weight")[0].shape == (192, 256, 3, 3)   # reads both towers
     assert tower.parts("fc6.weight")[0].shape == (2048, 256)          # all of pool5
-
-
-def test_lrn_per_tower_and_the_boundary_exchange():
-    x = torch.randn(2, 96, 4, 4, dtype=torch.float64) * 100
-    # the model's: ReLU then LRN per tower
-    per_tower = LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_over_n=False, groups=2, relu=True)
-    crossing = LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_over_n=False, groups=1, relu=True)
-    apart = torch.cat(tower_lrn(x[:, :48], x[:, 48:], per_tower, across=False), 1)
-    torch.testing.assert_close(apart, per_tower(x), **TIGHT)
-    across = torch.cat(tower_lrn(x[:, :48], x[:, 48:], per_tower, across=True), 1)
-    torch.testing.assert_close(across, crossing(x), **TIGHT)
-    # The two conventions differ at exactly the maps whose window reaches the other tower.
-    differs = (across - apart).abs().amax(dim=(0, 2, 3)) > 0
-    assert differs.nonzero().flatten().tolist() == [46, 47, 48, 49]
-
-
-def test_towers_follow_the_models_lrn_convention():
-    x, _ = inputs()
-    single = small().eval()                          # LRN groups=2: inside each tower
-    assert single.norm1.groups == 2
-    assert not TowerAlexNet(single, CPU2).lrn_across_towers
-    crossing = small().eval()                        # a model whose window crosses
-    crossing.norm1.groups = crossing.norm2.groups = 1
-    tower = TowerAlexNet(crossing, CPU2).eval()
-    assert tower.lrn_across_towers
-    torch.testing.assert_close(tower(x), crossing(x), **TIGHT)
-    assert not torch.allclose(crossing(x), single(x), rtol=1e-9, atol=0)
-    forced = TowerAlexNet(single, CPU2, lrn_across_towers=True).eval()
-    torch.testing.assert_close(forced(x), crossing(x), **TIGHT)
 
 
 def test_optimizer_param_groups_map_to_the_single_layout():
