@@ -8,6 +8,7 @@ A build or checkpoint save killed at any moment leaves at worst a stale
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -59,24 +60,32 @@ def write_json(path: Path | str, obj) -> None:
 
 
 def write_set(files: dict[Path, bytes]) -> None:
-    """Write files that belong together: every one to its temp name first, then all renamed,
-    so a failure while writing (disk full, no permission) leaves the old set untouched."""
-    written = []
+    """Write files that belong together: every one to its temp name first, then all renamed.
+    A failure while writing (disk full, no permission, a directory in the way) leaves the
+    old set untouched; only the renames, each atomic, could be cut off between them. An
+    OSError names the final path, not the temp file."""
+    files = {Path(p): data for p, data in files.items()}
+    pending = {}                                    # final path -> its written temp file
+    path = next(iter(files), None)
     try:
         for path, data in files.items():
-            written.append(tmp_name(Path(path)))
-            with open(written[-1], "wb") as f:
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(path))
+            tmp = tmp_name(path)
+            with open(tmp, "wb") as f:
+                pending[path] = tmp                 # ours to remove if anything fails
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-    except BaseException:
-        for tmp in written:
-            with contextlib.suppress(FileNotFoundError):
+        for path in list(pending):
+            os.replace(pending.pop(path), path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        for tmp in pending.values():
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        raise
-    for path, tmp in zip(files, written):
-        os.replace(tmp, path)
-    for directory in {Path(p).parent for p in files}:
+    for directory in {p.parent for p in files}:
         _fsync_dir(directory)
 
 

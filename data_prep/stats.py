@@ -112,8 +112,6 @@ def load_stats(path: Path | str) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as z:
             return {k: z[k] for k in STATS_KEYS}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:   # damaged, not unreadable
         raise ShardsError(f"{path}: not a readable stats file ({type(e).__name__}: {e}); "
                           f"rerun build_shards") from None

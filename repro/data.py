@@ -16,7 +16,6 @@ nvJPEG); the mirror and the per-pixel float work happen on the device
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import random
@@ -119,6 +118,11 @@ class EpochPlan:
     decode: str = "cpu"      # cpu: workers decode and crop; gpu: workers pass the JPEG bytes;
     gpu_share: float = 0.0   # hybrid: this share of each batch as bytes, the rest as crops
 
+    def __post_init__(self):
+        if self.decode not in ("cpu", "gpu", "hybrid") or not 0 <= self.gpu_share <= 1:
+            raise ValueError(f"decode {self.decode!r} with gpu_share {self.gpu_share}: decode is "
+                             f"cpu, gpu or hybrid, gpu_share in [0, 1]")
+
     def ordered_shards(self) -> list[Shard]:
         shards = list(self.shards)
         if self.shuffle:
@@ -197,6 +201,40 @@ def in_order(shards: list[Shard], batch_size: int, workers: int, crop: str = "no
                      flip=False, shuffle=False, shuffle_buffer=0, limit=limit)
 
 
+# torchvision 0.29 deprecates its image decoders for torchcodec (not on our GPU machines),
+# and torch warns that the JPEG bytes, which it only reads, are read-only. Filtered once
+# here, for those modules only (a catch_warnings per batch would be thread-unsafe and would
+# reset which warnings were already shown).
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+warnings.filterwarnings("ignore", message="The given buffer is not writable",
+                        module=r"repro\.data")
+
+
+def decode_one(jpeg, name: str) -> torch.Tensor:
+    """One shard JPEG (bytes, or a uint8 tensor on the host) -> uint8 (3,256,256) on the
+    host: libjpeg-turbo straight into an RGB view of H,W,3 memory (Pillow's decode and
+    conversion to RGB took 1.3x the CPU time: BENCHMARKS, "loader"). ShardsError naming
+    the sample if it is not a 256x256 JPEG."""
+    try:
+        data = jpeg if isinstance(jpeg, torch.Tensor) else torch.frombuffer(jpeg, dtype=torch.uint8)
+        pixels = decode_jpeg(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as e:
+        raise ShardsError(f"{name}: cannot decode its JPEG ({_torch_message(e)})") from None
+    _check_size(pixels, name)
+    return pixels
+
+
+def _check_size(pixels: torch.Tensor, name: str) -> None:
+    if pixels.shape[-2:] != (STORED, STORED):
+        raise ShardsError(f"{name}: image is {pixels.shape[-1]}x{pixels.shape[-2]}, "
+                          f"expected {STORED}x{STORED} (shards not built by data_prep?)")
+
+
+def _torch_message(e: Exception) -> str:
+    """A torch/torchvision C++ error's message without its source location."""
+    return re.sub(r"^.*?\.(?:cpp|h):\d+, ", "", str(e).splitlines()[0])
+
+
 def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> torch.Tensor:
     """The CPU path: decode each JPEG and copy its size x size window at (y, x) into one
     uint8 batch (B,3,S,S); size 0 keeps the whole image. The batch is laid out
@@ -210,47 +248,23 @@ def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> tor
     else:   # allocated in shared memory, where it crosses to the main process uncopied
         storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
         batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
-    with _torchvision_io():
-        for out, jpeg, y, x, name in zip(batch.numpy(), jpegs, ys, xs, names):
-            # libjpeg-turbo straight into an RGB (3,H,W) view of H,W,3 memory: Pillow's
-            # decode and conversion to RGB took 1.3x the CPU time (BENCHMARKS, "loader").
-            try:
-                pixels = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8),
-                                     mode=ImageReadMode.RGB)
-            except (RuntimeError, ValueError) as e:
-                raise ShardsError(f"{name}: cannot decode its JPEG ({_torch_message(e)})") from None
-            if pixels.shape[1:] != (STORED, STORED):
-                raise ShardsError(f"{name}: image is {pixels.shape[2]}x{pixels.shape[1]}, "
-                                 f"expected {STORED}x{STORED} (shards not built by data_prep?)")
-            out[:] = pixels.permute(1, 2, 0)[y:y + size, x:x + size].numpy()
+    for out, jpeg, y, x, name in zip(batch.numpy(), jpegs, ys, xs, names):
+        out[:] = decode_one(jpeg, name).permute(1, 2, 0)[y:y + size, x:x + size].numpy()
     return batch.permute(0, 3, 1, 2)
-
-
-@contextlib.contextmanager
-def _torchvision_io():
-    """torchvision 0.29 deprecates its image decoders for torchcodec (not on our GPU
-    machines); torch warns that the JPEG bytes, which it only reads, are read-only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
-        warnings.filterwarnings("ignore", message="The given buffer is not writable")
-        yield
-
-
-def _torch_message(e: Exception) -> str:
-    """A torch/torchvision C++ error's message without its source location."""
-    return re.sub(r"^.*?\.(?:cpp|h):\d+, ", "", str(e).splitlines()[0])
 
 
 class Packed(NamedTuple):
     """The GPU path's JPEG bytes of a batch as one buffer + lengths: one shared-memory
-    tensor per batch crosses from the worker, not one per image."""
+    tensor per batch crosses from the worker, not one per image; `names` say where each
+    came from, for errors."""
     buffer: torch.Tensor
     lengths: torch.Tensor
+    names: tuple[str, ...]
 
 
-def pack(jpegs: list[bytes]) -> Packed:
+def pack(jpegs: list[bytes], names) -> Packed:
     return Packed(torch.frombuffer(bytearray().join(jpegs), dtype=torch.uint8),   # one copy
-                  torch.tensor([len(j) for j in jpegs]))
+                  torch.tensor([len(j) for j in jpegs]), tuple(names))
 
 
 class Split(NamedTuple):
@@ -272,26 +286,30 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
 
 def decode_batch(packed: Packed, device: torch.device) -> torch.Tensor:
     """The GPU path: decode a packed batch of JPEGs on `device` (nvJPEG on CUDA)."""
-    buffer, lengths = packed
-    jpegs = list(torch.split(buffer, lengths.tolist()))
-    if device.type != "cuda":
-        with _torchvision_io():
-            images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
-    else:
-        # nvJPEG writes its outputs from a stream of its own that does not wait for the
-        # stream they were allocated on (pytorch/vision#9606): allocated on the compute
-        # stream, they could reuse memory a queued step still reads. So they are allocated
-        # on a decode stream with nothing of ours left queued on it.
-        stream = _decode_stream(device)
-        stream.synchronize()
-        current = torch.cuda.current_stream(device)
-        with torch.cuda.stream(stream), _torchvision_io():
-            images = torch.stack(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
-        current.wait_stream(stream)
-        images.record_stream(current)
-    if images.shape[-2:] != (STORED, STORED):
-        raise ShardsError(f"shard images are {tuple(images.shape[-2:])}, expected {STORED}x{STORED}")
-    return images
+    jpegs = list(torch.split(packed.buffer, packed.lengths.tolist()))
+    try:
+        if device.type != "cuda":
+            images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+        else:
+            # nvJPEG writes its outputs from a stream of its own that does not wait for the
+            # stream they were allocated on (pytorch/vision#9606): allocated on the compute
+            # stream, they could reuse memory a queued step still reads. So they are
+            # allocated on a decode stream with nothing of ours left queued on it.
+            stream = _decode_stream(device)
+            stream.synchronize()
+            with torch.cuda.stream(stream):
+                images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+            current = torch.cuda.current_stream(device)
+            current.wait_stream(stream)
+            for image in images:
+                image.record_stream(current)     # read by the stack below, on this stream
+    except RuntimeError:
+        for jpeg, name in zip(jpegs, packed.names):    # which one: decoded alone on the host
+            decode_one(jpeg, name)
+        raise
+    for image, name in zip(images, packed.names):
+        _check_size(image, name)
+    return torch.stack(images)
 
 
 def cut(images: torch.Tensor, ys, xs, flips, size: int, device: torch.device) -> torch.Tensor:
@@ -380,10 +398,10 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
             share = {"cpu": 0.0, "gpu": 1.0}.get(self.plan.decode, self.plan.gpu_share)
             here = len(batch) - round(len(batch) * share)   # decoded here; the rest on the GPU
             if here == 0:
-                images = pack(jpegs)
+                images = pack(jpegs, names)
             elif here < len(batch):
                 images = Split(decode_crops(jpegs[:here], ys[:here], xs[:here], size, names[:here]),
-                               pack(jpegs[here:]))
+                               pack(jpegs[here:], names[here:]))
             else:
                 images = decode_crops(jpegs, ys, xs, size, names)
             yield (images, torch.tensor(labels), torch.tensor(ys), torch.tensor(xs),

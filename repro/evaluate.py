@@ -105,8 +105,10 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as e:   # missing, extra or resized weights
+        lines = str(e).splitlines()
+        detail = (lines[1:] or lines)[0].strip()      # past "Error(s) in loading state_dict"
         raise EvalError(f"{path}: its weights do not fit the model its config describes "
-                        f"({str(e).splitlines()[0].strip()} ...)") from None
+                        f"({detail}{' ...' if len(lines) > 2 else ''})") from None
     model.to(device).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -243,7 +245,8 @@ def check_output(path: str | Path, directory: bool) -> Path:
 
 
 def write_outputs(files: dict[Path, bytes]) -> None:
-    """Write result files together (data_prep.atomic.write_set): all new or all as before."""
+    """Write result files together (data_prep.atomic.write_set): a failed write leaves the
+    previous ones as they were."""
     try:
         for directory in {p.parent for p in files}:
             directory.mkdir(parents=True, exist_ok=True)

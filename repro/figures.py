@@ -18,6 +18,7 @@ from data_prep.manifest import MANIFEST
 from repro.data import in_order, loader, read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
+from repro.precision import autocast_for
 from repro.tracking import read_metrics
 
 PER_ROW, SCALE, GAP, TOWER_GAP = 16, 4, 2, 8   # Figure 3 layout: pixels are kernel pixels * SCALE
@@ -57,7 +58,8 @@ def fc7(member: Member, images: torch.Tensor, ys, xs, flips) -> torch.Tensor:
     out = {}
     hook = member.model.fc7.register_forward_hook(lambda mod, inp, o: out.update(fc7=o))
     try:
-        member.model(member.normalizer(images, ys, xs, flips, None))
+        with autocast_for(member.precision, member.normalizer.device):
+            member.model(member.normalizer(images, ys, xs, flips, None))
     finally:
         hook.remove()
     return F.relu(out["fc7"].float())

@@ -16,8 +16,12 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def set_fp32_math(precision: str) -> None:
-    """How fp32 convolutions and matmuls run in this process (the setting is global)."""
+    """How fp32 convolutions and matmuls run in this process (the setting is global). Only
+    PyTorch's new TF32 API is used: cuDNN's setting (read by inductor's conv templates),
+    its conv setting (which would otherwise override it once set) and cuBLAS's. The legacy
+    `allow_tf32` flags then cannot be read (PyTorch raises on mixing the two APIs)."""
     math = "ieee" if precision == "fp32" else "tf32"
+    torch.backends.cudnn.fp32_precision = math
     torch.backends.cudnn.conv.fp32_precision = math
     torch.backends.cuda.matmul.fp32_precision = math
 

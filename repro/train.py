@@ -354,11 +354,12 @@ def resume(cfg: Config, run_dir: Path, data_dir: Path, classes: list[str], model
     if d.is_main:
         print(f"resuming {ckpt_path} at epoch {epoch} step {step}", flush=True)
     restart = bool(state.get("stream") != stream and step)
-    if restart:
+    if restart and d.is_main:
         # The epoch's order depends on these; its rest cannot be picked out of a new order.
         print(f"warning: the data stream's settings changed ({state.get('stream')} -> "
               f"{stream}): epoch {epoch} starts again, so the images of its first "
               f"{step} steps are trained on twice", file=sys.stderr)
+    if restart:
         step = 0
     return ckpt_path, (epoch, step, state["global_step"], state["best_top1_err"], restart)
 

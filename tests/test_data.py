@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from data_prep.shardfile import ShardWriter, read_samples
-from repro.data import (EpochPlan, Packed, Shard, Split, device_images, device_loader, loader,
-                        prefetch, round_robin, split_shards, worker_batch_counts)
+from data_prep.manifest import ShardsError
+from repro.data import (EpochPlan, Packed, Shard, Split, decode_batch, device_images, device_loader,
+                        loader, pack, prefetch, round_robin, split_shards, worker_batch_counts)
 from shard_helpers import write_shards
 
 
@@ -173,6 +174,32 @@ def test_a_bad_sample_in_a_shard_names_the_shard_and_sample(tmp_path, jpg, cls, 
         path.write_bytes(data[:at] + b"x" + data[at + 1:])
     with pytest.raises(ValueError, match=message):
         list(loader(plan([Shard(str(path), 2)], shuffle=False, batch_size=2)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("decode", ["gpu", "hybrid"])
+def test_nvjpeg_gives_the_cpu_paths_crops(shards, decode):
+    """On CUDA the bytes go through nvJPEG: another decoder (rounding may differ by a level
+    or so), the same windows, mirrors and order."""
+    cuda = torch.device("cuda")
+    workers = plan(shards, epoch=3, batch_size=6, workers=2)
+    other = plan(shards, epoch=3, batch_size=6, workers=2, decode=decode, gpu_share=0.5)
+    for (a, _, ya, xa, fa), (images, _, yb, xb, fb) in zip(loader(workers), loader(other)):
+        a = device_images(a, ya, xa, fa, workers, cuda).float()
+        b = device_images(images, yb, xb, fb, other, cuda).float()
+        assert (a - b).abs().mean() < 2.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"not a jpeg", r"s\.tar: sample b: cannot decode its JPEG"),
+    (jpeg_bytes(64), r"s\.tar: sample b: image is 64x64, expected 256x256"),
+])
+def test_the_gpu_paths_bad_sample_is_named(bad, message):
+    """decode_batch (nvJPEG on CUDA; here on the CPU device) names the sample that fails."""
+    packed = pack([jpeg_bytes(256), bad], ["s.tar: sample a", "s.tar: sample b"])
+    with pytest.raises(ShardsError, match=message):
+        decode_batch(packed, torch.device("cpu"))
 
 
 def test_prefetch_passes_batches_through_off_cuda(shards):

@@ -71,14 +71,17 @@ def test_negative_counts_are_refused(shards, ckpt, capsys, option, value):
     assert e.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
 
 
-def test_a_failed_write_leaves_the_previous_results_as_they_were(tmp_path):
-    old = {tmp_path / "eval.json": b"old 1", tmp_path / "per_class.csv": b"old 2"}
+@pytest.mark.parametrize("in_the_way", ["temp file", "file"])
+def test_a_failed_write_leaves_the_previous_results_as_they_were(tmp_path, in_the_way):
+    old = {tmp_path / "eval.json": b"old 1", tmp_path / "worst.json": b"old 2"}
     for path, data in old.items():
         path.write_bytes(data)
-    # The second file cannot be written: a directory sits where its temp file goes.
-    (tmp_path / f"per_class.csv{TMP_MARK}{socket.gethostname()}-{os.getpid()}").mkdir()
-    with pytest.raises(EvalError, match="per_class.csv.*cannot write"):
-        write_outputs({path: b"new" for path in old})
+    # The third file cannot be written: a directory sits where it or its temp file goes.
+    third = tmp_path / "per_class.csv"
+    (third if in_the_way == "file" else
+     tmp_path / f"{third.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}").mkdir()
+    with pytest.raises(EvalError, match=r"per_class\.csv: cannot write"):
+        write_outputs({**{path: b"new" for path in old}, third: b"new"})
     assert {p: p.read_bytes() for p in old} == old
     assert [p.name for p in tmp_path.iterdir() if TMP_MARK in p.name and p.is_file()] == []
 
