@@ -3,8 +3,10 @@ file is a CheckpointError naming it (load), skipped for an older one on resume (
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +20,36 @@ TRAIN_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "global_step")
 
 class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message names it and says why."""
+
+
+class RunLocked(Exception):
+    """Another live process is training into the same run directory."""
+
+
+def lock_run(run_dir: Path):
+    """Hold RUN_DIR/.lock for as long as the returned file stays open (the OS drops it
+    when the process ends, killed or not): a second trainer on the same run dir (the same
+    job submitted twice) is refused, not left to interleave checkpoints and metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunLocked(f"{run_dir} is being trained by {holder}; wait for it to end, or "
+                        f"train into another --out") from None
+    except OSError as e:        # a file system without locks (some Lustre mounts)
+        print(f"warning: {run_dir}/.lock: cannot lock ({e.strerror}); a second trainer on "
+              f"this run dir would not be stopped", file=sys.stderr)
+        return f
+    job = os.environ.get("SLURM_JOB_ID")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}{f' (Slurm job {job})' if job else ''}\n")
+    f.flush()
+    return f
 
 
 def atomic_save(obj, path: Path) -> None:

@@ -42,14 +42,14 @@ def reports_errors(cmd):
     def run(args) -> int:
         from data_prep.manifest import ShardsError
         from data_prep.tarindex import TarError
-        from repro.checkpoint import CheckpointError
+        from repro.checkpoint import CheckpointError, RunLocked
         from repro.distributed import DeviceError
         from repro.evaluate import EvalError
 
         try:
             return cmd(args)
         except (EvalError, CheckpointError, FileNotFoundError, DeviceError, ShardsError,
-                TarError) as e:
+                TarError, RunLocked) as e:
             print(f"error: {error_line(e)}", file=sys.stderr)
             return 2
     return run

@@ -7,6 +7,7 @@ the position (epoch, step) to continue bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -151,7 +152,11 @@ def validate(model, cfg: Config, shards, normalizer: Normalizer, d, device, auto
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     """Train (or resume) into run_dir; returns the process exit status."""
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    with contextlib.ExitStack() as cleanup:     # the run dir's lock, however train ends
+        return _train(cfg, Path(data_dir), Path(run_dir), cleanup)
+
+
+def _train(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitStack) -> int:
     d = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
     # Before the slow start-up (checkpoint load, W&B) so that a signal then is honoured too;
     # after init, so that torchrun can still stop ranks stuck in it.
@@ -179,6 +184,15 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
     # only if all of it is the same.
     stream = {"world": d.world, "workers": max(1, cfg.data.workers), "seed": cfg.train.seed,
               "batch_size": cfg.data.batch_size, "shuffle_buffer": cfg.data.shuffle_buffer}
+    # One trainer per run dir; decided on the main rank, which all ranks then follow.
+    locked = ""
+    if d.is_main:
+        try:
+            cleanup.callback(checkpoint.lock_run(run_dir).close)
+        except checkpoint.RunLocked as e:
+            locked = str(e)
+    if distributed.all_sum([float(bool(locked))], d, device)[0]:
+        raise checkpoint.RunLocked(locked or f"{run_dir} is being trained by another process")
     ckpt_path, (epoch, first_step, global_step, best, restart) = resume(
         cfg, run_dir, data_dir, manifest["classes"], model, optimizer, schedule, stream, d, device)
     if d.is_main:

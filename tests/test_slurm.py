@@ -316,3 +316,28 @@ def test_eval_sbatch_ensemble_without_run_dir_writes_its_own_dir(cluster, shards
     assert sorted(p.name for p in run.rglob("*")) == ["eval", "eval.json", "report.md"]
     assert {f.read_text() for f in (run / "eval" / "eval.json", run / "report.md")} == \
         {"the run's own\n"}
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("script, env, args, says", [
+    ("train.sbatch", {"MAX_REQUEUES": "three"}, [], "MAX_REQUEUES must be a whole number"),
+    ("train.sbatch", {}, ["--array=0"], "trains one run per job"),
+    ("eval.sbatch", {"PYTHON": "/bin/false-python"}, [], "no checkpoint to evaluate"),
+    ("eval.sbatch", {}, [], "error: "),
+])
+def test_wrong_job_inputs_fail_at_once_with_the_reason(cluster, shards, tmp_path, script, env,
+                                                       args, says):
+    """Bad settings end the job with status 2 and the reason in its log (Python's own error
+    for eval's checkpoint lookup), instead of requeueing or hiding it."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)        # a run with no checkpoint yet
+    job = cluster.sbatch("--cpus-per-task=1", f"--output={tmp_path}/out-%j.out", *args,
+                         SLURM / script, env=job_env(**{"RUN_DIR": run, "DATA": shards, **env}),
+                         cwd=ROOT)
+    job = job.split("_")[0]
+    (info, *_) = cluster.wait(job, timeout=120)
+    log = "".join(p.read_text() for p in tmp_path.glob("out-*.out"))
+    assert info["JobState"] == "FAILED" and info["ExitCode"].startswith("2:"), log
+    assert says in log, log
+    if script == "eval.sbatch" and "PYTHON" not in env:
+        assert "no best.pt or last.pt" in log       # the lookup's own message

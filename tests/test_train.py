@@ -269,3 +269,20 @@ def test_validation_is_on_the_centre_crop_unmirrored_without_colour_noise(shards
     assert result["n"] == 12 and seen
     assert all(s == (67, {centre}, 0, None) for s in seen), seen
     assert model.training          # handed back in training mode
+
+
+def test_a_second_trainer_on_the_same_run_dir_is_refused(shards, tmp_path):
+    """The same job submitted twice: the second exits 2 naming the first, and the first's
+    run dir is left alone; once the first has ended, the run dir is free again."""
+    from repro.checkpoint import lock_run
+
+    run = tmp_path / "run"
+    held = lock_run(run)                 # as a live trainer holds it (another process's lock)
+    r = subprocess.run(cli(shards, run), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert f"{run} is being trained by pid {os.getpid()}" in r.stderr
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    held.close()
+    cfg = load_config(SMOKE, FAST + ["data.workers=1", "schedule.epochs=1"])
+    assert train(cfg, shards, run) == 0
+    assert train(cfg, shards, run) == 0  # its own lock was let go when train returned
