@@ -3,6 +3,7 @@ file is a CheckpointError naming it (load), skipped for an older one on resume (
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -27,23 +28,25 @@ class RunLocked(Exception):
 
 
 def lock_run(run_dir: Path):
-    """Hold RUN_DIR/.lock for as long as the returned file stays open (the OS drops it
-    when the process ends, killed or not): a second trainer on the same run dir (the same
-    job submitted twice) is refused, not left to interleave checkpoints and metrics."""
+    """Hold RUN_DIR/.lock for as long as the returned file stays open: a second trainer on
+    the same run dir (the same job submitted twice) is refused, not left to interleave
+    checkpoints and metrics. A POSIX record lock: it belongs to this process alone (loader
+    workers forked later do not hold it, so a SIGKILLed trainer's lock goes with it), and
+    it works on NFS."""
     run_dir.mkdir(parents=True, exist_ok=True)
     f = open(run_dir / ".lock", "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):     # no locks here (some Lustre mounts)
+            print(f"warning: {run_dir}/.lock: cannot lock ({e.strerror}); a second trainer "
+                  f"on this run dir would not be stopped", file=sys.stderr)
+            return f
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
         raise RunLocked(f"{run_dir} is being trained by {holder}; wait for it to end, or "
                         f"train into another --out") from None
-    except OSError as e:        # a file system without locks (some Lustre mounts)
-        print(f"warning: {run_dir}/.lock: cannot lock ({e.strerror}); a second trainer on "
-              f"this run dir would not be stopped", file=sys.stderr)
-        return f
     job = os.environ.get("SLURM_JOB_ID")
     f.seek(0)
     f.truncate()

@@ -226,7 +226,7 @@ def _train(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitS
         # themselves (on every rank, which hold the same weights, so all stop together),
         # so that a checkpoint is never the first bad state.
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise NonFiniteLoss(f"the weights became non-finite by epoch {next_epoch} step {next_step}")
+            raise NonFiniteLoss(f"the weights became non-finite by epoch {next_epoch + 1} step {next_step}")
         if not d.is_main:
             return
         path = checkpoint.save({
@@ -252,7 +252,7 @@ def _train(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitS
             window = np.zeros(3)        # loss sum, correct, count since the last log line
             t_window = time.perf_counter()
             pending = None              # the previous step's all-reduced stats (read one step late)
-            bar = tqdm(total=plan_steps, initial=first_step, desc=f"epoch {epoch}",
+            bar = tqdm(total=plan_steps, initial=first_step, desc=f"epoch {epoch + 1}",
                        disable=not (progress == "bar" and d.is_main), dynamic_ncols=True)
             for step in range(first_step, plan_steps):
                 batch = next(batches, None)
@@ -303,7 +303,7 @@ def _train(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitS
                     if tracker:
                         tracker.log({"event": "preempted", "epoch": epoch, "step": step + 1})
                         tracker.finish(EXIT_PREEMPTED)
-                    print(f"stop requested: checkpoint written at epoch {epoch} step {step + 1}; "
+                    print(f"stop requested: checkpoint written at epoch {epoch + 1} step {step + 1}; "
                           f"exiting with status {EXIT_PREEMPTED} (run the same command to resume)",
                           flush=True)
                     return EXIT_PREEMPTED
@@ -317,7 +317,7 @@ def _train(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitS
             if tracker:
                 tracker.log({"event": "val", "epoch": epoch, "global_step": global_step,
                              "lr": lr_used, "next_lr": schedule.lr, **val}, step=global_step)
-                print(f"epoch {epoch - 1} val top-1 {val['top1_err']:.2f}% top-5 "
+                print(f"epoch {epoch} val top-1 {val['top1_err']:.2f}% top-5 "
                       f"{val['top5_err']:.2f}% (n={val['n']}) lr {lr_used:g} -> {schedule.lr:g}",
                       flush=True)
             save(epoch, 0, is_best)
@@ -366,12 +366,12 @@ def resume(cfg: Config, run_dir: Path, data_dir: Path, classes: list[str], model
     schedule.load_state_dict(state["schedule"])
     epoch, step = state["epoch"], state["step"]
     if d.is_main:
-        print(f"resuming {ckpt_path} at epoch {epoch} step {step}", flush=True)
+        print(f"resuming {ckpt_path} at epoch {epoch + 1} step {step}", flush=True)
     restart = bool(state.get("stream") != stream and step)
     if restart and d.is_main:
         # The epoch's order depends on these; its rest cannot be picked out of a new order.
         print(f"warning: the data stream's settings changed ({state.get('stream')} -> "
-              f"{stream}): epoch {epoch} starts again, so the images of its first "
+              f"{stream}): epoch {epoch + 1} starts again, so the images of its first "
               f"{step} steps are trained on twice", file=sys.stderr)
     if restart:
         step = 0
@@ -399,7 +399,7 @@ def settle(pending: tuple, window: np.ndarray, epoch: int, step: int) -> np.ndar
         done.synchronize()
     loss_sum, correct, n, stop, save_due = stats.tolist()
     if not math.isfinite(loss_sum):
-        raise NonFiniteLoss(f"loss is {loss_sum} at epoch {epoch} step {step + 1}")
+        raise NonFiniteLoss(f"loss is {loss_sum} at epoch {epoch + 1} step {step + 1}")
     window += (loss_sum, correct, n)
     return np.array([stop > 0, save_due > 0], dtype=float)
 
@@ -413,5 +413,5 @@ def log_train(tracker, bar, progress, window, dt, epoch, step, steps, global_ste
     tracker.log(record, step=global_step)
     bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
     if progress == "lines":
-        print(f"epoch {epoch} step {step + 1}/{steps} loss {record['loss']:.4f} lr {lr:g} "
+        print(f"epoch {epoch + 1} step {step + 1}/{steps} loss {record['loss']:.4f} lr {lr:g} "
               f"{record['images_per_s']:.0f} img/s", flush=True)

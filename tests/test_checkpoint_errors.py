@@ -216,7 +216,7 @@ def test_train_sigterm_still_checkpoints_and_exits_75(shards, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     for line in proc.stdout:
-        if line.startswith("epoch 0 step 1/"):
+        if line.startswith("epoch 1 step 1/"):
             break
     proc.send_signal(signal.SIGTERM)
     out = proc.stdout.read()

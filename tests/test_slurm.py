@@ -256,7 +256,7 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
     (info,) = cluster.wait(again, timeout=120)
     log = log_of(logs, "alexnet-train", again)
     assert info["JobState"] == "COMPLETED", log
-    assert f"resuming {run}/checkpoints/last.pt at epoch 0 step " in log
+    assert f"resuming {run}/checkpoints/last.pt at epoch 1 step " in log
     assert load(run / "checkpoints" / "last.pt")["epoch"] == 2
     assert _metrics(run)[-1]["event"] == "done"
 

@@ -101,7 +101,7 @@ def test_stop_signal_checkpoints_and_exits_with_documented_status(shards, uninte
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     for line in proc.stdout:                 # wait until training is under way
-        if line.startswith("epoch 0 step 2/"):
+        if line.startswith("epoch 1 step 2/"):
             break
     sent = time.time()
     if to_group:
@@ -247,7 +247,7 @@ def test_step_stats_reach_the_host_and_a_nonfinite_loss_stops(device):
     window = np.zeros(3)
     flags = settle((host, done), window, epoch=0, step=3)
     assert window.tolist() == [12.5, 7.0, 16.0] and flags.tolist() == [0.0, 1.0]
-    with pytest.raises(NonFiniteLoss, match="loss is nan at epoch 2 step 5"):
+    with pytest.raises(NonFiniteLoss, match="loss is nan at epoch 3 step 5"):
         settle(to_host(torch.tensor([math.nan, 0, 1, 0, 0], device=device)), window, 2, 4)
 
 
