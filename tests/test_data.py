@@ -100,7 +100,7 @@ def test_center_crop_and_flip_match_pixels(shards):
     full = first(plan(shards, crop="none", flip=False, shuffle=False, batch_size=3))[0]
     # The loader's decoder (torchvision's libjpeg-turbo) against Pillow's, on the stored JPEGs.
     stored = [s["jpg"] for s in read_samples(shards[0].path, 0, 3)]
-    pillow = torch.stack([torch.from_numpy(np.asarray(Image.open(io.BytesIO(j)).convert("RGB")))
+    pillow = torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(j)).convert("RGB")))
                           for j in stored]).permute(0, 3, 1, 2)
     assert (full.float() - pillow.float()).abs().max() <= 2
     center = first(plan(shards, crop="center", flip=False, shuffle=False, batch_size=3))[0]
