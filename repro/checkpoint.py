@@ -1,10 +1,13 @@
 """Checkpoints: atomic writes (temp file + rename), the last K kept plus the best; a damaged
-file is a CheckpointError naming it (load), skipped for an older one on resume (load_latest)."""
+file is a CheckpointError naming it (load), skipped for an older one on resume (load_latest).
+Each file has a <name>.sha256 beside it, so that bytes damaged after the write (a bad disk,
+a torn copy between file systems) are caught too; files without one load unchecked."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import socket
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep.atomic import atomic_open, remove_stale_tmp, tmp_name
+from data_prep.atomic import atomic_open, remove_stale_tmp, tmp_name, write_bytes
 
 # What `repro train` needs to resume (it also writes config, best_top1_err, stream, classes).
 TRAIN_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "global_step")
@@ -56,8 +59,11 @@ def lock_run(run_dir: Path):
 
 
 def atomic_save(obj, path: Path) -> None:
+    """torch.save, atomically; a digest left beside `path` by an earlier file goes (save()
+    writes the new one)."""
     with atomic_open(path) as f:
         torch.save(obj, f)
+    _digest_file(Path(path)).unlink(missing_ok=True)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -73,8 +79,22 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfileobj(f, out)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
-    """Write step-<global step>.pt, point last.pt (and best.pt) at it, prune old ones."""
+    """Write step-<global step>.pt and its digest, point last.pt (and best.pt) at them,
+    prune old ones. A crash between linking a file and its digest leaves a pair that does
+    not match: load refuses it and load_latest takes the step file."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # Temp files of saves killed mid-way, each as big as a checkpoint. Only the run's main
     # process writes here, one save at a time, so only a live one (a second job on the same
@@ -82,17 +102,19 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     remove_stale_tmp(ckpt_dir, spare_live=True)
     path = ckpt_dir / f"step-{state['global_step']:09d}.pt"
     atomic_save(state, path)
-    _link_or_copy(path, ckpt_dir / "last.pt")
-    if is_best:
-        _link_or_copy(path, ckpt_dir / "best.pt")
+    write_bytes(_digest_file(path), f"{_sha256(path)}  {path.name}\n".encode())
+    for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
+        _link_or_copy(path, ckpt_dir / name)
+        _link_or_copy(_digest_file(path), _digest_file(ckpt_dir / name))
     for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep_last]:
         old.unlink()
+        _digest_file(old).unlink(missing_ok=True)
     return path
 
 
 def load(path: Path, map_location="cpu", keys=()) -> dict:
     """The checkpoint at `path`; CheckpointError if the file cannot be read as one (damaged,
-    not torch.save'd, not a dict) or lacks any of `keys`."""
+    not torch.save'd, not a dict, not the bytes its .sha256 says) or lacks any of `keys`."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except FileNotFoundError:
@@ -108,6 +130,10 @@ def load(path: Path, map_location="cpu", keys=()) -> dict:
         raise CheckpointError(f"{path}: not a checkpoint of this project: no "
                               f"{', '.join(missing)} entr{'ies' if len(missing) > 1 else 'y'} "
                               f"(has {', '.join(map(str, state)) or 'nothing'})")
+    digest = _digest_file(Path(path))      # a checkpoint, but are these the bytes written?
+    if digest.is_file() and digest.read_text().split()[:1] != [_sha256(Path(path))]:
+        raise CheckpointError(f"{path}: its bytes do not match {digest.name}: damaged after it "
+                              f"was written (if it was changed on purpose, delete {digest.name})")
     return state
 
 

@@ -132,6 +132,30 @@ def test_load_latest_skips_a_checkpoint_without_the_training_state(tmp_path, cap
             "schedule, epoch, step, global_step entries") in capsys.readouterr().err
 
 
+def test_bytes_changed_inside_the_weights_are_caught_by_the_digest(tmp_path, capsys):
+    """torch.load reads such a file without complaint (its zip records carry no checked
+    checksum); the .sha256 written beside it at save time catches it."""
+    ckpts = save_steps(tmp_path, steps=(1, 2), keep_last=2)
+    weights = next(iter(checkpoint.load(ckpts / "step-000000002.pt")["model"].values()))
+    weights = weights.numpy().tobytes()
+    data = (ckpts / "step-000000002.pt").read_bytes()   # last.pt is a link to it
+    at = data.index(weights)
+    (ckpts / "step-000000002.pt").write_bytes(data[:at] + bytes(4) + data[at + 4:])
+    assert torch.load(ckpts / "last.pt", weights_only=False)["step"] == 2   # still "loads"
+    with pytest.raises(CheckpointError, match=r"last\.pt: its bytes do not match last\.pt\.sha256"):
+        checkpoint.load(ckpts / "last.pt")
+    path, state = load_latest(tmp_path)
+    assert path == ckpts / "step-000000001.pt" and state["step"] == 1
+    assert "do not match" in capsys.readouterr().err
+
+
+def test_pruned_checkpoints_take_their_digests_with_them(tmp_path):
+    ckpts = save_steps(tmp_path, steps=(1, 2, 3), keep_last=2)
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256", "step-000000002.pt",
+        "step-000000002.pt.sha256", "step-000000003.pt", "step-000000003.pt.sha256"]
+
+
 def test_load_latest_refuses_to_start_over_when_nothing_loads(tmp_path, capsys):
     ckpts = save_steps(tmp_path, steps=(1, 2), keep_last=2)
     for p in ckpts.glob("step-*.pt"):          # last.pt and best.pt are links to these
@@ -175,8 +199,9 @@ def test_save_removes_the_temp_files_of_killed_writes_only(tmp_path):
         live = ckpts / f"step-000000009.pt.tmp-{socket.gethostname()}-{writer.pid}"
         live.write_bytes(b"being written")
         checkpoint.save({"global_step": 10}, ckpts, keep_last=2, is_best=False)
-        assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", live.name,
-                                                           "step-000000010.pt"]
+        assert sorted(p.name for p in ckpts.iterdir()) == [
+            "last.pt", "last.pt.sha256", live.name, "step-000000010.pt",
+            "step-000000010.pt.sha256"]
     finally:
         writer.kill()
         writer.wait()
