@@ -8,6 +8,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import os
 import shutil
 import socket
@@ -58,12 +59,28 @@ def lock_run(run_dir: Path):
     return f
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save, atomically; a digest left beside `path` by an earlier file goes (save()
-    writes the new one)."""
+class _Hashing:
+    """A binary file that hashes what is written through it."""
+
+    def __init__(self, f):
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_save(obj, path: Path) -> str:
+    """torch.save, atomically; returns the file's sha256. A digest left beside `path` by an
+    earlier file goes (save() writes the new one)."""
     with atomic_open(path) as f:
-        torch.save(obj, f)
+        out = _Hashing(f)
+        torch.save(obj, out)
     _digest_file(Path(path)).unlink(missing_ok=True)
+    return out.digest.hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -77,14 +94,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             tmp.unlink()
         with atomic_open(dst) as out, open(src, "rb") as f:
             shutil.copyfileobj(f, out)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _digest_file(path: Path) -> Path:
@@ -101,8 +110,8 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     # run dir, by mistake) can still be writing.
     remove_stale_tmp(ckpt_dir, spare_live=True)
     path = ckpt_dir / f"step-{state['global_step']:09d}.pt"
-    atomic_save(state, path)
-    write_bytes(_digest_file(path), f"{_sha256(path)}  {path.name}\n".encode())
+    digest = atomic_save(state, path)         # hashed as written: no second read
+    write_bytes(_digest_file(path), f"{digest}  {path.name}\n".encode())
     for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
         _link_or_copy(path, ckpt_dir / name)
         _link_or_copy(_digest_file(path), _digest_file(ckpt_dir / name))
@@ -115,10 +124,9 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
 def load(path: Path, map_location="cpu", keys=()) -> dict:
     """The checkpoint at `path`; CheckpointError if the file cannot be read as one (damaged,
     not torch.save'd, not a dict, not the bytes its .sha256 says) or lacks any of `keys`."""
+    data = Path(path).read_bytes()       # read once: for the digest and for torch.load
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as e:  # a damaged file raises anything: zip, pickle, EOF, import errors
         why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0].split('. ')[0]}"
         raise CheckpointError(f"{path}: not a readable checkpoint of this project ({why})") from e
@@ -131,7 +139,7 @@ def load(path: Path, map_location="cpu", keys=()) -> dict:
                               f"{', '.join(missing)} entr{'ies' if len(missing) > 1 else 'y'} "
                               f"(has {', '.join(map(str, state)) or 'nothing'})")
     digest = _digest_file(Path(path))      # a checkpoint, but are these the bytes written?
-    if digest.is_file() and digest.read_text().split()[:1] != [_sha256(Path(path))]:
+    if digest.is_file() and digest.read_text().split()[:1] != [hashlib.sha256(data).hexdigest()]:
         raise CheckpointError(f"{path}: its bytes do not match {digest.name}: damaged after it "
                               f"was written (if it was changed on purpose, delete {digest.name})")
     return state
