@@ -51,8 +51,7 @@ def atomic_open(path: Path | str):
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_open(path) as f:
-        f.write(data)
+    write_set({Path(path): data})
 
 
 def write_json(path: Path | str, obj) -> None:

@@ -177,27 +177,29 @@ def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
         was = old.get("settings", {})
-        if was == _known(settings, was):
+        now = _known(settings, was)
+        if was == now:
             return old
-        if _same(was, _known(settings, was)):
+        if _same(was, now):
             raise BuildError(f"{out} holds a finished build of {was['source']}, not of "
                              f"{settings['source']}: if that is the same source moved, the build "
                              "is complete and there is nothing to do; else use another --out")
         raise BuildError(f"{out} holds a finished build with other settings "
-                         f"({_diff(was, _known(settings, was))}); "
+                         f"({_diff(was, now)}); "
                          "use another --out (or delete it) rather than mixing shards")
     work = out / WORK
     if (work / "settings.json").exists():
         old = json.loads((work / "settings.json").read_text())
         # A build that failed before its first shard (say, a wrong --source) holds nothing to keep.
-        if (not _same(old, _known(settings, old)) and alone
+        now = _known(settings, old)
+        if (not _same(old, now) and alone
                 and not any((work / "parts").glob("*.json")) and not any(out.glob("*-*.tar"))):
             (work / "plan.json").unlink(missing_ok=True)
             atomic.write_json(work / "settings.json", settings)
-            old = settings
-        if not _same(old, _known(settings, old)):
+            old = now = settings
+        if not _same(old, now):
             raise BuildError(f"{out} holds an unfinished build with other settings "
-                             f"({_diff(old, _known(settings, old))}); "
+                             f"({_diff(old, now)}); "
                              "rerun that command to finish it, or use another --out")
     else:
         strays = sorted(p.name for p in out.glob("*-*.tar"))
@@ -450,9 +452,8 @@ def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> d
         sums = Sums.zeros()
         for i in range(len(plans["train"])):
             sums += Sums.load(work / "parts" / f"{shard_name('train', i)}.npz")
-        if sums.count:
-            save_stats(out / STATS, finalize(sums))
-            manifest["stats"] = {"file": STATS, "sha256": _sha256(out / STATS), "count": sums.count}
+        save_stats(out / STATS, finalize(sums))       # train has images: checked above
+        manifest["stats"] = {"file": STATS, "sha256": _sha256(out / STATS), "count": sums.count}
     atomic.write_json(out / MANIFEST, manifest)  # last: from now on the build is complete
     _summary(manifest, out, time.time() - t0, total, build_s, workers, log)
     return manifest

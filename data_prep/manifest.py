@@ -43,8 +43,8 @@ def load_manifest(directory: Path | str) -> dict:
             m = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardsError(f"{path}: not a readable manifest ({e}); rerun build_shards") from None
-    if not isinstance(m, dict) or m.get("format_version") != FORMAT_VERSION:
-        version = m.get("format_version") if isinstance(m, dict) else None
+    version = m.get("format_version") if isinstance(m, dict) else None
+    if version != FORMAT_VERSION:
         raise ShardsError(f"{path}: format_version {version}, this code reads {FORMAT_VERSION}")
     return m
 

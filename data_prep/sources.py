@@ -200,12 +200,13 @@ def _subdirs(directory: Path) -> list[str]:
 def class_dirs(top: Path) -> list[str]:
     """The class folders under `top`: those named like WNIDs (lost+found and the like are
     not classes). A class still packed as <wnid>.tar is an error, not a missing class."""
-    packed = sorted(e.name for e in os.scandir(top)
+    entries = list(os.scandir(top))          # one listing (it may be network storage)
+    packed = sorted(e.name for e in entries
                     if e.name.endswith(".tar") and WNID.fullmatch(e.name[:-4]) and e.is_file())
     if packed:
         raise SourceError(f"{top / packed[0]}: a class archive not extracted ({len(packed)} in {top}); "
                           f"extract each into {top}/<wnid>/, or point --source at the official tarballs")
-    return [d for d in _subdirs(top) if WNID.fullmatch(d)]
+    return sorted(e.name for e in entries if e.is_dir() and WNID.fullmatch(e.name))
 
 
 # ---- the train tar index, built in parallel and cached in the output directory ----------
@@ -287,11 +288,7 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
              + ([KAGGLE_VAL] if "val" in splits else []))
     words = {}
     mapping = root / KAGGLE_MAPPING
-    try:
-        lines = mapping.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise SourceError(f"{mapping}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(_read_utf8(mapping).splitlines(), 1):
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
             if not WNID.fullmatch(wnid):
@@ -303,14 +300,18 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
     return src
 
 
+def _read_utf8(path: Path) -> str:
+    """A text file of the Kaggle layout (a BOM, as spreadsheet exports write, is dropped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_kaggle_val(path: Path) -> dict[str, str]:
     """LOC_val_solution.csv: ImageId -> the WNID that starts its PredictionString."""
     labels = {}
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    with io.StringIO(text, newline="") as f:
+    with io.StringIO(_read_utf8(path), newline="") as f:
         rows = csv.reader(f)
         header = [h.strip().lower() for h in next(rows, [])]
         if "imageid" not in header or "predictionstring" not in header:

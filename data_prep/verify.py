@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from . import interactive
 from .image import DECODE_ERRORS, SIZE, error_text
 from .manifest import STATS, load_manifest
 from .stats import STATS_KEYS
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir")
     ap.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     a = ap.parse_args(argv)
-    problems = verify(a.dir, a.decode, progress=sys.stderr.isatty())
+    problems = verify(a.dir, a.decode, progress=interactive())
     if problems:
         for p in problems:
             print(f"PROBLEM {p}")
