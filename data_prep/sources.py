@@ -24,7 +24,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from . import atomic
 from .devkit import DEVKIT_NAME, Devkit, read_devkit
-from .tarindex import Member, index_tar, read_at
+from .tarindex import TarMember, index_tar, read_at
 
 LAYOUTS = ("official", "folder", "kaggle")
 SPLITS = ("train", "val")
@@ -210,20 +210,20 @@ def class_dirs(top: Path) -> list[str]:
 
 
 # ---- the train tar index, built in parallel and cached in the output directory ----------
-def _index_inner(arg) -> list[Member]:
+def _index_inner(arg) -> list[TarMember]:
     path, inner = arg
-    return [Member(f"{inner.name}/{m.name}", m.offset, m.size)
+    return [TarMember(f"{inner.name}/{m.name}", m.offset, m.size)
             for m in index_tar(path, inner.offset, inner.size)]
 
 
-def _cached_index(tar: Path, cache_dir: Path | None, imap, nested: bool) -> list[Member]:
+def _cached_index(tar: Path, cache_dir: Path | None, imap, nested: bool) -> list[TarMember]:
     st = tar.stat()
     stamp = f"# {tar.resolve()} {st.st_size} {st.st_mtime_ns}\n"
     cache = cache_dir / f"index-{tar.stem}.tsv" if cache_dir else None
     if cache and cache.exists():
         lines = cache.read_text().splitlines(keepends=True)
         if lines and lines[0] == stamp:
-            return [Member(n, int(o), int(s)) for n, o, s in (ln.rstrip("\n").split("\t") for ln in lines[1:])]
+            return [TarMember(n, int(o), int(s)) for n, o, s in (ln.rstrip("\n").split("\t") for ln in lines[1:])]
     members = index_tar(str(tar))
     if nested:
         inner = [m for m in members if m.name.endswith(".tar")]

@@ -22,7 +22,7 @@ class TarError(ValueError):
     """A tar that cannot be read (the message names the file and the byte offset)."""
 
 
-class Member(NamedTuple):
+class TarMember(NamedTuple):
     name: str
     offset: int  # absolute byte offset of the member's data in the file
     size: int
@@ -104,7 +104,7 @@ def members(f, path):
             long_name = None
 
 
-def index_tar(path: str, start: int = 0, size: int | None = None) -> list[Member]:
+def index_tar(path: str, start: int = 0, size: int | None = None) -> list[TarMember]:
     """Regular-file members of the tar at bytes [start, start+size) of `path`, in tar order."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -113,7 +113,7 @@ def index_tar(path: str, start: int = 0, size: int | None = None) -> list[Member
         raw = io.BufferedReader(_Window(fd, start, size), buffer_size=1 << 16)
         out = []
         for name, size, padded in members(raw, path):
-            out.append(Member(name, start + raw.tell(), size))
+            out.append(TarMember(name, start + raw.tell(), size))
             raw.seek(padded, 1)
         return out
     finally:

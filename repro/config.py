@@ -166,20 +166,20 @@ NON_NEGATIVE = ("model.conv1_padding", "model.lrn_alpha", "model.lrn_k", "model.
                 "data.val_limit", "augment.pca_std", "train.pad_input_channels")
 
 
-class _Loader(yaml.SafeLoader):
+class _YamlLoader(yaml.SafeLoader):
     """YAML 1.2's booleans, true and false only: YAML 1.1 also reads on/off/yes/no as
     booleans, which would turn `logging.progress: off` into False."""
 
 
-_Loader.yaml_implicit_resolvers = {
+_YamlLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
 
 
 def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def _check_type(value, tp, key: str, where: str):
