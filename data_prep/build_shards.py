@@ -159,12 +159,6 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
 
 
-def _known(settings: dict, old: dict) -> dict:
-    """`settings` as far as a build made by an earlier version recorded them (keys added since
-    are not compared, so such a build stays usable)."""
-    return {k: v for k, v in settings.items() if k in old}
-
-
 def _same(a: dict, b: dict) -> bool:
     """The same build, wherever the source is mounted now: for an unfinished build, whose
     resume checks the new source's listing against the plan digest."""
@@ -177,30 +171,26 @@ def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
     if (out / MANIFEST).exists():
         old = json.loads((out / MANIFEST).read_text())
         was = old.get("settings", {})
-        now = _known(settings, was)
-        if was == now:
+        if was == settings:
             return old
-        if _same(was, now):
+        if _same(was, settings):
             raise BuildError(f"{out} holds a finished build of {was['source']}, not of "
                              f"{settings['source']}: if that is the same source moved, the build "
                              "is complete and there is nothing to do; else use another --out")
         raise BuildError(f"{out} holds a finished build with other settings "
-                         f"({_diff(was, now)}); "
+                         f"({_diff(was, settings)}); "
                          "use another --out (or delete it) rather than mixing shards")
     work = out / WORK
     if (work / "settings.json").exists():
         old = json.loads((work / "settings.json").read_text())
-        # A build that failed before its first shard (say, a wrong --source) holds nothing to keep.
-        now = _known(settings, old)
-        if (not _same(old, now) and alone
-                and not any((work / "parts").glob("*.json")) and not any(out.glob("*-*.tar"))):
+        if not _same(old, settings):
+            if not alone or any((work / "parts").glob("*.json")) or any(out.glob("*-*.tar")):
+                raise BuildError(f"{out} holds an unfinished build with other settings "
+                                 f"({_diff(old, settings)}); "
+                                 "rerun that command to finish it, or use another --out")
+            # A build that failed before its first shard (say, a wrong --source) holds nothing to keep.
             (work / "plan.json").unlink(missing_ok=True)
             atomic.write_json(work / "settings.json", settings)
-            old = now = settings
-        if not _same(old, now):
-            raise BuildError(f"{out} holds an unfinished build with other settings "
-                             f"({_diff(old, now)}); "
-                             "rerun that command to finish it, or use another --out")
     else:
         strays = sorted(p.name for p in out.glob("*-*.tar"))
         if strays:

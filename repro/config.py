@@ -333,15 +333,17 @@ KEPT_ON_RESUME = ("train.seed",)
 
 
 def resume_changes(saved: dict, now: dict) -> list[str]:
-    """'key: saved -> now' for each setting a resumed run may not change (keys that the
-    saved config lacks, from an older version, are not compared)."""
+    """'key: saved -> now' for each setting a resumed run may not change; a setting that
+    only one side has is a change too ('missing' on the other)."""
+    missing = object()
     changes = []
-    for section, body in now.items():
-        for name, value in body.items():
-            key = f"{section}.{name}"
-            if key not in KEPT_ON_RESUME and key.startswith(MAY_CHANGE_ON_RESUME):
-                continue
-            old = saved.get(section, {}).get(name, value)
-            if old != value:
-                changes.append(f"{key}: {old!r} -> {value!r}")
+    for section, name in dict.fromkeys((s, n) for doc in (now, saved) for s, body in doc.items()
+                                       for n in body):
+        key = f"{section}.{name}"
+        if key not in KEPT_ON_RESUME and key.startswith(MAY_CHANGE_ON_RESUME):
+            continue
+        old, new = (doc.get(section, {}).get(name, missing) for doc in (saved, now))
+        if old != new:
+            old, new = ("missing" if v is missing else repr(v) for v in (old, new))
+            changes.append(f"{key}: {old} -> {new}")
     return changes

@@ -63,16 +63,7 @@ class PaperSGD(torch.optim.SGD):
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Also reads checkpoints of the earlier PaperSGD, which kept the paper's v itself
-        ("velocity"): u = -v / lr, expressed in the lr the checkpoint was at."""
-        state = {i: dict(s) for i, s in state_dict["state"].items()}
-        groups = [{**self.defaults, **g} for g in state_dict["param_groups"]]
-        for group in groups:
-            for i in group["params"]:
-                if "velocity" in state.get(i, {}):
-                    state[i]["momentum_buffer"] = state[i].pop("velocity") / -group["lr"]
-                    group["buffer_lr"] = group["lr"]
-        super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
+        super().load_state_dict(state_dict)
         # A buffer saved from a run in the other memory format (train.channels_last may change
         # on resume) must take its parameter's strides: the fused kernel indexes both alike.
         for group in self.param_groups:

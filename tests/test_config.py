@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from repro.cli import main
-from repro.config import Config, ConfigError, config_from_dict, load_config
+from repro.config import Config, ConfigError, config_from_dict, load_config, resume_changes
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 PAPER = CONFIGS / "alexnet_paper.yaml"
@@ -101,3 +101,23 @@ def test_fast_config_is_the_paper_config_with_speed_switches_only():
     assert differ == {("train", "precision"), ("train", "channels_last"), ("train", "compile")}
     assert (fast["train"]["precision"], fast["train"]["channels_last"], fast["train"]["compile"]) \
         == ("bf16", True, True)
+
+
+def test_resume_changes_names_what_defines_the_run():
+    saved = Config().to_dict()
+    now = load_config(None, ["optim.lr=0.02", "train.seed=1", "data.workers=2",
+                             "schedule.epochs=10"]).to_dict()
+    # lr and the seed define the run; the loader's workers and the run's length may change
+    assert resume_changes(saved, now) == ["optim.lr: 0.01 -> 0.02", "train.seed: 0 -> 1"]
+    assert resume_changes(saved, Config().to_dict()) == []
+
+
+def test_resume_changes_counts_a_missing_setting_as_changed():
+    saved, now = Config().to_dict(), Config().to_dict()
+    del saved["optim"]["decay_biases"]         # a setting the saved config does not have
+    now["model"]["extra"] = 3                  # and one only the new config has
+    del now["data"]["workers"]                 # may change: not compared either way
+    assert resume_changes(saved, now) == ["model.extra: missing -> 3",
+                                          "optim.decay_biases: missing -> True"]
+    assert resume_changes(now, saved) == ["model.extra: 3 -> missing",
+                                          "optim.decay_biases: True -> missing"]

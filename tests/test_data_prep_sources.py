@@ -221,13 +221,13 @@ def test_two_files_with_one_key_are_both_named(tmp_path):
         build(tmp_path / "src", tmp_path / "out")
 
 
-def test_a_build_by_an_earlier_version_stays_complete(tmp_path):
-    """Settings added since (classes_sha256) are not held against an older finished build."""
+def test_a_finished_build_that_lacks_a_setting_is_another_build(tmp_path):
+    """A setting the manifest does not record is a difference, not a match."""
     fixture(tmp_path / "src", "folder", quirks=False, **TINY)
     build(tmp_path / "src", tmp_path / "out")
     m = manifest(tmp_path / "out")
+    assert build(tmp_path / "src", tmp_path / "out") == m          # the same build: complete
     del m["settings"]["classes_sha256"]
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(m))
-    assert build(tmp_path / "src", tmp_path / "out") == m
-    with pytest.raises(BuildError, match="quality"):
-        build(tmp_path / "src", tmp_path / "out", quality=80)
+    with pytest.raises(BuildError, match="other settings .*classes_sha256: None there"):
+        build(tmp_path / "src", tmp_path / "out")

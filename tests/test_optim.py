@@ -170,27 +170,6 @@ def test_lr_must_stay_positive():
         opt.step()
 
 
-def test_reads_checkpoints_that_kept_the_papers_velocity():
-    """The first PaperSGD saved v itself as "velocity": resuming from such a state
-    continues the paper's rule."""
-    data = batches()
-    ref = small_model()
-    velocity = [torch.zeros_like(p) for p in ref.parameters()]
-    paper_rule(ref, velocity, data[:3], LRS[:3])
-    model = small_model()
-    model.load_state_dict(ref.state_dict())
-    opt = PaperSGD(model.parameters(), lr=LRS[0])
-    old = {"state": {i: {"velocity": v.clone()} for i, v in enumerate(velocity)},
-           "param_groups": [{"lr": LRS[2], "momentum": 0.9, "weight_decay": 5e-4,
-                             "params": list(range(len(velocity)))}]}   # all it saved
-    opt.load_state_dict(old)
-    assert "velocity" in old["state"][0]                     # the caller's dict is untouched
-    got = train(model, opt, data[3:], LRS[3:])
-    paper_rule(ref, velocity, data[3:], LRS[3:])
-    for a, b in zip(got, ref.parameters()):
-        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-15)
-
-
 def test_takes_parameters_as_torch_optimizers_do():
     w, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
     for params, sizes in [(w, [1]), ([w, b], [2]), (iter([w, b]), [2]),
