@@ -3,6 +3,9 @@
     v <- momentum * v - weight_decay * lr * w - lr * grad
     w <- w + v
 
+paper_update is that rule as the paper writes it, one tensor at a time: the reference
+that PaperSGD, the fast form that training uses, is tested against.
+
 The learning rate sits inside the velocity. torch.optim.SGD keeps it outside,
     u <- momentum * u + grad + weight_decay * w;   w <- w - lr * u,
 which is the same update with v = -lr * u while lr is constant; after an lr
@@ -18,13 +21,29 @@ import torch
 from torch import nn
 
 
+def paper_update(w: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, lr: float,
+                 momentum: float, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's update rule (section 5), as it writes it:
+
+        v_{i+1} := 0.9·v_i − 0.0005·ε·w_i − ε·⟨∂L/∂w|_{w_i}⟩_{D_i}
+        w_{i+1} := w_i + v_{i+1}
+
+    with ε = lr, 0.9 = momentum, 0.0005 = weight_decay, and grad = ⟨∂L/∂w|_{w_i}⟩_{D_i},
+    the gradient at w_i averaged over the batch D_i. Returns (w_{i+1}, v_{i+1}), new
+    tensors. The reference that PaperSGD is tested against (tests/test_optim.py); training
+    does not use it: one tensor at a time, unfused."""
+    v_next = momentum * v - weight_decay * lr * w - lr * grad
+    w_next = w + v_next
+    return w_next, v_next
+
+
 class PaperSGD(torch.optim.SGD):
-    """The update rule above. lr, momentum and weight_decay are read from param_groups
-    at every step, so lr schedulers and manual changes apply; lr must stay > 0 (the
-    velocity is kept in units of lr). fused=None: torch's fused kernel when every
-    parameter is a floating-point CPU or CUDA tensor and foreach is not given.
-    The state is torch SGD's "momentum_buffer" u (v = -lr * u) and, in each group,
-    "buffer_lr", the lr the buffers are expressed in.
+    """paper_update's rule on torch's SGD kernels (the fused one by default). lr, momentum and
+    weight_decay are read from param_groups at every step, so lr schedulers and manual
+    changes apply; lr must stay > 0 (the velocity is kept in units of lr). fused=None:
+    torch's fused kernel when every parameter is a floating-point CPU or CUDA tensor and
+    foreach is not given. The state is torch SGD's "momentum_buffer" u (v = -lr * u) and,
+    in each group, "buffer_lr", the lr the buffers are expressed in.
     """
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=5e-4, *, foreach=None, fused=None):
@@ -46,7 +65,7 @@ class PaperSGD(torch.optim.SGD):
             if lr <= 0:
                 raise ValueError(f"PaperSGD: lr must stay > 0 (the paper's velocity is kept "
                                  f"as -lr times torch's momentum buffer), got {lr}")
-            if held is not None and held != lr:
+            if held is not None and held != lr:   # keep v = -lr * u: v carries the old lr
                 buffers = [self.state[p]["momentum_buffer"] for p in group["params"]
                            if self.state.get(p, {}).get("momentum_buffer") is not None]
                 if buffers:

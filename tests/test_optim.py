@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from repro.optim import PaperSGD, param_groups
+from repro.optim import PaperSGD, paper_update, param_groups
 
 LRS = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01]  # an lr drop in the middle
+KERNELS = [dict(fused=True), dict(foreach=True), dict(foreach=False)]
 
 
 def small_model():
@@ -37,16 +38,49 @@ def train(model, opt, data, lrs):
 
 
 def paper_rule(model, velocity, data, lrs):
-    """Section 5, written out: v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v."""
+    """The reference, paper_update, on each parameter (its v in `velocity`) with the
+    paper's momentum and weight decay."""
     for (x, y), eps in zip(data, lrs):
         grads = grads_at(model, x, y)
         with torch.no_grad():
-            for p, v, g in zip(model.parameters(), velocity, grads):
-                v.copy_(0.9 * v - 0.0005 * eps * p - eps * g)
-                p.add_(v)
+            for i, (p, g) in enumerate(zip(model.parameters(), grads)):
+                w, velocity[i] = paper_update(p, velocity[i], g, eps, 0.9, 0.0005)
+                p.copy_(w)
 
 
-@pytest.mark.parametrize("kernel", [dict(fused=True), dict(foreach=True), dict(foreach=False)])
+def test_paper_update_is_the_papers_rule():
+    """Section 5 by hand, at w = 2, v = 0.5, grad = 3, eps = 0.1:
+    v' = 0.9*0.5 - 0.0005*0.1*2 - 0.1*3 = 0.45 - 0.0001 - 0.3 = 0.1499, w' = w + v' = 2.1499."""
+    def t(a):
+        return torch.tensor([a], dtype=torch.float64)
+
+    w, v, grad = t(2.0), t(0.5), t(3.0)
+    w_next, v_next = paper_update(w, v, grad, 0.1, 0.9, 0.0005)
+    torch.testing.assert_close(v_next, t(0.1499), rtol=0, atol=1e-15)
+    torch.testing.assert_close(w_next, t(2.1499), rtol=0, atol=1e-15)
+    for got, was in zip((w, v, grad), (2.0, 0.5, 3.0)):   # new tensors; the inputs stay as they were
+        assert torch.equal(got, t(was))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_each_step_and_velocity_follow_the_reference_across_an_lr_change(kernel):
+    """After every step, weights and the paper's v (-lr times torch's momentum buffer)
+    equal paper_update's, the steps after the lr drop included: there v still holds the
+    steps taken at the old lr, decayed by momentum."""
+    data = batches()
+    model, ref = small_model(), small_model()
+    opt = PaperSGD(model.parameters(), lr=LRS[0], **kernel)
+    velocity = [torch.zeros_like(p) for p in ref.parameters()]
+    for step, lr in enumerate(LRS):
+        train(model, opt, data[step:step + 1], [lr])
+        paper_rule(ref, velocity, data[step:step + 1], [lr])
+        for p, q, v in zip(model.parameters(), ref.parameters(), velocity):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(-lr * opt.state[p]["momentum_buffer"], v,
+                                       rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_matches_the_paper_update_rule(kernel):
     data = batches()
     model = small_model()
@@ -152,10 +186,10 @@ def test_lr_change_while_a_parameter_has_no_gradient():
         opt.param_groups[0]["lr"] = lr
         opt.step()
         with torch.no_grad():                  # the paper's rule; a parameter with no gradient
-            for p, v, gr in zip(b.parameters(), velocity, grads):   # does not move at all
+            for i, (p, gr) in enumerate(zip(b.parameters(), grads)):   # does not move at all
                 if not (skip and p.dim() == 1):
-                    v.copy_(0.9 * v - 0.0005 * lr * p - lr * gr)
-                    p.add_(v)
+                    w, velocity[i] = paper_update(p, velocity[i], gr, lr, 0.9, 0.0005)
+                    p.copy_(w)
     for x, y in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-15)
 
