@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "configs" / "ablations"
+from repro.config import packaged_config
+
+ABLATIONS_DIR = packaged_config("ablations")
 
 CLAIMS: dict[str, dict] = {
     "no_lrn": {"top1": +1.4, "top5": +1.2, "source": "section 3.3"},

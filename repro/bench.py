@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from data_prep.manifest import STATS
 from repro.augment import Normalizer, step_generator
-from repro.config import load_config, model_kwargs
+from repro.config import load_config, model_kwargs, packaged_config
 from repro.data import device_images, device_loader, loader, read_manifest, split_shards
 from repro.model import build_model
 from repro.precision import autocast_for
@@ -33,7 +33,7 @@ from repro.train import build_optimizer, make_normalizer, make_plan, place_model
 from repro.distributed import Dist, pick_device
 
 IMAGENET_TRAIN = 1_281_167
-CONFIG = Path(__file__).parent.parent / "configs" / "alexnet_paper.yaml"
+CONFIG = packaged_config("alexnet_paper")
 # (cg, autotune) -> train.compile_mode
 COMPILE_MODES = {(False, False): "default", (True, False): "reduce-overhead",
                  (False, True): "max-autotune-no-cudagraphs", (True, True): "max-autotune"}

@@ -8,6 +8,7 @@ the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
 import typing
@@ -288,12 +289,24 @@ def validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: train.parallel = towers needs model.groups = 2")
 
 
+def packaged_config(name: str) -> Path:
+    """configs/NAME, which the package carries as repro.configs (pyproject.toml), so it is
+    found in a checkout and in any install, editable or not. ".yaml" may be left off a
+    file's name: "alexnet_paper", "ablations/no_lrn"; "ablations" is that folder."""
+    path = Path(importlib.resources.files("repro.configs")) / name
+    return path if path.suffix or path.is_dir() else path.with_suffix(".yaml")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """The paper defaults, then the YAML at `path` (and its bases), then `overrides`."""
+    """The paper defaults, then the YAML at `path` (and its bases), then `overrides`.
+    A `path` with no suffix that does not exist is a shipped config's name: "alexnet_paper"."""
     cfg = Config()
     where = "defaults"
     if path is not None:
-        path = Path(path).resolve()
+        path = Path(path)
+        if not path.suffix and not path.exists():
+            path = packaged_config(str(path))
+        path = path.resolve()
         _load_yaml(path, cfg)
         where = str(path)
     for text in overrides:

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.ablations import CLAIMS, ablation_table, config_path
-from repro.config import Config, load_config
+from repro.config import Config, load_config, packaged_config
 from repro.evaluate import write_outputs
 from repro.tracking import read_metrics
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PAPER_CONFIG = CONFIG_DIR / "alexnet_paper.yaml"
+PAPER_CONFIG = packaged_config("alexnet_paper")
+CONFIG_DIR = PAPER_CONFIG.parent
 
 
 @dataclass(frozen=True)

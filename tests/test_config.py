@@ -103,6 +103,15 @@ def test_fast_config_is_the_paper_config_with_speed_switches_only():
         == ("bf16", True, True)
 
 
+def test_a_shipped_config_by_name():
+    assert load_config("alexnet_paper") == load_config(PAPER) == Config()
+    assert load_config("ablations/no_lrn", ["data.batch_size=64"]) == load_config(
+        CONFIGS / "ablations" / "no_lrn.yaml", ["data.batch_size=64"])
+    assert load_config("ablations/no_lrn").model.lrn == "none"
+    with pytest.raises(ConfigError, match="config file not found: .*configs/no_such_config.yaml"):
+        load_config("no_such_config")
+
+
 def test_resume_changes_names_what_defines_the_run():
     saved = Config().to_dict()
     now = load_config(None, ["optim.lr=0.02", "train.seed=1", "data.workers=2",
