@@ -148,7 +148,7 @@ def _settings(src: Source, args) -> dict:
         # the labels are indices into it: shards of two class lists must never mix
         "classes_sha256": hashlib.sha256("\n".join(src.wnids).encode()).hexdigest(),
         "shard_size": args.shard_size, "quality": args.quality, "seed": args.seed, "limit": args.limit,
-        "image": {"size": image.SIZE, "resize": "shorter side to 256, antialiased bicubic, centre crop",
+        "image": {"size": image.IMAGE_SIZE, "resize": "shorter side to 256, antialiased bicubic, centre crop",
                   "draft": True, "jpeg_subsampling": image.SUBSAMPLING},
         "pillow": PIL.__version__,
     }

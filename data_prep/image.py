@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-SIZE = 256
+IMAGE_SIZE = 256
 RESAMPLE = Image.Resampling.BICUBIC
 SUBSAMPLING = "4:2:0"  # libjpeg's default at quality 95, written down so it cannot drift
 
@@ -58,7 +58,7 @@ class Decoded:
     notes: list[str] = field(default_factory=list)  # e.g. "PNG", "mode CMYK", "warning: ..."
 
 
-def crop_geometry(width: int, height: int, size: int = SIZE):
+def crop_geometry(width: int, height: int, size: int = IMAGE_SIZE):
     """(resized_w, resized_h, left, top) of the shorter-side-`size` resize and its centre crop."""
     if width <= height:
         new_w, new_h = size, max(size, round(size * height / width))
@@ -87,7 +87,7 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_256(data: bytes, size: int = SIZE, draft: bool = True) -> Decoded:
+def decode_256(data: bytes, size: int = IMAGE_SIZE, draft: bool = True) -> Decoded:
     """Decode `data` and return its `size` x `size` RGB centre crop (see module doc)."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")

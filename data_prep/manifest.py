@@ -16,7 +16,7 @@
      "stats": {"file": "stats.npz", "sha256": "...", "count": N}}
 
 It carries no timings or worker counts, so the same source and settings give
-the same manifest. Reader: :func:`load_manifest` (repro.data lists the shards from it).
+the same manifest. Reader: :func:`load_manifest` (repro.data.shards lists the shards from it).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
-from .image import SIZE
+from .image import IMAGE_SIZE
 from .manifest import ShardsError
 
 STATS_KEYS = ("mean_image", "rgb_mean", "rgb_cov", "eigval", "eigvec", "count")
@@ -33,7 +33,7 @@ class Sums:
     outer_sum: np.ndarray  # (3, 3) int64: sum over all pixels of rgb rgb^T
 
     @classmethod
-    def zeros(cls, size: int = SIZE, dtype=np.int64) -> "Sums":
+    def zeros(cls, size: int = IMAGE_SIZE, dtype=np.int64) -> "Sums":
         """dtype uint32 halves the memory traffic of one shard's sums (exact below 16.8M images)."""
         return cls(0, np.zeros((size, size, 3), dtype), np.zeros((3, 3), np.int64))
 

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import interactive
-from .image import DECODE_ERRORS, SIZE, error_text
+from .image import DECODE_ERRORS, IMAGE_SIZE, error_text
 from .manifest import STATS, load_manifest
 from .stats import STATS_KEYS
 
@@ -103,7 +103,7 @@ def verify(directory: Path | str, decode: bool = False, progress: bool = False) 
     except (OSError, ValueError) as e:
         return [f"cannot read the manifest: {e}"]
     problems, named = [], set()
-    size = m.get("settings", {}).get("image", {}).get("size", SIZE)  # what the build cropped to
+    size = m.get("settings", {}).get("image", {}).get("size", IMAGE_SIZE)  # what the build cropped to
     entries = [(split, e) for split, s in m["splits"].items() for e in s["shards"]]
     for split, s in m["splits"].items():
         if sum(e["count"] for e in s["shards"]) != s["count"]:

@@ -1,9 +1,17 @@
-"""Per-pixel work on the device, batched: float conversion, PCA colour noise,
-and subtraction of the mean image cut at each sample's crop window.
+"""The paper's input pipeline in one place (sections 2 and 4.1), like torchvision's presets:
+where each crop is, how it is cut, and the per-pixel work.
 
-The workers have already cut each crop (at y, x, maybe mirrored); the mean
-image is cut and mirrored the same way here, which is the same as subtracting
-it from the 256x256 image before cropping, as the paper describes (section 2).
+Training (section 4.1): a random 227x227 window of the 256x256 image, mirrored with
+probability 1/2 (`draw_crop`), cut on the host by a loader worker (`cut_on_host`) or on
+the device (`cut`); then on the device, batched, the mean image cut at the same window
+is subtracted and each image gets its PCA colour shift (`Normalizer`). Subtracting the
+mean cut like the crop is the same as subtracting it from the 256x256 image before
+cropping, as the paper describes (section 2).
+
+Test time (section 6): the centre window, or the paper's ten views (four corners and
+the centre, and their reflections), cut from the whole image on the device minus the
+mean image at each view (`Normalizer.eval_input`, the one function validation,
+`repro eval` and `repro figures` feed their models with).
 """
 from __future__ import annotations
 
@@ -12,8 +20,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep.image import IMAGE_SIZE
 from data_prep.stats import load_stats
 from repro.config import AugmentConfig
+
+Crop = tuple[int, int, bool]        # (y, x, mirrored): a size x size window of the image
+
+
+def draw_crop(rng: np.random.Generator, mode: str, size: int, flip: bool) -> Crop:
+    """One sample's crop: mode random (uniform offset, mirrored half the time if `flip`),
+    center, or none (the whole image). The draws are made in every mode, so that the
+    stream of draws, and a resume's replay of it, does not depend on the mode."""
+    y, x = rng.integers(0, 2 ** 31, size=2)
+    flipped = bool(rng.integers(0, 2))
+    if mode == "random":
+        span = IMAGE_SIZE - size + 1
+        return int(y % span), int(x % span), flip and flipped
+    if mode == "center":
+        c = (IMAGE_SIZE - size) // 2
+        return c, c, False
+    return 0, 0, False
+
+
+def eval_views(image: int, crop: int, ten_crop: bool) -> list[Crop]:
+    """The test crops: the centre, or the paper's four corners and centre with their
+    horizontal reflections (section 6)."""
+    c, far = (image - crop) // 2, image - crop
+    if not ten_crop:
+        return [(c, c, False)]
+    corners = [(0, 0), (0, far), (far, 0), (far, far), (c, c)]
+    return [(y, x, flip) for flip in (False, True) for y, x in corners]
+
+
+def cut_on_host(pixels_hwc: torch.Tensor, y: int, x: int, size: int) -> torch.Tensor:
+    """A decoded (H,W,3) image's size x size window at (y, x), unmirrored: the loader
+    workers' cut. The mirror is left to the device (`mirror`), where it is one gather for
+    the batch; a reversed copy on the host costs about a third of a decode."""
+    return pixels_hwc[y:y + size, x:x + size]
 
 
 def crop_windows(ys, xs, flips, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,24 +69,38 @@ def crop_windows(ys, xs, flips, size: int, device) -> tuple[torch.Tensor, torch.
     return rows, cols
 
 
-def _window(mean_image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def cut(images: torch.Tensor, ys, xs, flips, size: int) -> torch.Tensor:
+    """uint8 (B,3,H,W) on a device -> each sample's size x size window at (y, x), mirrored
+    where flipped: one gather, into a channels_last (B,3,S,S) batch on that device."""
+    rows, cols = crop_windows(ys, xs, flips, size, images.device)
+    batch = torch.arange(len(images), device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def mirror(crops: torch.Tensor, flips) -> torch.Tensor:
+    """Crops cut on the host (unmirrored) -> mirrored where flipped."""
+    zeros = torch.zeros(len(crops), dtype=torch.long)
+    return cut(crops, zeros, zeros, flips, crops.shape[-1])
+
+
+def _mean_at(mean_image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """(B,3,S,S), channels_last: the HWC mean image at each sample's rows and columns."""
     return mean_image[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def _normalize(images, rows, cols, mean_image, noise, dtype, memory_format):
-    """uint8 crops -> minus the mean window, plus each image's RGB noise, as `dtype` in
-    `memory_format`. Eager: a pass over the batch per op; compiled: one."""
-    x = images.float() - _window(mean_image, rows, cols)
+    """uint8 crops -> minus the mean at their windows, plus each image's RGB noise, as
+    `dtype` in `memory_format`. Eager: a pass over the batch per op; compiled: one."""
+    x = images.float() - _mean_at(mean_image, rows, cols)
     if noise is not None:
         x = x + noise[:, :, None, None]
     return x.to(dtype).contiguous(memory_format=memory_format)
 
 
 class Normalizer:
-    """Model input from the loader's uint8 crops: in the memory format the model runs in,
-    and in `dtype` (bf16 under bf16 autocast: the cast the first conv would make, done
-    here); with compile=True, the whole of it is one compiled kernel."""
+    """Model input from uint8 crops: in the memory format the model runs in, and in
+    `dtype` (bf16 under bf16 autocast: the cast the first conv would make, done here);
+    with compile=True, the training path is one compiled kernel."""
 
     def __init__(self, stats_path: str | Path, cfg: AugmentConfig, device: torch.device,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
@@ -67,22 +124,6 @@ class Normalizer:
         scale = eigval.clamp(min=0).sqrt() if cfg.pca_scale == "sqrt_eigval" else eigval
         self.pca_basis = (eigvec * scale).float().to(device)  # column i = p_i * scale_i
 
-    def views(self, images: torch.Tensor, windows: list[tuple[int, int, bool]],
-              size: int) -> torch.Tensor:
-        """uint8 whole images (B,3,H,W) -> (V*B,3,size,size) model input, view-major: each
-        image cut at each fixed window (y, x, mirrored) minus the mean image cut the same
-        way. Test time: slices, no per-sample gather, no noise."""
-        b = len(images)
-        out = torch.empty(len(windows) * b, 3, size, size, device=self.device,
-                          memory_format=self.memory_format)
-        for v, (y, x, mirrored) in enumerate(windows):
-            crop = images[:, :, y:y + size, x:x + size].to(self.device, non_blocking=True)
-            mean = self.mean_image[y:y + size, x:x + size].permute(2, 0, 1)
-            if mirrored:
-                crop, mean = crop.flip(-1), mean.flip(-1)
-            torch.sub(crop, mean, out=out[v * b:(v + 1) * b])
-        return out
-
     def pca_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n,3) RGB offsets, one per image: sum_i p_i * alpha_i * scale_i, alpha ~ N(0, std)."""
         alpha = torch.randn(n, 3, generator=generator, device=self.device) * self.cfg.pca_std
@@ -90,14 +131,34 @@ class Normalizer:
 
     def __call__(self, images: torch.Tensor, ys, xs, flips,
                  generator: torch.Generator | None) -> torch.Tensor:
-        """uint8 crops (B,3,S,S) -> model input in 0-255 units minus the mean image
-        (+ PCA noise when a generator is given, i.e. in training)."""
+        """Training: uint8 crops (B,3,S,S) cut at (ys, xs, flips) -> model input in 0-255
+        units minus the mean image (+ PCA noise when a generator is given)."""
         images = images.to(self.device, non_blocking=True)
         rows, cols = crop_windows(ys, xs, flips, images.shape[-1], self.device)
         noise = (self.pca_noise(len(images), generator)
                  if generator is not None and self.cfg.pca_std > 0 else None)
         return self._normalize(images, rows, cols, self.mean_image, noise, self.dtype,
                                self.memory_format)
+
+    def views(self, images: torch.Tensor, crops: list[Crop], size: int) -> torch.Tensor:
+        """uint8 whole images (B,3,H,W) -> (V*B,3,size,size) model input, view-major: each
+        image cut at each fixed crop minus the mean image cut the same way. Slices, no
+        per-sample gather, no noise."""
+        b = len(images)
+        out = torch.empty(len(crops) * b, 3, size, size, device=self.device,
+                          memory_format=self.memory_format)
+        for v, (y, x, mirrored) in enumerate(crops):
+            crop = images[:, :, y:y + size, x:x + size].to(self.device, non_blocking=True)
+            mean = self.mean_image[y:y + size, x:x + size].permute(2, 0, 1)
+            if mirrored:
+                crop, mean = crop.flip(-1), mean.flip(-1)
+            torch.sub(crop, mean, out=out[v * b:(v + 1) * b])
+        return out
+
+    def eval_input(self, images: torch.Tensor, size: int, ten_crop: bool = False) -> torch.Tensor:
+        """Test time: whole uint8 images (B,3,256,256) -> the model input for the centre
+        crop (B,...) or the ten views (10*B,..., view-major)."""
+        return self.views(images, eval_views(images.shape[-1], size, ten_crop), size)
 
 
 def derived_seed(*keys: int) -> int:

@@ -11,11 +11,10 @@ long run. Each figure is images per second after a warm-up.
 from __future__ import annotations
 
 import argparse
-import re
-import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,13 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from data_prep.manifest import STATS
-from repro.augment import Normalizer, step_generator
+from repro.augment import step_generator
 from repro.config import load_config, model_kwargs, packaged_config
-from repro.data import device_images, device_loader, loader, read_manifest, split_shards
+from repro.data.loader import device_images, device_loader, loader
+from repro.data.order import in_order
+from repro.data.shards import read_manifest, split_shards
+from repro.distributed import pick_device
 from repro.model import build_model
-from repro.precision import autocast_for
-from repro.train import build_optimizer, make_normalizer, make_plan, place_model, train_step
-from repro.distributed import Dist, pick_device
+from repro.placement import make_normalizer, place_model
+from repro.train import build_optimizer, train_plan, train_step
 
 IMAGENET_TRAIN = 1_281_167
 CONFIG = packaged_config("alexnet_paper")
@@ -59,22 +60,21 @@ def timed(fn, warmup: int, steps: int, device) -> float:
 
 
 def model_and_opt(cfg, device):
-    """The model as `repro train` places it, its optimizer, and the compiled model if asked."""
-    model = place_model(cfg, Dist(), device)
-    opt = build_optimizer(cfg, model)
-    return (torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model), opt
+    """The model as `repro train` places it (repro.placement.Placed) and its optimizer."""
+    placed = place_model(cfg, device)
+    return placed, build_optimizer(cfg, placed.model)
 
 
 def synthetic_step(cfg, device):
     """One training step of the configured model on a fixed synthetic batch, as a callable."""
-    net, opt = model_and_opt(cfg, device)
+    placed, opt = model_and_opt(cfg, device)
     b, s = cfg.data.batch_size, cfg.data.crop_size
     x = torch.randn(b, 3, s, s, device=device) * 60
     if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, cfg.model.num_classes, (b,), device=device)
-    autocast = autocast_for(cfg.train.precision, device)
-    return lambda: train_step(net, opt, x, y, 1, b, autocast)
+    autocast = placed.autocast()
+    return lambda: train_step(placed.net, opt, x, y, 1, b, autocast)
 
 
 def bench_step(cfg, device, warmup, steps) -> dict:
@@ -133,7 +133,7 @@ def throughput(batches, step, warmup: int, count: int, device) -> float:
 
 def bench_loader(cfg, shards, device, batches: int) -> dict:
     """Images/s delivered as uint8 crops on `device` (decoded there on the GPU path)."""
-    plan = make_plan(cfg, shards, "train", 0, Dist())
+    plan = train_plan(cfg, shards, 0)
 
     def step(i, batch):
         images, labels, ys, xs, flips = batch
@@ -143,16 +143,17 @@ def bench_loader(cfg, shards, device, batches: int) -> dict:
 
 
 def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
-    net, opt = model_and_opt(cfg, device)
+    placed, opt = model_and_opt(cfg, device)
     norm = make_normalizer(cfg, stats, device)
-    autocast = autocast_for(cfg.train.precision, device)
-    plan = make_plan(cfg, shards, "train", 0, Dist())
+    autocast = placed.autocast()
+    plan = train_plan(cfg, shards, 0)
 
     def step(i, batch):
         images, labels, ys, xs, flips = batch
         images = device_images(images, ys, xs, flips, plan, device)
         x = norm(images, ys, xs, flips, step_generator(device, 0, 0, i))
-        train_step(net, opt, x, labels.to(device, non_blocking=True), 1, len(labels), autocast)
+        train_step(placed.net, opt, x, labels.to(device, non_blocking=True), 1, len(labels),
+                   autocast)
         return len(labels)
     return {"images_per_s": throughput(device_loader(plan, device), step, 5, batches, device)}
 
@@ -165,15 +166,15 @@ def rss_mb() -> float:
 def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
     """Host memory of the training process over `steps` end-to-end steps (new epochs,
     new loader workers, as in training): resident set size sampled every 10% of the way."""
-    net, opt = model_and_opt(cfg, device)
+    placed, opt = model_and_opt(cfg, device)
     norm = make_normalizer(cfg, stats, device)
     samples, step, epoch, t = [], 0, 0, time.perf_counter()
     while step < steps:
-        plan = make_plan(cfg, shards, "train", epoch, Dist())
+        plan = train_plan(cfg, shards, epoch)
         for images, labels, ys, xs, flips in device_loader(plan, device):
             x = norm(device_images(images, ys, xs, flips, plan, device), ys, xs, flips,
                      step_generator(device, 0, epoch, step))
-            train_step(net, opt, x, labels.to(device), 1, len(labels))
+            train_step(placed.net, opt, x, labels.to(device), 1, len(labels))
             step += 1
             if step % max(1, steps // 10) == 0:
                 samples.append((step, round(rss_mb(), 1)))
@@ -192,22 +193,18 @@ def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
     batch (data.batch_size crops, no autograd: the strictest yardstick); images/s of each."""
     from repro.evaluate import Member
 
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
-    net, _ = model_and_opt(cfg, device)
-    net.eval()
-    autocast, channels_last = autocast_for(cfg.train.precision, device), cfg.train.channels_last
-    norm = Normalizer(stats, cfg.augment, device, channels_last)
-    member = Member(Path("bench"), cfg, net, None, norm, cfg.train.precision)
+    member = Member(Path("bench"), cfg, place_model(cfg, device, training=False), None,
+                    make_normalizer(cfg, stats, device, training=False))
     b, s = cfg.data.batch_size, cfg.data.crop_size
     x = (torch.randn(b, 3, s, s, device=device) * 60).contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
 
     def forward():
-        with autocast:
-            net(x)
+        with member.placed.autocast():
+            member.model(x)
     forward_ips = b / timed(forward, 5, 20, device)
-    plan = make_plan(cfg, split_shards(shards_dir, "val"), "val", 0, Dist())
-    plan = dataclasses.replace(plan, crop="none", decode="cpu")     # repro eval's path
+    plan = in_order(split_shards(shards_dir, "val"), cfg.data.val_batch_size,
+                    max(1, cfg.data.workers))                        # repro eval's path
 
     def step(i, batch):
         member.probs(batch[0].to(device, non_blocking=True), ten_crop=True)
@@ -230,6 +227,7 @@ def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
           .decode("pil").to_tuple("jpg", "cls").map_tuple(tf, lambda c: int(c)))
     dl = torch.utils.data.DataLoader(ds.batched(cfg.data.batch_size), batch_size=None,
                                      num_workers=workers, pin_memory=device.type == "cuda")
+    # The reference's plain model: none of repro.placement's switches.
     model = build_model(model_kwargs(cfg)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     # The reference scripts keep PyTorch's defaults: TF32 convolutions, IEEE fp32 matmuls.
@@ -246,7 +244,7 @@ def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
     return {"images_per_s": throughput(dl, step, 5, batches, device)}
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repro bench", description=__doc__)
     p.add_argument("--data", help="shard directory (built by data_prep); stages b-e need it")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
@@ -272,99 +270,130 @@ def main(argv=None) -> int:
                         "print the ops/kernels that take the most time")
     p.add_argument("--json", default="bench.json", help="where to write the results")
     p.add_argument("overrides", nargs="*", help="config overrides")
-    args = p.parse_args(argv)
-    device = pick_device(args.device)
-    torch.backends.cudnn.benchmark = True
-    rows = []
+    return p
 
-    def config(variant: str, extra=()):
-        """Variant tokens joined by '+': fp32|tf32|bf16 (repro.precision), cl (channels_last),
-        compile, nolrn, ref|fused|triton (LRN implementation), gpudec (GPU JPEG decode),
-        hybridNN (NN% of each batch decoded on the GPU, the rest by the loader workers), cg
-        (with compile: CUDA graphs, compile mode reduce-overhead), autotune (with compile:
-        max-autotune, without CUDA graphs unless cg too), split (train.split_groups),
-        pad4|pad8 (train.pad_input_channels)."""
-        tokens = set(variant.split("+")) - {""}
-        hybrid = next((t for t in tokens if re.fullmatch(r"hybrid\d\d", t)), None)
-        unknown = tokens - TOKENS - {hybrid}
-        if unknown:
-            p.error(f"variant {variant!r}: unknown {sorted(unknown)}; tokens are {sorted(TOKENS)}")
-        impl = next((t for t in ("ref", "fused", "triton") if t in tokens), "auto")
-        pad = next((int(t[3:]) for t in tokens if t in ("pad4", "pad8")), 0)
-        decode = (["data.decode=hybrid", f"data.gpu_share={int(hybrid[6:]) / 100}"] if hybrid
-                  else [f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}"])
-        cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
-                                   f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
-                                   *decode,
-                                   f"train.compile_mode={COMPILE_MODES['cg' in tokens, 'autotune' in tokens]}",
-                                   f"train.split_groups={'split' in tokens}",
-                                   f"train.pad_input_channels={pad}"])
-        cfg.train.precision = next((t for t in ("bf16", "tf32") if t in tokens), "fp32")
-        cfg.train.channels_last, cfg.train.compile = "cl" in tokens, "compile" in tokens
-        if "nolrn" in tokens:
-            cfg.model.lrn = "none"
-        return cfg
 
-    def add(stage, variant, result):
-        rows.append({"stage": stage, "variant": variant, **result})
+def variant_tokens(variant: str) -> set[str]:
+    tokens = set(variant.split("+")) - {""}
+    unknown = {t for t in tokens - TOKENS if not re.fullmatch(r"hybrid\d\d", t)}
+    if unknown:
+        raise ValueError(f"variant {variant!r}: unknown {sorted(unknown)}; tokens are "
+                         f"{sorted(TOKENS)} and hybridNN")
+    return tokens
+
+
+def variant_config(variant: str, args, extra=()):
+    """The config of a variant: tokens joined by '+': fp32|tf32|bf16 (repro.precision), cl
+    (channels_last), compile, nolrn, ref|fused|triton (LRN implementation), gpudec (GPU JPEG
+    decode), hybridNN (NN% of each batch decoded on the GPU, the rest by the loader
+    workers), cg (with compile: CUDA graphs, compile mode reduce-overhead), autotune (with
+    compile: max-autotune, without CUDA graphs unless cg too), split (train.split_groups),
+    pad4|pad8 (train.pad_input_channels)."""
+    tokens = variant_tokens(variant)
+    hybrid = next((t for t in tokens if re.fullmatch(r"hybrid\d\d", t)), None)
+    impl = next((t for t in ("ref", "fused", "triton") if t in tokens), "auto")
+    pad = next((int(t[3:]) for t in tokens if t in ("pad4", "pad8")), 0)
+    decode = (["data.decode=hybrid", f"data.gpu_share={int(hybrid[6:]) / 100}"] if hybrid
+              else [f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}"])
+    cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
+                               f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
+                               *decode,
+                               f"train.compile_mode={COMPILE_MODES['cg' in tokens, 'autotune' in tokens]}",
+                               f"train.split_groups={'split' in tokens}",
+                               f"train.pad_input_channels={pad}"])
+    cfg.train.precision = next((t for t in ("bf16", "tf32") if t in tokens), "fp32")
+    cfg.train.channels_last, cfg.train.compile = "cl" in tokens, "compile" in tokens
+    if "nolrn" in tokens:
+        cfg.model.lrn = "none"
+    return cfg
+
+
+class Table:
+    """The result rows, each printed as it comes."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, stage: str, variant: str, result: dict) -> None:
+        self.rows.append({"stage": stage, "variant": variant, **result})
         ips = result["images_per_s"]
         epochs = "" if stage.startswith("d") else f"   90 epochs: {IMAGENET_TRAIN * 90 / ips / 3600:6.1f} h"
         print(f"{stage:<24} {variant:<22} {ips:>10.0f} img/s{epochs}"
               + (f"   peak {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""),
               flush=True)
 
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    torch.backends.cudnn.benchmark = True
     stages = set(args.stages)
     if stages - set("abcde"):
         p.error(f"--stages: letters from abcde, got {args.stages!r}")
     if stages - {"a"} and not args.data:
         p.error(f"stages {''.join(sorted(stages - {'a'}))} need --data")
+    try:                          # every variant checked before the first is run
+        for v in ",".join((args.variants, args.loaders, args.end_to_end)).split(","):
+            variant_tokens(v)
+    except ValueError as e:
+        p.error(str(e))
+    table = Table()
     if "a" in stages:
         for v in args.variants.split(","):
-            add("a: step (synthetic)", v, bench_step(config(v), device, 10, args.steps))
+            table.add("a: step (synthetic)", v, bench_step(variant_config(v, args), device, 10,
+                                                           args.steps))
     profile = []
     if args.profile:
         v = args.variants.split(",")[-1]
-        profile = profile_step(config(v), device, 10, args.profile)
+        profile = profile_step(variant_config(v, args), device, 10, args.profile)
         print(f"profile of {v}, per step ({'kernels' if device.type == 'cuda' else 'ops'}, own time):")
         for e in profile:
             print(f"  {e['ms_per_step']:8.3f} ms {100 * e['share']:5.1f}%  "
                   f"{e['calls_per_step']:5.1f}x  {e['name'][:90]}")
     if args.data:
-        manifest = read_manifest(args.data)
-        classes = [f"model.num_classes={len(manifest['classes'])}"]
-        shards = split_shards(args.data, "train")
-        stats = Path(args.data) / STATS
-        for v in args.loaders.split(",") if "b" in stages else []:
-            add("b: loader", v, bench_loader(config(v, classes), shards, device, args.batches))
-        for v in args.end_to_end.split(",") if "c" in stages else []:
-            add("c: end to end", v, bench_end_to_end(config(v, classes), shards, stats, device,
-                                                     args.batches))
-        if args.soak:
-            result = bench_soak(config("", classes), shards, stats, device, args.soak)
-            add("f: soak (host memory)", f"{args.soak} steps", result)
-            print(f"RSS (MB) by step: {result['rss_mb']}; growth after the first tenth: "
-                  f"{result['rss_growth_mb_after_first_tenth']:+.1f} MB over {result['epochs']} epochs")
-        if "d" in stages:
-            v = args.end_to_end.split(",")[0]
-            result = bench_eval(config(v, classes), args.data, stats, device, args.batches)
-            add("d: 10-crop eval", v, result)
-            print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward passes "
-                  f"(forward of a training batch alone {result['forward_images_per_s']:.0f} img/s; "
-                  f"target: at most 1.00)")
-        if "e" in stages:
-            base = bench_baseline(config("", classes), args.data, device, args.workers, args.batches)
-            add("e: baseline (reference)", "fp32 eager, PIL", base)
-            ends = [r["images_per_s"] for r in rows if r["stage"] == "c: end to end"]
-            if ends:
-                rows[-1]["speedup_of_best_c"] = max(ends) / base["images_per_s"]
-                print(f"best end to end / baseline: {rows[-1]['speedup_of_best_c']:.2f}x")
+        data_stages(args, stages, device, table)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": rows,
+            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": table.rows,
             "profile": profile}
     Path(args.json).write_text(json.dumps(info, indent=1))
     print(f"wrote {args.json}")
     return 0
+
+
+def data_stages(args, stages: set, device, table: Table) -> None:
+    """Stages b-f, on the shards in --data."""
+    classes = [f"model.num_classes={len(read_manifest(args.data)['classes'])}"]
+
+    def config(variant: str):
+        return variant_config(variant, args, classes)
+    shards = split_shards(args.data, "train")
+    stats = Path(args.data) / STATS
+    for v in args.loaders.split(",") if "b" in stages else []:
+        table.add("b: loader", v, bench_loader(config(v), shards, device, args.batches))
+    for v in args.end_to_end.split(",") if "c" in stages else []:
+        table.add("c: end to end", v, bench_end_to_end(config(v), shards, stats, device,
+                                                       args.batches))
+    if args.soak:
+        result = bench_soak(config(""), shards, stats, device, args.soak)
+        table.add("f: soak (host memory)", f"{args.soak} steps", result)
+        print(f"RSS (MB) by step: {result['rss_mb']}; growth after the first tenth: "
+              f"{result['rss_growth_mb_after_first_tenth']:+.1f} MB over {result['epochs']} epochs")
+    if "d" in stages:
+        v = args.end_to_end.split(",")[0]
+        result = bench_eval(config(v), args.data, stats, device, args.batches)
+        table.add("d: 10-crop eval", v, result)
+        print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward passes "
+              f"(forward of a training batch alone {result['forward_images_per_s']:.0f} img/s; "
+              f"target: at most 1.00)")
+    if "e" in stages:
+        base = bench_baseline(config(""), args.data, device, args.workers, args.batches)
+        table.add("e: baseline (reference)", "fp32 eager, PIL", base)
+        ends = [r["images_per_s"] for r in table.rows if r["stage"] == "c: end to end"]
+        if ends:
+            table.rows[-1]["speedup_of_best_c"] = max(ends) / base["images_per_s"]
+            print(f"best end to end / baseline: {table.rows[-1]['speedup_of_best_c']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from data_prep.image import SIZE as STORED  # the shard images' side (paper section 2: 256)
+from data_prep.image import IMAGE_SIZE  # the shard images' side (paper section 2: 256)
 from repro.lrn import IMPLS
 from repro.model import INITS, LRN_MODES
 from repro.precision import PRECISIONS
@@ -270,9 +270,9 @@ def validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: optim.momentum must be in [0, 1) (the velocity would grow "
                           f"without bound), got {cfg.optim.momentum}")
     m, d = cfg.model, cfg.data
-    if d.crop_size > STORED:
+    if d.crop_size > IMAGE_SIZE:
         raise ConfigError(f"{where}: data.crop_size = {d.crop_size} is larger than the stored "
-                          f"{STORED}x{STORED} shard images")
+                          f"{IMAGE_SIZE}x{IMAGE_SIZE} shard images")
     if not 0 <= d.gpu_share <= 1:
         raise ConfigError(f"{where}: data.gpu_share must be in [0, 1], got {d.gpu_share}")
     if not 0 <= m.dropout < 1:

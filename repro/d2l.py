@@ -8,7 +8,8 @@ Data as d2l.load_data_fashion_mnist(batch_size, resize=224): torchvision's
 FashionMNIST under DIR (DIR/FashionMNIST/raw/*-ubyte; fetched only with --download),
 Resize(data.crop_size) then ToTensor (values 0..1, no mean subtraction, no
 augmentation), shuffled training batches. The model is repro.model.build_model from the
-config, whose model.init: xavier re-draws conv and linear weights with xavier_uniform_
+config (repro.placement.place_model, as every entry point builds it), whose
+model.init: xavier re-draws conv and linear weights with xavier_uniform_
 as train_ch6 does (biases keep PyTorch's default). Each epoch prints
 train loss, train accuracy, test accuracy and training examples/s (time inside the
 training steps, as d2l's Timer counts it); RUN_DIR gets config.yaml and metrics.jsonl.
@@ -18,6 +19,7 @@ machines that cannot download the real set (throughput, tests).
 from __future__ import annotations
 
 import argparse
+import itertools
 import struct
 import sys
 import time
@@ -26,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repro.config import Config, ConfigError, load_config, model_kwargs
-from repro.model import build_model
-from repro.precision import autocast_for
-from repro.tracking import Tracker
+from repro.config import Config, ConfigError, load_config
 from repro.distributed import pick_device
+from repro.placement import place_model
+from repro.tracking import Tracker
 from repro.train import build_optimizer, train_step
 
 
@@ -97,17 +98,32 @@ def accuracy(net, batches, device, autocast, channels_last: bool) -> float:
     return correct / max(total, 1)
 
 
+def train_epoch(cfg: Config, net, optimizer, batches, device, autocast, steps: int) -> tuple:
+    """One epoch as train_ch6 runs it: (loss sum, correct, examples, seconds in the steps)."""
+    loss_sum = correct = n = seconds = 0.0
+    net.train()
+    for x, y in itertools.islice(batches, steps):
+        t0 = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, right = train_step(net, optimizer, x, y, world=1, global_n=len(y), autocast=autocast)
+        loss_sum += loss.item()                  # waits for the step, as d2l's metric.add does
+        correct += right.item()
+        seconds += time.perf_counter() - t0
+        n += len(y)
+    return loss_sum, correct, n, seconds
+
+
 def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = None) -> dict:
     """Train and evaluate; returns the last epoch's metrics."""
+    if cfg.schedule.epochs < 1:
+        raise SystemExit("schedule.epochs must be at least 1")
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)               # dropout masks
     train_batches, test_batches = loaders(cfg, root, download, device)
-    model = build_model(model_kwargs(cfg)).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    net = torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model
-    autocast = autocast_for(cfg.train.precision, device)
+    placed = place_model(cfg, device)
+    net, optimizer, autocast = placed.net, build_optimizer(cfg, placed.model), placed.autocast()
     tracker = None
     if out is not None:
         out = Path(out)
@@ -118,40 +134,21 @@ def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = N
                      "train_examples": len(train_batches.dataset),
                      "test_examples": len(test_batches.dataset)})
     print(f"training on {device}", flush=True)
-    steps = len(train_batches)
-    if cfg.data.steps_per_epoch:
-        steps = min(steps, cfg.data.steps_per_epoch)
-    total_examples, total_time, step, record = 0, 0.0, 0, {}
-    net.train()
+    steps = min(len(train_batches), cfg.data.steps_per_epoch or len(train_batches))
+    total_examples, total_time, step = 0, 0.0, 0
     for epoch in range(cfg.schedule.epochs):
-        loss_sum = correct = n = 0.0
-        epoch_time = 0.0
-        for i, (x, y) in enumerate(train_batches):
-            if i == steps:
-                break
-            t0 = time.perf_counter()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            loss, right = train_step(net, optimizer, x, y, world=1, global_n=len(y), autocast=autocast)
-            loss_sum += loss.item()                  # waits for the step, as d2l's metric.add does
-            correct += right.item()
-            epoch_time += time.perf_counter() - t0
-            n += len(y)
-            step += 1
-        total_examples += n
-        total_time += epoch_time
+        loss_sum, correct, n, seconds = train_epoch(cfg, net, optimizer, train_batches, device,
+                                                    autocast, steps)
+        step, total_examples, total_time = step + steps, total_examples + n, total_time + seconds
         test_acc = accuracy(net, test_batches, device, autocast, cfg.train.channels_last)
         record = {"event": "epoch", "epoch": epoch + 1, "step": step, "loss": loss_sum / n,
                   "train_acc": correct / n, "test_acc": test_acc,
-                  "examples_per_s": n / epoch_time, "examples": int(n)}
+                  "examples_per_s": n / seconds, "examples": int(n)}
         print(f"epoch {epoch + 1}/{cfg.schedule.epochs}: loss {record['loss']:.3f}, train acc "
               f"{record['train_acc']:.3f}, test acc {test_acc:.3f}, "
               f"{record['examples_per_s']:.1f} examples/sec on {device}", flush=True)
         if tracker:
             tracker.log(record, step=step)
-    if not record:
-        raise SystemExit("schedule.epochs must be at least 1")
     # d2l's final lines: the last epoch's metrics; examples/s over all epochs' training time
     overall = total_examples / total_time
     print(f"loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, test acc "
@@ -167,7 +164,8 @@ def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = N
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.d2l", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/d2l_fashion_mnist.yaml")
+    parser.add_argument("--config", default="d2l_fashion_mnist",
+                        help="a config file, or the name of a shipped one")
     parser.add_argument("--root", required=True, help="torchvision root: ROOT/FashionMNIST/raw/*-ubyte")
     parser.add_argument("--download", action="store_true", help="fetch Fashion-MNIST into --root")
     parser.add_argument("--generate", metavar="N_TRAIN,N_TEST",

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from data_prep.build_shards import build_shards
 from data_prep.make_fixture import make_fixture
-from repro.config import load_config
+from repro.config import load_config, packaged_config
 from repro.evaluate import default_checkpoint, evaluate, format_result, write_breakdown
 from repro.figures import make_figures
-from repro.report import CONFIG_DIR, write_report
+from repro.report import write_report
 from repro.train import train
 
 SIZES = {  # --fast: the test suite's end-to-end run
@@ -71,7 +71,7 @@ def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes)
     manifest = build_shards(fixture, shards, progress="off")
 
     stage(3, "train: configs/smoke.yaml (the paper's model, briefly)")
-    cfg = load_config(CONFIG_DIR / "smoke.yaml", [
+    cfg = load_config(packaged_config("smoke"), [
         f"model.num_classes={len(manifest['classes'])}", f"schedule.epochs={s['epochs']}",
         f"data.steps_per_epoch={s['steps_per_epoch']}", f"train.device={device}"])
     status = train(cfg, shards, run)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 
 
 class DeviceError(RuntimeError):
@@ -24,7 +24,8 @@ def pick_device(kind: str, local_rank: int = 0) -> torch.device:
 
 
 @dataclass(frozen=True)
-class Dist:
+class DistContext:
+    """This process's place among the training processes (one process: the defaults)."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -34,7 +35,7 @@ class Dist:
         return self.rank == 0
 
 
-def init(device_kind: str) -> Dist:
+def init(device_kind: str) -> DistContext:
     """device_kind 'cuda' -> NCCL, one GPU per local rank; 'cpu' -> gloo."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:           # torchrun, or srun with env:// set up
@@ -48,24 +49,24 @@ def init(device_kind: str) -> Dist:
             raise RuntimeError("SLURM launch with several tasks needs MASTER_ADDR "
                                "(slurm/train.sbatch exports it from the first node's name)")
     else:
-        return Dist()
+        return DistContext()
     if world == 1:
-        return Dist()
+        return DistContext()
     if device_kind == "cuda":
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank,
+    tdist.init_process_group("nccl" if device_kind == "cuda" else "gloo", rank=rank,
                             world_size=world, timeout=datetime.timedelta(minutes=30))
-    return Dist(rank, world, local)
+    return DistContext(rank, world, local)
 
 
-def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
-    if d.world == 1:
+def all_sum(values: list[float], dist: DistContext, device: torch.device) -> list[float]:
+    if dist.world == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    tdist.all_reduce(t)
     return t.tolist()
 
 
-def shutdown(d: Dist) -> None:
-    if d.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(dist: DistContext) -> None:
+    if dist.world > 1 and tdist.is_initialized():
+        tdist.destroy_process_group()

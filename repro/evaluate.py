@@ -24,11 +24,12 @@ from data_prep.atomic import write_set
 from data_prep.manifest import MANIFEST, STATS
 from repro import checkpoint
 from repro.augment import Normalizer
-from repro.config import Config, config_from_dict, model_kwargs
-from repro.data import in_order, loader, read_manifest, split_shards
+from repro.config import Config, config_from_dict
+from repro.data.loader import loader
+from repro.data.order import in_order
+from repro.data.shards import read_manifest, split_shards
 from repro.distributed import pick_device
-from repro.model import build_model, set_impls
-from repro.precision import autocast_for
+from repro.placement import Placed, make_normalizer, place_model
 
 
 class EvalError(ValueError):
@@ -60,35 +61,26 @@ def stats_path(data_dir: Path) -> Path:
     return stats
 
 
-def eval_views(image: int, crop: int, ten_crop: bool) -> list[tuple[int, int, bool]]:
-    """(y, x, mirrored) of each test crop: the centre, or the paper's four corners and
-    centre with their horizontal reflections."""
-    c, far = (image - crop) // 2, image - crop
-    if not ten_crop:
-        return [(c, c, False)]
-    corners = [(0, 0), (0, far), (far, 0), (far, far), (c, c)]
-    return [(y, x, flip) for flip in (False, True) for y, x in corners]
-
-
 @dataclass
 class Member:
     """One model of an ensemble, with the preprocessing it was trained with."""
     path: Path
     cfg: Config
-    model: torch.nn.Module
-    classes: list | None
+    placed: Placed                    # in eval mode (repro.placement)
+    classes: list | None              # None: a checkpoint that does not say (not one of ours)
     normalizer: Normalizer | None     # None when loaded without the shards' stats.npz
-    precision: str = "fp32"           # how it runs here (repro.precision)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.placed.model
 
     @torch.no_grad()
     def probs(self, images: torch.Tensor, ten_crop: bool) -> torch.Tensor:
         """uint8 (B,3,256,256) on the device -> (B, classes) softmax averaged over the crops."""
-        size = self.cfg.data.crop_size
-        windows = eval_views(images.shape[-1], size, ten_crop)
-        x = self.normalizer.views(images, windows, size)
-        with autocast_for(self.precision, x.device):   # members may differ
+        x = self.normalizer.eval_input(images, self.cfg.data.crop_size, ten_crop)
+        with self.placed.autocast():   # members may differ
             logits = self.model(x)
-        return logits.float().softmax(1).view(len(windows), len(images), -1).mean(0)
+        return logits.float().softmax(1).view(-1, len(images), logits.shape[1]).mean(0)
 
 
 def load_member(path: str | Path, stats: Path | None, device: torch.device) -> Member:
@@ -100,23 +92,15 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
         raise EvalError(f"{path}: checkpoint not found")
     state = checkpoint.load(path, keys=("config", "model"))   # CheckpointError if unusable
     cfg = config_from_dict(state["config"], where=str(path))
-    model = build_model(model_kwargs(cfg))
-    set_impls(model, cfg.train)
     try:
-        model.load_state_dict(state["model"])
+        placed = place_model(cfg, device, training=False, state=state["model"])
     except (RuntimeError, TypeError, AttributeError) as e:   # missing, extra or resized weights
         lines = str(e).splitlines()
         detail = (lines[1:] or lines)[0].strip()      # past "Error(s) in loading state_dict"
         raise EvalError(f"{path}: its weights do not fit the model its config describes "
                         f"({detail}{' ...' if len(lines) > 2 else ''})") from None
-    model.to(device).eval()
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # On the CPU in fp32: bf16 there is slow, and no less precise than the GPU's.
-    precision = cfg.train.precision if device.type == "cuda" else "fp32"
-    normalizer = (Normalizer(stats, cfg.augment, device, cfg.train.channels_last)
-                  if stats is not None else None)
-    return Member(path, cfg, model, state.get("classes"), normalizer, precision)
+    normalizer = make_normalizer(cfg, stats, device, training=False) if stats is not None else None
+    return Member(path, cfg, placed, state.get("classes"), normalizer)
 
 
 def check_members(members: list[Member], classes: list[str], manifest_path: Path) -> None:

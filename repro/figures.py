@@ -15,10 +15,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from data_prep.manifest import MANIFEST
-from repro.data import in_order, loader, read_manifest, split_shards
+from data_prep.image import IMAGE_SIZE
+from repro.augment import eval_views
+from repro.data.loader import loader
+from repro.data.order import in_order
+from repro.data.shards import read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
-from repro.precision import autocast_for
 from repro.tracking import read_metrics
 
 PER_ROW, SCALE, GAP, TOWER_GAP = 16, 4, 2, 8   # Figure 3 layout: pixels are kernel pixels * SCALE
@@ -53,13 +56,15 @@ def save_filters(member: Member, path: Path) -> Path:
 
 
 @torch.no_grad()
-def fc7(member: Member, images: torch.Tensor, ys, xs, flips) -> torch.Tensor:
-    """The last hidden layer (fc7 after its ReLU) for centre crops, in eval mode."""
+def fc7(member: Member, images: torch.Tensor) -> torch.Tensor:
+    """The last hidden layer (fc7 after its ReLU) for whole images' centre crops, in eval
+    mode, fed as validation and `repro eval` feed the model (Normalizer.eval_input)."""
     out = {}
     hook = member.model.fc7.register_forward_hook(lambda mod, inp, o: out.update(fc7=o))
+    x = member.normalizer.eval_input(images.to(member.normalizer.device), member.cfg.data.crop_size)
     try:
-        with autocast_for(member.precision, member.normalizer.device):
-            member.model(member.normalizer(images, ys, xs, flips, None))
+        with member.placed.autocast():
+            member.model(x)
     finally:
         hook.remove()
     return F.relu(out["fc7"].float())
@@ -68,24 +73,25 @@ def fc7(member: Member, images: torch.Tensor, ys, xs, flips) -> torch.Tensor:
 def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, k: int = 6):
     """The first `queries` val images and, for each, the k training images (of the first
     `scan`) nearest in fc7 by Euclidean distance: (val images, labels), (neighbours
-    (Q,k,3,S,S), their labels, distances)."""
+    (Q,k,3,S,S), their labels, distances); the images are the centre crops the model saw."""
     cfg, dev = member.cfg, member.normalizer.device
+    y, x, _ = eval_views(IMAGE_SIZE, cfg.data.crop_size, ten_crop=False)[0]
 
-    def plan(split, limit, batch):
-        return in_order(split_shards(data_dir, split), batch, max(1, cfg.data.workers),
-                        "center", cfg.data.crop_size, limit)
+    def batches(split, limit, batch):
+        plan = in_order(split_shards(data_dir, split), batch, max(1, cfg.data.workers), limit)
+        for images, labels, *_ in loader(plan):
+            yield images, images[:, :, y:y + cfg.data.crop_size, x:x + cfg.data.crop_size], labels
 
-    q_img, q_lab, *window = next(iter(loader(plan("val", queries, queries))))
-    q_feat = fc7(member, q_img, *window)
+    q_whole, q_img, q_lab = next(batches("val", queries, queries))
+    q_feat = fc7(member, q_whole)
     n = len(q_img)
     best_d = torch.full((n, k), math.inf, device=dev)
     best_img = torch.zeros((n, k, *q_img.shape[1:]), dtype=torch.uint8)
     best_lab = torch.full((n, k), -1, dtype=torch.long)
-    for images, labels, *window in loader(plan("train", scan, cfg.data.val_batch_size)):
+    for whole, images, labels in batches("train", scan, cfg.data.val_batch_size):
         # Direct differences: the matmul shortcut loses the ~1e-2 gaps between fc7 vectors
         # of length ~20 to fp32 cancellation.
-        dist = torch.cdist(q_feat, fc7(member, images, *window),
-                           compute_mode="donot_use_mm_for_euclid_dist")
+        dist = torch.cdist(q_feat, fc7(member, whole), compute_mode="donot_use_mm_for_euclid_dist")
         d = torch.cat([best_d, dist], 1)
         best_d, idx = d.topk(min(k, d.shape[1]), dim=1, largest=False)
         idx = idx.cpu()

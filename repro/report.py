@@ -11,7 +11,6 @@ from repro.evaluate import write_outputs
 from repro.tracking import read_metrics
 
 PAPER_CONFIG = packaged_config("alexnet_paper")
-CONFIG_DIR = PAPER_CONFIG.parent
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def render(run_dir: Path, cfg: Config, paper: Config, metrics: list[dict],
         lines.append(f"The paper's rows are over {paper.model.num_classes} classes: "
                      f"compare only a run on the full ImageNet.")
     diffs = differences(cfg, paper)
-    lines += ["", f"## Settings that differ from the paper ({PAPER_CONFIG.relative_to(CONFIG_DIR.parent)})",
+    lines += ["", f"## Settings that differ from the paper (configs/{PAPER_CONFIG.name})",
               ""]
     lines += [f"- {key}: {a!r} vs {b!r}" for key, a, b in diffs] or ["- none"]
     return "\n".join(lines) + "\n"

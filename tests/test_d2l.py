@@ -92,3 +92,22 @@ def test_generate_never_overwrites_a_data_set(tmp_path):
         d2l.generate(tmp_path, 30, 10, seed=1)
     after = {p.name: p.read_bytes() for p in (tmp_path / "FashionMNIST" / "raw").iterdir()}
     assert after == before and len(before) == 4
+
+
+def test_the_train_switches_apply_as_in_repro_train(tmp_path):
+    """d2l builds its model with repro.placement, as every entry point does, so the train
+    section is honoured, not silently dropped: switches the towers cannot run are
+    refused, and the two-group net trains as two towers (on one CPU here) to the same
+    numbers as the one-device model."""
+    torch.set_num_threads(1)
+    d2l.generate(tmp_path, 16, 8, seed=0)
+    base = ["data.crop_size=67", "data.batch_size=8", "data.workers=0", "schedule.epochs=1",
+            "train.device=cpu"]
+    two = base + ["model.groups=2", "model.seed=0"]
+    with pytest.raises(SystemExit, match="apply to the one-device model"):
+        d2l.run(load_config(CONFIG, two + ["train.parallel=towers", "train.split_groups=true"]),
+                tmp_path)
+    single = d2l.run(load_config(CONFIG, two), tmp_path)
+    towers = d2l.run(load_config(CONFIG, two + ["train.parallel=towers"]), tmp_path)
+    assert towers["loss"] == pytest.approx(single["loss"], rel=1e-4)
+    assert (towers["train_acc"], towers["test_acc"]) == (single["train_acc"], single["test_acc"])

@@ -9,8 +9,10 @@ from PIL import Image
 
 from data_prep.shardfile import ShardWriter, read_samples
 from data_prep.manifest import ShardsError
-from repro.data import (EpochPlan, Packed, Shard, Split, decode_batch, device_images, device_loader,
-                        loader, pack, prefetch, round_robin, split_shards, worker_batch_counts)
+from repro.data.decode import MixedBatch, Packed, decode_batch, pack
+from repro.data.loader import device_images, device_loader, loader, prefetch
+from repro.data.order import EpochPlan, round_robin, worker_batch_counts
+from repro.data.shards import Shard, split_shards
 from shard_helpers import write_shards
 
 
@@ -123,8 +125,8 @@ def test_crops_arrive_channels_last(shards, workers):
 
 @pytest.mark.parametrize("decode, share, kinds", [
     ("gpu", 0.0, {Packed}),
-    ("hybrid", 0.5, {Split, torch.Tensor}),     # 37 = 6 batches of 6 + 1: the last all CPU
-    ("hybrid", 0.9, {Split, Packed}),           # 6 * 0.9 -> 5 of 6; the last one -> 1 of 1
+    ("hybrid", 0.5, {MixedBatch, torch.Tensor}),     # 37 = 6 batches of 6 + 1: the last all CPU
+    ("hybrid", 0.9, {MixedBatch, Packed}),           # 6 * 0.9 -> 5 of 6; the last one -> 1 of 1
 ])
 def test_gpu_and_hybrid_paths_give_the_cpu_paths_crops(shards, decode, share, kinds):
     """Workers pass all (gpu) or some (hybrid) of a batch as JPEG bytes; decode_batch (here
@@ -227,7 +229,7 @@ def test_prefetch_to_cuda_gives_the_same_batches(shards, decode):
 
 STOP_SCRIPT = r"""
 import os, signal, subprocess, sys, time, torch
-from repro.data import _Loader, _outlive_stop_signals
+from repro.data.loader import StopSafeDataLoader
 
 class Stream(torch.utils.data.IterableDataset):
     def __iter__(self):
@@ -235,8 +237,7 @@ class Stream(torch.utils.data.IterableDataset):
             yield torch.zeros(1)
             time.sleep(0.01)
 
-batches = iter(_Loader(Stream(), batch_size=None, num_workers=2,
-                       worker_init_fn=_outlive_stop_signals))
+batches = iter(StopSafeDataLoader(Stream(), batch_size=None, num_workers=2))
 if sys.argv[1] == "group":          # SLURM's SIGTERM to every process: the workers live on,
     # even those still starting (no batch taken yet)
     subprocess.run(["kill", "-s", "TERM", "--", f"-{os.getpgrp()}"])   # not from the parent

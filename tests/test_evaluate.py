@@ -21,7 +21,8 @@ from torchvision.transforms.v2.functional import ten_crop
 from repro.cli import main
 from repro.config import config_from_dict, load_config, model_kwargs
 from repro.distributed import pick_device
-from repro.evaluate import (EvalError, EvalResult, ensemble_probs, evaluate, load_member, eval_views,
+from repro.augment import eval_views
+from repro.evaluate import (EvalError, EvalResult, ensemble_probs, evaluate, load_member,
                             topk_correct)
 from repro.model import build_model
 from shard_helpers import write_shards

@@ -17,11 +17,13 @@ import torch
 
 from repro.checkpoint import atomic_save, load
 from repro.config import load_config, model_kwargs
-from repro.data import split_shards
-from repro.distributed import Dist
+from repro.data.shards import split_shards
+from repro.distributed import DistContext
 from repro.model import build_model
 from repro.tracking import read_metrics
-from repro.train import EXIT_NONFINITE, EXIT_PREEMPTED, make_normalizer, train, validate
+from repro.placement import make_normalizer
+from repro.preempt import EXIT_PREEMPTED
+from repro.train import EXIT_NONFINITE, train, validate
 from shard_helpers import write_shards
 from wandb_records import history
 
@@ -252,23 +254,57 @@ def test_step_stats_reach_the_host_and_a_nonfinite_loss_stops(device):
 
 
 def test_validation_is_on_the_centre_crop_unmirrored_without_colour_noise(shards):
-    """What validate() feeds the model: each val image's centre window (section 6's
-    single-crop figure), never mirrored, and no PCA noise (no generator)."""
-    cfg = load_config(SMOKE, FAST)
-    normalize = make_normalizer(cfg, Path(shards) / "stats.npz", torch.device("cpu"))
-    seen = []
+    """What validate() feeds the model: each val image's centre window minus the mean
+    image there (section 6's single-crop figure), never mirrored, no PCA noise; written
+    out here from the shards read with PIL."""
+    from test_evaluate import centre_inputs
 
-    def recording(images, ys, xs, flips, generator):
-        seen.append((images.shape[-1], set(ys.tolist()) | set(xs.tolist()), int(flips.sum()),
-                     generator))
-        return normalize(images, ys, xs, flips, generator)
+    cfg = load_config(SMOKE, FAST + ["data.val_batch_size=5"])
+    normalizer = make_normalizer(cfg, Path(shards) / "stats.npz", torch.device("cpu"))
     model = build_model(model_kwargs(cfg))
-    result = validate(model, cfg, split_shards(shards, "val"), recording, Dist(),
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    result = validate(model, cfg, split_shards(shards, "val"), normalizer, DistContext(),
                       torch.device("cpu"), nullcontext())
-    centre = (256 - 67) // 2
-    assert result["n"] == 12 and seen
-    assert all(s == (67, {centre}, 0, None) for s in seen), seen
+    assert result["n"] == 12 and [len(x) for x in seen] == [5, 5, 2]
+    # the PIL decode may differ from libjpeg-turbo's by a level or two
+    torch.testing.assert_close(torch.cat(seen), centre_inputs(shards, "val", 67), rtol=0, atol=2.5)
     assert model.training          # handed back in training mode
+
+
+def test_repro_eval_of_a_checkpoint_equals_the_trainers_validation_record(shards, tmp_path,
+                                                                           capsys):
+    """Validation and `repro eval` feed the model one way (Normalizer.eval_input): the same
+    input tensors reach the model in eval mode, and the centre-crop errors of a checkpoint
+    equal those the trainer recorded for it."""
+    from repro.cli import main
+    from repro.model import AlexNet
+
+    fed = {"train": [], "eval": []}
+    phase = "train"
+
+    def record(module, args):
+        if isinstance(module, AlexNet) and not module.training:
+            fed[phase].append(args[0].clone())
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run = tmp_path / "run"
+        cfg = load_config(SMOKE, FAST + ["data.workers=1", "schedule.epochs=1",
+                                         "data.val_batch_size=5"])
+        assert train(cfg, shards, run) == 0
+        trained = next(r for r in read_metrics(run) if r["event"] == "val")
+        capsys.readouterr()
+        phase = "eval"
+        assert main(["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data",
+                     str(shards), "--json", "--device", "cpu"]) == 0
+    finally:
+        hook.remove()
+    evaluated = json.loads(capsys.readouterr().out)
+    assert len(fed["train"]) == len(fed["eval"]) == 3             # batches of 5, 5, 2
+    assert torch.equal(torch.cat(fed["train"]), torch.cat(fed["eval"]))
+    assert evaluated["n"] == trained["n"] == 12
+    assert evaluated["top1_err"] == pytest.approx(trained["top1_err"], abs=1e-9)
+    assert evaluated["top5_err"] == pytest.approx(trained["top5_err"], abs=1e-9)
 
 
 def test_a_second_trainer_on_the_same_run_dir_is_refused(shards, tmp_path):

@@ -12,7 +12,9 @@ import time
 
 import torch
 
-from repro.data import EpochPlan, loader, split_shards
+from repro.data.loader import loader
+from repro.data.order import EpochPlan
+from repro.data.shards import split_shards
 
 
 def main(shard_dir: str, worker_counts: list[int]) -> None:

@@ -1,0 +1,66 @@
+"""Stop signals: how a trainer outlives SLURM's preemption and time-limit warnings.
+
+SLURM sends SIGUSR1 (`--signal=B:USR1@N`) or SIGTERM (preemption, scancel) to every
+process of a job step. The trainer notes it (`StopFlag`), writes a checkpoint at the
+next step and exits with EXIT_PREEMPTED; the job then requeues and resumes exactly.
+Its loader workers must not die of the same signal first (that would end the trainer
+without a checkpoint), so they start with the signals blocked and then ignore them,
+unless the SIGTERM comes from their parent (how the DataLoader and Python's exit end
+them). Once the run has finished, a late warning is ignored.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: a checkpoint was written on SIGUSR1/SIGTERM; run again to resume
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM; read by the training loop at each step."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+
+def ignore_late_signals() -> None:
+    """For a run that has finished: a late time-limit warning must not kill the exiting
+    process (Python drops its handlers during shutdown, and SIGUSR1's default action
+    is to terminate)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Processes started inside inherit a mask with the stop signals blocked, so that one
+    arriving while a loader worker starts waits for `worker_outlives_stop_signals`
+    instead of killing it."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def worker_outlives_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker_init_fn: ignore SIGUSR1, and SIGTERM from anyone but the
+    parent (the DataLoader and Python's exit stop workers with SIGTERM: those still end it)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # SIGTERM: taken by the thread below
+
+    def watch() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="stop-signals").start()
