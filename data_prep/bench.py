@@ -137,49 +137,83 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = len(os.sched_getaffinity(0))
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-shards-"))
-    src, stamp = work / "src", {"images": a.images, "mix": a.mix}
-    marker = work / "src.json"  # reuse the images of an earlier run in this --workdir (e.g. other Pillow)
-    if marker.exists() and json.loads(marker.read_text()) == stamp:
-        files = sorted(src.glob("train/*/*.JPEG"))
-    else:
-        shutil.rmtree(src, ignore_errors=True)
-        t = time.perf_counter()
-        files = make_images(src, a.images, a.mix)
-        marker.write_text(json.dumps(stamp))
-        print(f"{a.images} images written in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    mb = sum(p.stat().st_size for p in files) / 1e6
-
+    files = source_images(work, a.images, a.mix)
     shard_size = a.shard_size or max(1, a.images // (8 * cores))
-    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
     here = pil_kind(PIL.__version__)
-    for _ in range(a.repeat):  # interleaved, so a busy spell on a shared machine hits every row alike
+    rows = summarise(time_rounds(a, work, files, shard_size, cores, here), a.images)
+    info = {"images": a.images, "mix": a.mix,
+            "source_mb": round(sum(p.stat().st_size for p in files) / 1e6, 1),
+            "shard_size": shard_size, "repeat": a.repeat, "cpu": cpu_model(), "cores": cores,
+            "load_avg": os.getloadavg(), "python": platform.python_version(),
+            "pil": PIL.__version__, "numpy": np.__version__, "date": time.strftime("%Y-%m-%d"),
+            "rows": rows}
+    print_table(info, here)
+    if a.json:
+        Path(a.json).write_text(json.dumps(info, indent=1) + "\n")
+    if not a.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def source_images(work: Path, images: int, mix: str) -> list[Path]:
+    """The source JPEGs under work/src, reused from an earlier run in this --workdir with
+    the same count and mix (e.g. timed with another Pillow)."""
+    src, stamp = work / "src", {"images": images, "mix": mix}
+    marker = work / "src.json"
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        return sorted(src.glob("train/*/*.JPEG"))
+    shutil.rmtree(src, ignore_errors=True)
+    t = time.perf_counter()
+    files = make_images(src, images, mix)
+    marker.write_text(json.dumps(stamp))
+    print(f"{images} images written in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return files
+
+
+def time_rounds(a, work: Path, files: list[Path], shard_size: int, cores: int,
+                here: str) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """(what, workers) -> (wall, cpu) seconds of each round. Rounds are interleaved, so a
+    busy spell on a shared machine hits every row alike."""
+    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for _ in range(a.repeat):
         runs.setdefault((f"naive script, {here}", 1), []).append(naive(files, work / "naive"))
         if a.baseline_python:
-            r = subprocess.run([a.baseline_python, "-m", "data_prep.bench", "--naive-only", str(src)],
-                               capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+            r = subprocess.run([a.baseline_python, "-m", "data_prep.bench", "--naive-only",
+                                str(work / "src")], capture_output=True, text=True, check=True,
+                               cwd=Path(__file__).resolve().parents[1])
             res = json.loads(r.stdout.strip().splitlines()[-1])
-            runs.setdefault((f"naive script, {pil_kind(res['pil'])}", 1), []).append((res["wall"], res["cpu"]))
+            runs.setdefault((f"naive script, {pil_kind(res['pil'])}", 1), []).append(
+                (res["wall"], res["cpu"]))
         for w in sorted({1, cores}):
             runs.setdefault((f"build_shards, {here}", w), []).append(
-                timed_build(src, work / f"shards-w{w}", w, shard_size))
+                timed_build(work / "src", work / f"shards-w{w}", w, shard_size))
+    return runs
+
+
+def summarise(runs: dict, images: int) -> list[dict]:
+    """A row per (what, workers): its best round, and its speed against the naive scripts."""
     rows = []
     for (what, w), rs in runs.items():
         wall, cpu = min(r[0] for r in rs), min(r[1] for r in rs)
-        rows.append({"what": what, "workers": w, "wall_s": wall, "cpu_s": cpu, "images_per_s": a.images / wall,
-                     "per_core": a.images / wall / w, "per_cpu_s": a.images / cpu})
+        rows.append({"what": what, "workers": w, "wall_s": wall, "cpu_s": cpu,
+                     "images_per_s": images / wall, "per_core": images / wall / w,
+                     "per_cpu_s": images / cpu})
     naive_rows = [r for r in rows if r["what"].startswith("naive")]
     base = min(naive_rows, key=lambda r: r["per_cpu_s"])  # the slower naive script: stock Pillow if given
     for r in rows:
         r["vs_naive_same_pil"] = r["per_cpu_s"] / rows[0]["per_cpu_s"]
         r["vs_baseline"] = r["per_cpu_s"] / base["per_cpu_s"]
+        r["baseline"] = r is base
+    return rows
 
-    info = {"images": a.images, "mix": a.mix, "source_mb": round(mb, 1), "shard_size": shard_size,
-            "repeat": a.repeat, "cpu": cpu_model(), "cores": cores, "load_avg": os.getloadavg(),
-            "python": platform.python_version(), "pil": PIL.__version__, "numpy": np.__version__,
-            "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    print(f"{a.images} images ({mb:.0f} MB, {a.mix} mix), shard size {shard_size}, best of {a.repeat}; "
-          f"{info['cpu']}, {cores} cores, load average {info['load_avg'][0]:.2f}; Python {info['python']}, "
-          f"{here}, numpy {np.__version__}; {info['date']}")
+
+def print_table(info: dict, here: str) -> None:
+    rows = info["rows"]
+    base = next(r for r in rows if r["baseline"])
+    print(f"{info['images']} images ({info['source_mb']:.0f} MB, {info['mix']} mix), shard size "
+          f"{info['shard_size']}, best of {info['repeat']}; {info['cpu']}, {info['cores']} cores, "
+          f"load average {info['load_avg'][0]:.2f}; Python {info['python']}, {here}, numpy "
+          f"{info['numpy']}; {info['date']}")
     print(f"baseline: {base['what']}; per-core speed = images per CPU-second (robust to other load)")
     print("| run | workers | images/s (wall) | per core (wall) | images per CPU-second | vs baseline | "
           f"vs naive {here} |")
@@ -187,11 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['what']} | {r['workers']} | {r['images_per_s']:.0f} | {r['per_core']:.0f} | "
               f"{r['per_cpu_s']:.0f} | {r['vs_baseline']:.2f}x | {r['vs_naive_same_pil']:.2f}x |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(info, indent=1) + "\n")
-    if not a.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -157,7 +157,8 @@ def add_eval_options(p) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The commands and their options: a table, one block a command (long by nature)."""
     parser = argparse.ArgumentParser(prog="repro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -231,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # bench parses its own options (repro/bench.py); listed here for --help.
     sub.add_parser("bench", help="throughput of each stage and end to end (repro bench --help)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         return args.run(args)
     except ConfigError as e:

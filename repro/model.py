@@ -68,38 +68,53 @@ class Conv2d(nn.Conv2d):
         return F.conv2d(x, w, self.bias, self.stride, self.padding, groups=self.groups)
 
 
+def _check_arguments(*, num_classes, in_channels, input_size, groups, lrn_size, pool_kernel,
+                     pool_stride, conv1_padding, lrn, dropout, init, bias_one, seed) -> None:
+    """AlexNet's keyword arguments, each refused with a message naming it."""
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                       ("input_size", input_size), ("groups", groups), ("lrn_size", lrn_size),
+                       ("pool_kernel", pool_kernel), ("pool_stride", pool_stride)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    if not isinstance(conv1_padding, int) or conv1_padding < 0:
+        raise ValueError(f"conv1_padding must be a non-negative integer, got {conv1_padding!r}")
+    if lrn != "none" and lrn not in LRN_MODES:
+        raise ValueError(f"lrn must be one of {[*LRN_MODES, 'none']}, got {lrn!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if isinstance(bias_one, str) or not set(bias_one) <= set(LAYERS):
+        raise ValueError(f"bias_one must be a list of layer names from {list(LAYERS)}, got {bias_one!r}")
+    if seed is not None and not isinstance(seed, int):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+
+
+def _conv_widths(half_kernels: bool, groups: int) -> dict[str, int]:
+    """Each conv layer's kernel count (section 3.2's one-GPU net halves some)."""
+    if half_kernels and groups != 1:
+        raise ValueError(f"half_kernels=True is the paper's one-GPU net and needs groups=1, got groups={groups}")
+    widths = {name: out // 2 if half_kernels and name in HALVED else out
+              for name, (out, _, _) in CONVS.items()}
+    for name in GROUPED:
+        previous = list(CONVS)[list(CONVS).index(name) - 1]
+        if widths[previous] % groups or widths[name] % groups:
+            raise ValueError(f"groups={groups} does not divide {name}'s channels "
+                             f"({widths[previous]} in, {widths[name]} out)")
+    return widths
+
+
 class AlexNet(nn.Module):
     def __init__(self, num_classes=1000, *, in_channels=3, input_size=227, groups=2, half_kernels=False,
                  conv1_padding=0, lrn="paper", lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_k=2.0,
                  pool_kernel=3, pool_stride=2, dropout=0.5, init="paper", weight_std=0.01,
                  bias_one=("conv2", "conv4", "conv5", "fc6", "fc7"), bias_value=1.0, seed=None):
         super().__init__()
-        for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                           ("input_size", input_size), ("groups", groups), ("lrn_size", lrn_size),
-                           ("pool_kernel", pool_kernel), ("pool_stride", pool_stride)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-        if not isinstance(conv1_padding, int) or conv1_padding < 0:
-            raise ValueError(f"conv1_padding must be a non-negative integer, got {conv1_padding!r}")
-        if half_kernels and groups != 1:
-            raise ValueError(f"half_kernels=True is the paper's one-GPU net and needs groups=1, got groups={groups}")
-        widths = {name: out // 2 if half_kernels and name in HALVED else out
-                  for name, (out, _, _) in CONVS.items()}
-        for name in GROUPED:
-            previous = list(CONVS)[list(CONVS).index(name) - 1]
-            if widths[previous] % groups or widths[name] % groups:
-                raise ValueError(f"groups={groups} does not divide {name}'s channels "
-                                 f"({widths[previous]} in, {widths[name]} out)")
-        if lrn != "none" and lrn not in LRN_MODES:
-            raise ValueError(f"lrn must be one of {[*LRN_MODES, 'none']}, got {lrn!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if isinstance(bias_one, str) or not set(bias_one) <= set(LAYERS):
-            raise ValueError(f"bias_one must be a list of layer names from {list(LAYERS)}, got {bias_one!r}")
-        if seed is not None and not isinstance(seed, int):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        _check_arguments(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                         groups=groups, lrn_size=lrn_size, pool_kernel=pool_kernel,
+                         pool_stride=pool_stride, conv1_padding=conv1_padding, lrn=lrn,
+                         dropout=dropout, init=init, bias_one=bias_one, seed=seed)
+        widths = _conv_widths(half_kernels, groups)
         side = feature_size(input_size, conv1_padding, pool_kernel, pool_stride)
 
         # A seed forks the global RNG, so seeded builds neither depend on nor advance it
