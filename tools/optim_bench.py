@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     device = torch.device(args.device)
-    model = build_model(model_kwargs(load_config("configs/alexnet_paper.yaml"))).to(device)
+    model = build_model(model_kwargs(load_config("alexnet_paper"))).to(device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opt = PaperSGD(param_groups(model, 5e-4, True), lr=0.01)
