@@ -19,7 +19,7 @@ import yaml
 
 from data_prep.image import IMAGE_SIZE  # the shard images' side (paper section 2: 256)
 from repro.lrn import IMPLS
-from repro.model import INITS, LRN_MODES
+from repro.model import ACTIVATIONS, INITS, LRN_MODES, REMOVABLE
 from repro.precision import PRECISIONS
 
 
@@ -47,6 +47,9 @@ class ModelConfig:
     bias_one: list[str] = field(default_factory=lambda: ["conv2", "conv4", "conv5", "fc6", "fc7"])
     bias_value: float = 1.0
     seed: int = 0
+    activation: str = "relu"         # relu (paper) | tanh (section 3.1's comparison)
+    removed_convs: list[str] = field(default_factory=list)  # [conv3] or [conv4]: section 7
+    extra_conv6: bool = False        # Table 2's starred rows: a sixth conv layer after pool5
 
 
 @dataclass
@@ -142,6 +145,7 @@ class Config:
 CHOICES = {
     "model.lrn": (*LRN_MODES, "none"),
     "model.init": INITS,
+    "model.activation": ACTIVATIONS,
     "optim.name": ("paper_sgd", "sgd"),
     "schedule.kind": ("plateau", "steps", "constant"),
     "data.decode": ("cpu", "gpu", "hybrid"),
@@ -287,6 +291,12 @@ def validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: schedule.kind = steps needs schedule.milestones")
     if cfg.train.parallel == "towers" and m.groups != 2:
         raise ConfigError(f"{where}: train.parallel = towers needs model.groups = 2")
+    if not set(m.removed_convs) <= set(REMOVABLE) or len(m.removed_convs) > 1:
+        raise ConfigError(f"{where}: model.removed_convs may name one of {', '.join(REMOVABLE)} "
+                          f"(section 7 removes one middle layer), got {m.removed_convs}")
+    if cfg.train.parallel == "towers" and (m.removed_convs or m.extra_conv6):
+        raise ConfigError(f"{where}: train.parallel = towers runs the paper's five conv layers; "
+                          f"model.removed_convs and model.extra_conv6 need train.parallel = ddp")
 
 
 def packaged_config(name: str) -> Path:

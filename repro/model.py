@@ -20,10 +20,17 @@ from repro.lrn import LocalResponseNorm, set_impl as set_lrn_impl
 CONVS = {"conv1": (96, 11, 4), "conv2": (256, 5, 1), "conv3": (384, 3, 1),
          "conv4": (384, 3, 1), "conv5": (256, 3, 1)}
 GROUPED = ("conv2", "conv4", "conv5")  # read only their own tower
+REMOVABLE = ("conv3", "conv4")          # section 7: "removing any of the middle layers"
+# The starred rows of Table 2 add "a sixth convolutional layer over the last pooling
+# layer"; its shape is not given: ours is conv5's (256 3x3 kernels, "same" padding),
+# reading both towers like conv3, followed by a ReLU and no pooling (PAPER_NOTES).
+CONV6 = (256, 3, 1)
 POOLED = ("conv1", "conv2", "conv5")   # followed by max pooling
 HALVED = ("conv1", "conv2", "conv3", "conv4")  # section 3.2's one-GPU net halves these
 FC_WIDTH = 4096
-LAYERS = (*CONVS, "fc6", "fc7", "fc8")
+LAYERS = (*CONVS, "conv6", "fc6", "fc7", "fc8")   # conv6 only with extra_conv6
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")   # section 5
+ACTIVATIONS = ("relu", "tanh")         # tanh: section 3.1's saturating comparison
 INITS = ("paper", "torch", "xavier")   # paper: section 5; xavier: the d2l book's variant
 LRN_MODES = {"paper": False, "cuda-convnet": True, "caffe": True}  # -> alpha_over_n; or "none"
 
@@ -69,7 +76,8 @@ class Conv2d(nn.Conv2d):
 
 
 def _check_arguments(*, num_classes, in_channels, input_size, groups, lrn_size, pool_kernel,
-                     pool_stride, conv1_padding, lrn, dropout, init, bias_one, seed) -> None:
+                     pool_stride, conv1_padding, lrn, dropout, init, bias_one, seed, activation,
+                     removed_convs) -> None:
     """AlexNet's keyword arguments, each refused with a message naming it."""
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
                        ("input_size", input_size), ("groups", groups), ("lrn_size", lrn_size),
@@ -84,10 +92,16 @@ def _check_arguments(*, num_classes, in_channels, input_size, groups, lrn_size, 
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if isinstance(bias_one, str) or not set(bias_one) <= set(LAYERS):
+    if isinstance(bias_one, str) or not set(bias_one or ()) <= set(LAYERS):
         raise ValueError(f"bias_one must be a list of layer names from {list(LAYERS)}, got {bias_one!r}")
     if seed is not None and not isinstance(seed, int):
         raise ValueError(f"seed must be an int or None, got {seed!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if isinstance(removed_convs, str) or not set(removed_convs) <= set(REMOVABLE) \
+            or len(set(removed_convs)) > 1:
+        raise ValueError(f"removed_convs may name one of {list(REMOVABLE)} (section 7 removes "
+                         f"one middle layer), got {removed_convs!r}")
 
 
 def _conv_widths(half_kernels: bool, groups: int) -> dict[str, int]:
@@ -108,13 +122,24 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes=1000, *, in_channels=3, input_size=227, groups=2, half_kernels=False,
                  conv1_padding=0, lrn="paper", lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_k=2.0,
                  pool_kernel=3, pool_stride=2, dropout=0.5, init="paper", weight_std=0.01,
-                 bias_one=("conv2", "conv4", "conv5", "fc6", "fc7"), bias_value=1.0, seed=None):
+                 bias_one=None, bias_value=1.0, seed=None,
+                 activation="relu", removed_convs=(), extra_conv6=False):
         super().__init__()
         _check_arguments(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
                          groups=groups, lrn_size=lrn_size, pool_kernel=pool_kernel,
                          pool_stride=pool_stride, conv1_padding=conv1_padding, lrn=lrn,
-                         dropout=dropout, init=init, bias_one=bias_one, seed=seed)
+                         dropout=dropout, init=init, bias_one=bias_one, seed=seed,
+                         activation=activation, removed_convs=removed_convs)
         widths = _conv_widths(half_kernels, groups)
+        self.activation = activation
+        # The conv layers in order; a removed one's successor reads its predecessor's maps.
+        self.convs = [c for c in CONVS if c not in removed_convs] + ["conv6"] * extra_conv6
+        self.layers = (*self.convs, "fc6", "fc7", "fc8")
+        if bias_one is None:        # the paper's, of the layers this model has
+            bias_one = [name for name in PAPER_BIAS_ONE if name in self.layers]
+        if set(bias_one) - set(self.layers):
+            raise ValueError(f"bias_one names {sorted(set(bias_one) - set(self.layers))}, which "
+                             f"this model does not have (its layers: {list(self.layers)})")
         side = feature_size(input_size, conv1_padding, pool_kernel, pool_stride)
 
         # A seed forks the global RNG, so seeded builds neither depend on nor advance it
@@ -123,11 +148,12 @@ class AlexNet(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             channels = in_channels
-            for name, (_, kernel, stride) in CONVS.items():
+            for name in self.convs:
+                out, kernel, stride = (widths[name], *CONVS[name][1:]) if name in CONVS else CONV6
                 padding = conv1_padding if name == "conv1" else kernel // 2
-                setattr(self, name, Conv2d(channels, widths[name], kernel, stride, padding,
-                                              groups=groups if name in GROUPED else 1))
-                channels = widths[name]
+                setattr(self, name, Conv2d(channels, out, kernel, stride, padding,
+                                           groups=groups if name in GROUPED else 1))
+                channels = out
             self.fc6 = nn.Linear(channels * side * side, FC_WIDTH)
             self.fc7 = nn.Linear(FC_WIDTH, FC_WIDTH)
             self.fc8 = nn.Linear(FC_WIDTH, num_classes)
@@ -135,17 +161,20 @@ class AlexNet(nn.Module):
                 self._init_paper(weight_std, bias_one, bias_value)
             elif init == "xavier":
                 # d2l's train_ch6: xavier_uniform_ weights, biases keep PyTorch's default.
-                for name in LAYERS:
+                for name in self.layers:
                     nn.init.xavier_uniform_(getattr(self, name).weight)
 
         def norm():
             # ReLU then LRN, one module, so the fast LRNs rectify as they read (section 3.3:
             # normalisation "after applying the ReLU nonlinearity"). Per tower: the paper's
             # window never crosses to the other GPU's maps.
+            relu = activation == "relu"
+            act = nn.ReLU() if relu else nn.Tanh()
             if lrn == "none":
-                return nn.ReLU()
-            return LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k,
-                                     alpha_over_n=LRN_MODES[lrn], groups=groups, relu=True)
+                return act
+            lrn_layer = LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k,
+                                          alpha_over_n=LRN_MODES[lrn], groups=groups, relu=relu)
+            return lrn_layer if relu else nn.Sequential(act, lrn_layer)
 
         self.norm1, self.norm2 = norm(), norm()
         self.pool1, self.pool2, self.pool5 = (nn.MaxPool2d(pool_kernel, pool_stride) for _ in range(3))
@@ -158,20 +187,24 @@ class AlexNet(nn.Module):
     def _init_paper(self, weight_std, bias_one, bias_value):
         # Section 5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
         # Biases of 1 give the ReLUs positive inputs early on.
-        for name in LAYERS:
+        for name in self.layers:
             layer = getattr(self, name)
             layer.weight.normal_(0.0, weight_std)
             layer.bias.fill_(bias_value if name in bias_one else 0.0)
 
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) if self.activation == "relu" else torch.tanh(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.norm1(self.conv1(x)))    # norm1, norm2: ReLU, then LRN
         x = self.pool2(self.norm2(self.conv2(x)))
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))
-        x = self.pool5(F.relu(self.conv5(x)))
+        for name in self.convs[2:]:                  # conv3, conv4, conv5 (, conv6)
+            x = self.act(getattr(self, name)(x))
+            if name == "conv5":
+                x = self.pool5(x)
         x = torch.flatten(x, 1)
-        x = self.drop6(F.relu(self.fc6(x)))
-        x = self.drop7(F.relu(self.fc7(x)))
+        x = self.drop6(self.act(self.fc6(x)))
+        x = self.drop7(self.act(self.fc7(x)))
         return self.fc8(x)  # logits; the softmax lives in the loss
 
 

@@ -67,6 +67,8 @@ class TowerAlexNet(nn.Module):
         super().__init__()
         if not isinstance(model, AlexNet):
             raise TypeError(f"TowerAlexNet wraps a repro.model.AlexNet, got {type(model).__name__}")
+        if model.convs != list(CONVS):
+            raise ValueError(f"TowerAlexNet runs the paper's five conv layers, got {model.convs}")
         for name in GROUPED:
             if getattr(model, name).groups != 2:
                 raise ValueError(f"TowerAlexNet needs the two-group model (groups=2); {name} has "
@@ -86,8 +88,9 @@ class TowerAlexNet(nn.Module):
         # model's groups=2 LRN over both towers' maps is the same function.
         for name in ("norm1", "norm2"):
             norm = copy.deepcopy(getattr(skeleton, name))
-            if isinstance(norm, LocalResponseNorm):
-                norm.groups = 1
+            for module in norm.modules():        # the LRN alone, or after a tanh
+                if isinstance(module, LocalResponseNorm):
+                    module.groups = 1
             setattr(self, name, norm)
         self.train(model.training)
 
@@ -180,14 +183,15 @@ class TowerAlexNet(nn.Module):
         xs = [self.pool1(self.norm1(y)) for y in xs]
         xs = [self._conv(y, "conv2", t) for t, y in enumerate(xs)]
         xs = [self.pool2(self.norm2(y)) for y in xs]
-        xs = [F.relu(self._conv(self._both(xs, t), "conv3", t)) for t in range(2)]   # crosses
-        xs = [F.relu(self._conv(y, "conv4", t)) for t, y in enumerate(xs)]
-        xs = [self.pool5(F.relu(self._conv(y, "conv5", t))) for t, y in enumerate(xs)]
+        act = self._skeleton.act                     # ReLU, or tanh (section 3.1)
+        xs = [act(self._conv(self._both(xs, t), "conv3", t)) for t in range(2)]      # crosses
+        xs = [act(self._conv(y, "conv4", t)) for t, y in enumerate(xs)]
+        xs = [self.pool5(act(self._conv(y, "conv5", t))) for t, y in enumerate(xs)]
         # flatten(cat(channels)) == cat(flatten): channel-major, as AlexNet.forward flattens
         flat = [self._both([torch.flatten(y, 1) for y in xs], t) for t in range(2)]  # crosses
-        xs = [F.relu(F.linear(flat[t], *self._w("fc6", t))) for t in range(2)]
+        xs = [act(F.linear(flat[t], *self._w("fc6", t))) for t in range(2)]
         full = self._dropout(self.drop6, xs)                                         # crosses
-        xs = [F.relu(F.linear(full[t], *self._w("fc7", t))) for t in range(2)]
+        xs = [act(F.linear(full[t], *self._w("fc7", t))) for t in range(2)]
         full = self._dropout(self.drop7, xs)                                         # crosses
         return F.linear(full[0], *self._w("fc8", 0))   # logits on devices[0]
 

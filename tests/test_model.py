@@ -283,3 +283,66 @@ def test_towers_refuse_the_conv_switches():
                              "model.num_classes=10"])
     with pytest.raises(SystemExit, match="apply to the one-device model"):
         place_model(cfg, torch.device("cpu"))
+
+
+def written_out(m: AlexNet, x, act, middle) -> torch.Tensor:
+    """A variant's forward written out: conv1/conv2 as in the paper with `act` before
+    each LRN, then `middle` as (layer, groups, pooled after) with `act` after each."""
+    def lrn(x):
+        return torch.cat([F.local_response_norm(t, 5, 5 * 1e-4, 0.75, 2.0) for t in x.chunk(2, 1)], 1)
+    x = F.max_pool2d(lrn(act(F.conv2d(x, m.conv1.weight, m.conv1.bias, 4))), 3, 2)
+    x = F.max_pool2d(lrn(act(F.conv2d(x, m.conv2.weight, m.conv2.bias, 1, 2, groups=2))), 3, 2)
+    for name, groups, pooled in middle:
+        layer = getattr(m, name)
+        x = act(F.conv2d(x, layer.weight, layer.bias, 1, 1, groups=groups))
+        x = F.max_pool2d(x, 3, 2) if pooled else x
+    x = act(F.linear(x.flatten(1), m.fc6.weight, m.fc6.bias))
+    x = act(F.linear(x, m.fc7.weight, m.fc7.bias))
+    return F.linear(x, m.fc8.weight, m.fc8.bias)
+
+
+PAPER_MIDDLE = [("conv3", 1, False), ("conv4", 2, False), ("conv5", 2, True)]
+
+
+@pytest.mark.parametrize("kwargs, act, middle", [
+    (dict(activation="tanh"), torch.tanh, PAPER_MIDDLE),                       # section 3.1
+    (dict(removed_convs=["conv3"]), F.relu, PAPER_MIDDLE[1:]),                 # section 7
+    (dict(removed_convs=["conv4"]), F.relu, [PAPER_MIDDLE[0], PAPER_MIDDLE[2]]),
+    (dict(extra_conv6=True), F.relu, PAPER_MIDDLE + [("conv6", 1, False)]),    # Table 2's *
+])
+def test_model_variants_are_the_described_layer_sequence(kwargs, act, middle):
+    model = AlexNet(num_classes=10, seed=0, bias_value=0.1, **kwargs).eval()
+    with torch.no_grad():
+        for layer in (model.fc6, model.fc7):
+            layer.weight.mul_(10)
+        x = torch.randn(2, 3, 227, 227) * 50
+        expect = written_out(model, x, act, middle)
+        assert expect.std() > 1e-4
+        torch.testing.assert_close(model(x), expect, rtol=1e-5, atol=1e-4)
+
+
+def test_a_removed_layers_successor_reads_its_predecessor_and_keeps_its_towers():
+    paper = AlexNet(num_classes=1000)
+    no3, no4 = AlexNet(num_classes=1000, removed_convs=["conv3"]), AlexNet(num_classes=1000, removed_convs=["conv4"])
+    assert "conv3.weight" not in no3.state_dict() and "conv4.weight" not in no4.state_dict()
+    assert (no3.conv4.in_channels, no3.conv4.groups) == (256, 2)    # reads pool2, per tower
+    assert (no4.conv5.in_channels, no4.conv5.groups) == (384, 2)    # reads conv3, per tower
+    assert n_params(no3) == n_params(paper) - conv_params(256, 384, 3) \
+        - conv_params(384, 384, 3, 2) + conv_params(256, 384, 3, 2)
+    assert n_params(no4) == n_params(paper) - conv_params(384, 384, 3, 2)
+    six = AlexNet(num_classes=1000, extra_conv6=True)
+    assert n_params(six) == n_params(paper) + conv_params(256, 256, 3)
+    assert six.fc6.in_features == 256 * 6 * 6
+    with pytest.raises(ValueError, match=r"bias_one names \['conv4'\], which this model does not have"):
+        AlexNet(num_classes=10, removed_convs=["conv4"], bias_one=["conv4"])
+    with pytest.raises(ValueError, match="removed_convs may name one of"):
+        AlexNet(num_classes=10, removed_convs=["conv3", "conv4"])
+
+
+def test_tanh_changes_only_the_activation():
+    relu, tanh = AlexNet(**SMALL, seed=4), AlexNet(**SMALL, seed=4, activation="tanh")
+    a, b = relu.state_dict(), tanh.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 67, 67) * 50
+    with torch.no_grad():
+        assert not torch.allclose(relu.eval()(x), tanh.eval()(x))

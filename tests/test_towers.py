@@ -185,3 +185,15 @@ def test_cuda_towers_on_one_gpu_equal_single():
         for key, p in single.named_parameters():
             g = torch.cat([q.grad for q in tower.parts(key)])
             torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_tanh_towers_equal_single():
+    """Section 3.1's tanh variant runs on the towers with the single model's function."""
+    torch.set_num_threads(1)
+    single = AlexNet(num_classes=7, input_size=67, seed=2, bias_value=0.1,
+                     activation="tanh").double().eval()
+    tower = TowerAlexNet(single, CPU2).eval()
+    x, _ = inputs()
+    torch.testing.assert_close(tower(x), single(x), **TIGHT)
+    with pytest.raises(ValueError, match="five conv layers"):
+        TowerAlexNet(AlexNet(num_classes=7, input_size=67, extra_conv6=True), CPU2)
