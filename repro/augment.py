@@ -28,18 +28,19 @@ Crop = tuple[int, int, bool]        # (y, x, mirrored): a size x size window of 
 
 
 def draw_crop(rng: np.random.Generator, mode: str, size: int, flip: bool) -> Crop:
-    """One sample's crop: mode random (uniform offset, mirrored half the time if `flip`),
-    center, or none (the whole image). The draws are made in every mode, so that the
-    stream of draws, and a resume's replay of it, does not depend on the mode."""
+    """One sample's crop: mode random (a uniform offset), center, or none (the whole
+    image); in every mode mirrored half the time if `flip` (reflections without
+    translations are an ablation of section 4.1). The draws are made in every mode, so
+    that the stream of draws, and a resume's replay of it, does not depend on the mode."""
     y, x = rng.integers(0, 2 ** 31, size=2)
-    flipped = bool(rng.integers(0, 2))
+    mirrored = bool(rng.integers(0, 2)) and flip     # drawn whether or not it is used
     if mode == "random":
         span = IMAGE_SIZE - size + 1
-        return int(y % span), int(x % span), flip and flipped
+        return int(y % span), int(x % span), mirrored
     if mode == "center":
         c = (IMAGE_SIZE - size) // 2
-        return c, c, False
-    return 0, 0, False
+        return c, c, mirrored
+    return 0, 0, mirrored
 
 
 def eval_views(image: int, crop: int, ten_crop: bool) -> list[Crop]:

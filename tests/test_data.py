@@ -269,3 +269,24 @@ def test_loader_workers_outlive_the_jobs_sigterm_but_not_their_parents_exit(case
         assert done.returncode == 0 and "served after SIGTERM" in done.stdout, done.stderr[-2000:]
     else:
         assert done.returncode == 1 and "the trainer failed" in done.stderr
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+@pytest.mark.parametrize("crop, flip", [("center", True), ("random", False), ("center", False)])
+def test_translations_and_reflections_switch_independently(shards, crop, flip, decode):
+    """Section 4.1's two augmentations are separate switches: reflections without
+    translations mirror about half the centre crops; translations without reflections
+    mirror none. Checked against the whole images cut and mirrored here, on the CPU
+    path and on the GPU path (decode_batch on the CPU device)."""
+    cpu = torch.device("cpu")
+    whole = plan(shards, crop="none", flip=False, shuffle=False, batch_size=37)
+    full = device_images(*(lambda b: (b[0], *b[2:]))(next(iter(loader(whole)))), whole, cpu)
+    p = plan(shards, crop=crop, flip=flip, shuffle=False, batch_size=37, epoch=5, decode=decode)
+    images, labels, ys, xs, flips = next(iter(loader(p)))
+    got = device_images(images, ys, xs, flips, p, cpu)
+    assert (0.25 < flips.float().mean() < 0.75) if flip else not flips.any()
+    if crop == "center":
+        assert set(ys.tolist()) == set(xs.tolist()) == {(256 - 227) // 2}
+    for img, ref, y, x, f in zip(got, full, ys, xs, flips):
+        expect = ref[:, y:y + 227, x:x + 227]
+        assert torch.equal(img, expect.flip(-1) if f else expect)

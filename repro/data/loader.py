@@ -81,7 +81,7 @@ def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) 
     if isinstance(images, Packed):
         return augment.cut(decode_batch(images, device), ys, xs, flips, plan.image_size)
     images = images.to(device, non_blocking=True)
-    if not (plan.flip and plan.crop == "random"):       # nothing is mirrored (augment.draw_crop)
+    if not plan.flip:                                  # nothing is mirrored (augment.draw_crop)
         return images
     return augment.mirror(images, flips)
 
