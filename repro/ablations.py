@@ -20,6 +20,15 @@ CLAIMS: dict[str, dict] = {
     "one_gpu_half_kernels": {"top1": +1.7, "top5": +1.2, "source": "section 3.2"},
     "lrn_cuda_convnet": {"top1": None, "top5": None, "source": "convention (cuda-convnet), no claim"},
     "lrn_caffe": {"top1": None, "top5": None, "source": "convention (Caffe), no claim"},
+    "no_dropout": {"top1": None, "top5": None,
+                   "source": "section 4.2 (substantial overfitting; dropout ~doubles the "
+                             "iterations to converge)"},
+    "no_translations_reflections": {"top1": None, "top5": None,
+                                    "source": "section 4.1 (substantial overfitting)"},
+    "no_conv3": {"top1": +2.0, "top5": None, "source": "section 7 (top-1 'about 2%')"},
+    "no_conv4": {"top1": +2.0, "top5": None, "source": "section 7 (top-1 'about 2%')"},
+    "tanh": {"top1": None, "top5": None,
+             "source": "section 3.1 (measured on CIFAR-10 only: Figure 1)"},
 }
 
 

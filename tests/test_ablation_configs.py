@@ -19,6 +19,11 @@ EXPECTED = {
     "one_gpu_half_kernels": {"model.groups": 1, "model.half_kernels": True},
     "lrn_cuda_convnet": {"model.lrn": "cuda-convnet"},
     "lrn_caffe": {"model.lrn": "caffe", "model.lrn_k": 1.0},
+    "no_dropout": {"model.dropout": 0.0},
+    "no_translations_reflections": {"augment.random_crop": False, "augment.flip": False},
+    "no_conv3": {"model.removed_convs": ["conv3"]},
+    "no_conv4": {"model.removed_convs": ["conv4"], "model.bias_one": ["conv2", "conv5", "fc6", "fc7"]},
+    "tanh": {"model.activation": "tanh"},
 }
 
 
@@ -54,6 +59,10 @@ def test_ablation_builds_a_model(name):
         assert model.pool1.kernel_size == 2 and model.pool1.stride == 2
     if name == "no_lrn":
         assert isinstance(model.norm1, torch.nn.ReLU)    # the ReLU stays, the LRN goes
+    if name in ("no_conv3", "no_conv4"):
+        assert not hasattr(model, name[3:]) and len(model.convs) == 4
+    if name == "tanh":
+        assert model.activation == "tanh" and isinstance(model.norm1[0], torch.nn.Tanh)
 
 
 def test_claims_are_the_papers_numbers():
@@ -61,6 +70,9 @@ def test_claims_are_the_papers_numbers():
     assert (CLAIMS["no_overlap_pool"]["top1"], CLAIMS["no_overlap_pool"]["top5"]) == (0.4, 0.3)
     assert (CLAIMS["one_gpu_half_kernels"]["top1"], CLAIMS["one_gpu_half_kernels"]["top5"]) == (1.7, 1.2)
     assert CLAIMS["no_pca_noise"]["top1"] == 1.0 and CLAIMS["no_pca_noise"]["top5"] is None
+    # section 7: "a loss of about 2% for the top-1 performance"
+    assert CLAIMS["no_conv3"]["top1"] == CLAIMS["no_conv4"]["top1"] == 2.0
+    assert all(CLAIMS[n]["top1"] is None for n in ("no_dropout", "no_translations_reflections", "tanh"))
 
 
 def test_ablation_table_against_hand_computed_deltas():
