@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
     if args.resume and latest(args.out) is None:
         print(f"--resume: no checkpoint in {args.out}/checkpoints", file=sys.stderr)
         return 2
-    return train(cfg, args.data, args.out)
+    return train(cfg, args.data, args.out, init_from=args.init_from)
 
 
 def reports_errors(cmd):
@@ -72,7 +72,7 @@ def cmd_eval(args) -> int:
     if args.out:
         check_output(args.out, directory=True)
     result = evaluate(args.checkpoint, args.data, args.ten_crop, args.batch_size, args.device,
-                      args.workers, args.limit)
+                      args.workers, args.limit, args.split)
     summary = result.summary()
     if args.out:
         written = write_breakdown(result, args.out, args.worst)
@@ -99,7 +99,7 @@ def cmd_report(args) -> int:
         ckpts = []
     if ckpts:
         evals.append(evaluate(ckpts, data, not args.centre, args.batch_size, args.device,
-                              limit=args.limit).summary())
+                              limit=args.limit, split=args.split).summary())
     path = write_report(args.run_dir, evals, args.out, args.ablations)
     print(path.read_text(), end="")
     print(f"wrote {path}", file=sys.stderr)
@@ -153,7 +153,10 @@ def positive(text: str) -> int:
 def add_eval_options(p) -> None:
     p.add_argument("--batch-size", type=count, default=0,
                    help="val images a batch (x10 crops); 0 = the checkpoint's data.val_batch_size")
-    p.add_argument("--limit", type=count, default=0, help="only the first N val images (0 = all)")
+    p.add_argument("--limit", type=count, default=0, help="only the first N images (0 = all)")
+    p.add_argument("--split", default="val", choices=("val", "test"),
+                   help="the shards' split: val, or test where the shards have labelled test "
+                        "images (ILSVRC-2010, the paper's Table 1)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -178,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/checkpoints/last.pt (also automatic when it exists)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="a new run starts from this checkpoint's weights where the shapes match "
+                        "(fine-tuning; the classifier is re-initialised when the classes differ)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(run=reports_errors(cmd_train))
 

@@ -130,6 +130,7 @@ class EvalResult:
     checkpoints: list[str]
     classes: list[str]
     crops: int
+    split: str                     # val, or test (ILSVRC-2010's labelled test set: Table 1)
     confusion: np.ndarray          # (C, C): rows true class, columns top-1 prediction
     top5_hits: np.ndarray          # (C,): images of each class with the label in the top 5
 
@@ -141,14 +142,15 @@ class EvalResult:
         n = max(self.n, 1)
         return {"top1_err": 100 * (1 - np.trace(self.confusion) / n),
                 "top5_err": 100 * (1 - self.top5_hits.sum() / n),
-                "n": self.n, "crops": self.crops, "checkpoints": self.checkpoints}
+                "n": self.n, "crops": self.crops, "checkpoints": self.checkpoints,
+                "split": self.split}
 
 
 def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool = False,
              batch_size: int = 0, device: str = "auto", workers: int = 0,
-             limit: int = 0) -> EvalResult:
-    """Evaluate one checkpoint, or several as an averaged ensemble, on the val split.
-    batch_size / workers 0: the first checkpoint's data.val_batch_size / data.workers."""
+             limit: int = 0, split: str = "val") -> EvalResult:
+    """Evaluate one checkpoint, or several as an averaged ensemble, on the val (or test)
+    split. batch_size / workers 0: the first checkpoint's data.val_batch_size / data.workers."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     dev = pick_device(device)
@@ -156,7 +158,7 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
     classes = manifest["classes"]
     check_members(members, classes, data_dir / MANIFEST)
     first = members[0].cfg.data
-    plan = in_order(split_shards(data_dir, "val"), batch_size or first.val_batch_size,
+    plan = in_order(split_shards(data_dir, split), batch_size or first.val_batch_size,
                     workers or max(1, first.workers), limit=limit)
     c = len(classes)
     confusion, top5_hits = torch.zeros(c * c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
@@ -169,7 +171,7 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
         top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)
         bar.update(len(labels))
     bar.close()
-    return EvalResult([str(p) for p in checkpoints], classes, 10 if ten_crop else 1,
+    return EvalResult([str(p) for p in checkpoints], classes, 10 if ten_crop else 1, split,
                       confusion.view(c, c).numpy(), top5_hits.numpy())
 
 
@@ -243,5 +245,6 @@ def format_result(summary: dict) -> str:
     k = len(summary["checkpoints"])
     models = "1 checkpoint" if k == 1 else f"an ensemble of {k} checkpoints"
     return (f"top-1 error {summary['top1_err']:.2f}%  top-5 error {summary['top5_err']:.2f}%  "
-            f"({summary['n']} val images, {summary['crops']} crop{'s' * (summary['crops'] > 1)}, "
+            f"({summary['n']} {summary['split']} images, {summary['crops']} "
+            f"crop{'s' * (summary['crops'] > 1)}, "
             f"{models})")

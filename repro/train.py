@@ -80,10 +80,12 @@ class Run:
     last_save: float = 0.0           # time.monotonic() of the last checkpoint
 
 
-def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
-    """Train (or resume) into run_dir; returns the process exit status."""
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
+          init_from: str | Path | None = None) -> int:
+    """Train (or resume) into run_dir; returns the process exit status. init_from: a new
+    run starts from that checkpoint's weights where they fit (fine-tuning, section 6)."""
     with contextlib.ExitStack() as cleanup:     # the run dir's lock, however train ends
-        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup)
+        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup, init_from)
         try:
             while run.pos.epoch < cfg.schedule.epochs:
                 if not train_one_epoch(run):
@@ -102,7 +104,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         return 0
 
 
-def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitStack) -> Run:
+def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitStack,
+              init_from: str | Path | None = None) -> Run:
     """Processes and devices, the shards, the model and its optimizer, the run dir's lock,
     the resumed position, and the tracker: everything the loop needs."""
     dist = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
@@ -131,6 +134,7 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
               last_save=time.monotonic())
     lock_run_dir(run, cleanup)
     resumed_from, restarted = resume(run, data_dir)
+    loaded = load_weights_from(run, Path(init_from)) if init_from and not resumed_from else None
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -142,6 +146,8 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
             run.tracker.log({"event": "resume", "checkpoint": str(resumed_from), "epoch": p.epoch,
                              "step": p.step, "global_step": p.global_step,
                              **({"epoch_restarted": True, "stream": stream} if restarted else {})})
+        if loaded is not None:
+            run.tracker.log({"event": "init_from", "checkpoint": str(init_from), **loaded})
     return run
 
 
@@ -214,6 +220,27 @@ def resume(run: Run, data_dir: Path) -> tuple[Path | None, bool]:
                   f"its first {run.pos.step} steps are trained on twice", file=sys.stderr)
         run.pos.step = 0
     return ckpt_path, restart
+
+
+def load_weights_from(run: Run, path: Path) -> dict:
+    """The paper's fine-tuning step (section 6): every layer whose weights have the same
+    shape here is copied from `path`; the rest (fc8 when the class count differs, a new
+    conv6) keep their fresh initialisation. Returns and prints which were which."""
+    source = checkpoint.load(path, keys=("model",))["model"]
+    state = run.placed.model.state_dict()
+    loaded = [k for k, v in state.items() if k in source and source[k].shape == v.shape]
+    state.update({k: source[k] for k in loaded})
+    run.placed.model.load_state_dict(state)
+    def layers(keys):
+        return sorted({k.rsplit(".", 1)[0] for k in keys})
+    copied = [n for n in layers(state) if all(k in loaded for k in state if k.startswith(n + "."))]
+    fresh = [n for n in layers(state) if n not in copied]
+    unused = [n for n in layers(source) if n not in copied]
+    if run.dist.is_main:
+        print(f"init from {path}: {', '.join(copied) or 'no layer'} copied; "
+              f"{', '.join(fresh) or 'no layer'} freshly initialised; "
+              f"{', '.join(unused) or 'no layer'} of it unused", flush=True)
+    return {"copied": copied, "initialised": fresh, "unused": unused}
 
 
 def train_plan(cfg: Config, shards: list[Shard], epoch: int, dist: DistContext = DistContext(),

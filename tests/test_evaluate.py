@@ -126,11 +126,11 @@ def test_topk_correct_by_hand():
                            [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])   # order 5 4 3 2 1 0
     labels = torch.tensor([3, 2, 1])    # top-1 hit; rank 6; rank 5
     assert topk_correct(scores, labels, (1, 2, 5)) == [1, 1, 2]
-    r = EvalResult(["x.pt"], ["a", "b", "c"], 1,
+    r = EvalResult(["x.pt"], ["a", "b", "c"], 1, "val",
                    confusion=np.array([[3, 1, 0], [0, 2, 2], [1, 0, 1]]),   # 6 of 10 right
                    top5_hits=np.array([4, 3, 1]))
     assert r.summary() == {"top1_err": pytest.approx(40.0), "top5_err": pytest.approx(20.0),
-                           "n": 10, "crops": 1, "checkpoints": ["x.pt"]}
+                           "n": 10, "crops": 1, "checkpoints": ["x.pt"], "split": "val"}
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_cli_json_and_breakdown(shards, ckpts, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ckpts[0]), "--data", str(shards), "--json",
                  "--device", "cpu", "--out", str(out), "--limit", "10"]) == 0
     printed = json.loads(capsys.readouterr().out)      # stdout is exactly one JSON object
-    assert set(printed) == {"top1_err", "top5_err", "n", "crops", "checkpoints"}
+    assert set(printed) == {"top1_err", "top5_err", "n", "crops", "checkpoints", "split"}
     assert (printed["n"], printed["crops"], printed["checkpoints"]) == (10, 1, [str(ckpts[0])])
     assert json.loads((out / "eval.json").read_text()) == printed
     with open(out / "per_class.csv") as f:
@@ -216,3 +216,21 @@ def test_cli_json_and_breakdown(shards, ckpts, tmp_path, capsys):
     confusions = json.loads((out / "worst_confusions.json").read_text())
     assert sum(c["count"] for c in confusions) <= wrong
     assert all(c["wnid"] != c["predicted_wnid"] for c in confusions)
+
+
+def test_the_test_split_is_evaluated_when_asked(tmp_path, capsys):
+    """`repro eval --split test` (ILSVRC-2010's labelled test set, Table 1) reads the test
+    shards: its errors are the reference procedure's on those images; shards without a
+    test split get an error naming the manifest."""
+    shards = write_shards(tmp_path / "s", classes=CLASSES, train=8, val=6, test=9, shard_size=5)
+    classes = json.loads((shards / "manifest.json").read_text())["classes"]
+    ckpt = make_checkpoint(tmp_path / "c.pt", classes=classes, shards=shards)
+    images, labels = split_images(shards, "test")
+    result = evaluate([ckpt], shards, ten_crop=True, device="cpu", split="test").summary()
+    assert (result["n"], result["split"]) == (9, "test")
+    expected = errors(reference_probs(ckpt, shards, images), labels)
+    assert (result["top1_err"], result["top5_err"]) == pytest.approx(expected)
+    no_test = write_shards(tmp_path / "v", classes=CLASSES, train=8, val=6, shard_size=5)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(no_test), "--split", "test",
+                 "--device", "cpu"]) == 2
+    assert "no 'test' split" in capsys.readouterr().err

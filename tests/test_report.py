@@ -52,6 +52,14 @@ def test_report_table_and_settings(run_dir, shards, capsys):
     assert rows[1].endswith("(after epoch 2, 12 images) | 55.50 | 10.25 | metrics.jsonl |")
     assert "| paper: 1 CNN, 10 crops | 40.7 | 18.2 | paper Table 2 |" in text
     assert "| paper: 5 CNNs averaged, 10 crops | 38.1 | 16.4 | paper Table 2 |" in text
+    # Table 2's starred rows and test column, Table 1 (ILSVRC-2010 test), as printed there
+    assert "| paper: 1 CNN*, 10 crops | 39.0 | 16.6 | paper Table 2 |" in text
+    assert "| paper: 7 CNNs* averaged (two CNNs* with the five CNNs) | 36.7 | 15.4 | paper Table 2 |" in text
+    assert "| paper: 7 CNNs* averaged, ILSVRC-2012 test | — | 15.3 | paper Table 2 |" in text
+    assert "| SIFT + FVs (Sánchez & Perronnin), ILSVRC-2012 test | — | 26.2 | paper Table 2 |" in text
+    assert "| paper: 1 CNN, ILSVRC-2010 test | 37.5 | 17.0 | paper Table 1 |" in text
+    assert "| Sparse coding (Berg et al.), ILSVRC-2010 test | 47.1 | 28.2 | paper Table 1 |" in text
+    assert "| SIFT + FVs (Sánchez & Perronnin), ILSVRC-2010 test | 45.7 | 25.7 | paper Table 1 |" in text
     assert sum(line.startswith("| ") for line in text.splitlines()) == 2 + 2 + len(ANCHORS)
     listed = text.split("## Settings that differ from the paper")[1]
     bullets = [line for line in listed.splitlines() if line.startswith("- ")]
@@ -88,3 +96,13 @@ def test_ablation_runs_beside_the_claims(tmp_path, capsys):
     assert "| no_lrn | 41.50 | 19.00 | +1.50 | +1.00 | +1.40 | +1.20 |" in text
     assert "| no_overlap_pool | 40.25 | 18.50 | +0.25 | +0.50 | +0.40 | +0.30 |" in text
     assert "| c | 39.00 | 17.00 | -1.00 | -1.00 | — | — |" in text    # not an ablation
+
+
+def test_a_test_split_run_is_reported_as_such(run_dir, tmp_path, capsys):
+    """An ILSVRC-2010-style shard set has labelled test images (Table 1): `repro report
+    --split test` evaluates them and says so in its row."""
+    shards = write_shards(tmp_path / "s", classes=CLASSES, train=8, val=6, test=7, shard_size=6)
+    assert main(["report", str(run_dir), "--data", str(shards), "--split", "test",
+                 "--device", "cpu", "--centre"]) == 0
+    text = (run_dir / "report.md").read_text()
+    assert "| this run: 1 CNN (checkpoints/best.pt), centre crop, 7 test images |" in text
