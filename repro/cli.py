@@ -120,6 +120,14 @@ def cmd_figures(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from repro.predict import format_predictions, predict
+
+    print(format_predictions(predict(args.checkpoint, args.images, args.data, args.top,
+                                     args.device, not args.centre)))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from repro.demo import run_demo
 
@@ -220,10 +228,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="shard directory (needed for the nearest-neighbour figure)")
     p.add_argument("--checkpoint", help="default RUN_DIR/checkpoints/best.pt (else last.pt)")
     p.add_argument("--queries", type=positive, default=5, help="val images in the neighbour figure")
-    p.add_argument("--scan", type=positive, default=1024,
-                   help="training images searched for neighbours (the first N in shard order)")
+    p.add_argument("--scan", type=count, default=0,
+                   help="training images searched for neighbours: 0 (default) the whole "
+                        "training split, as the paper; N the first N in shard order (quicker)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(run=reports_errors(cmd_figures))
+
+    p = sub.add_parser("predict", help="the five most probable classes of your own images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, ... files")
+    p.add_argument("--data", help="the shards it was trained on (stats.npz, class names); "
+                                  "default: the run's own, if the checkpoint is in a run dir")
+    p.add_argument("--top", type=positive, default=5)
+    p.add_argument("--centre", action="store_true", help="the centre crop, not the 10 crops")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(run=reports_errors(cmd_predict))
 
     p = sub.add_parser("demo", help="the whole pipeline on a generated fixture")
     p.add_argument("--out", default="demo_out", help="working directory (default ./demo_out)")

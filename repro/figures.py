@@ -19,7 +19,7 @@ from data_prep.image import IMAGE_SIZE
 from repro.augment import eval_views
 from repro.data.loader import loader
 from repro.data.order import in_order
-from repro.data.shards import read_manifest, split_shards
+from repro.data.shards import class_names, read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
 from repro.tracking import read_metrics
@@ -71,9 +71,11 @@ def fc7(member: Member, images: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, k: int = 6):
-    """The first `queries` val images and, for each, the k training images (of the first
-    `scan`) nearest in fc7 by Euclidean distance: (val images, labels), (neighbours
-    (Q,k,3,S,S), their labels, distances); the images are the centre crops the model saw."""
+    """The first `queries` val images and, for each, the k training images nearest in fc7
+    by Euclidean distance, over the whole training split (scan 0) or its first `scan`
+    images, streamed with a running top-k (no feature cache): (val images, labels),
+    (neighbours (Q,k,3,S,S), their labels, distances); the images are the centre crops
+    the model saw."""
     cfg, dev = member.cfg, member.normalizer.device
     y, x, _ = eval_views(IMAGE_SIZE, cfg.data.crop_size, ten_crop=False)[0]
 
@@ -99,6 +101,46 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
             best_img[q] = torch.cat([best_img[q], images])[idx[q]]
             best_lab[q] = torch.cat([best_lab[q], labels])[idx[q]]
     return (q_img, q_lab), (best_img, best_lab, best_d.cpu())
+
+
+@torch.no_grad()
+def top5_predictions(member: Member, data_dir: Path, count: int = 8, split: str = "val"):
+    """The first `count` images of `split` (whole), their labels, and the five most
+    probable classes of each with their probabilities, by the paper's ten-crop test."""
+    plan = in_order(split_shards(data_dir, split), count, 1, count)
+    images, labels, *_ = next(iter(loader(plan)))
+    probs = member.probs(images.to(member.normalizer.device), ten_crop=True).cpu()
+    values, indices = probs.topk(min(5, probs.shape[1]), dim=1)
+    return images, labels, values, indices
+
+
+def save_predictions(member: Member, data_dir: Path, path: Path, count: int = 8) -> Path:
+    """Figure 4, left: each image over its five most probable labels as bars (the true
+    label's bar in red, as the paper marks it), its true label under the image."""
+    names = class_names(read_manifest(data_dir))
+    images, labels, values, indices = top5_predictions(member, data_dir, count)
+    cols = min(4, len(images))
+    rows = -(-len(images) // cols)
+    fig = Figure(figsize=(3.2 * cols, 4.4 * rows))
+    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3, 1.4] * rows)
+    for i, (img, label, vs, ix) in enumerate(zip(images, labels, values, indices)):
+        r, c = divmod(i, cols)
+        ax = fig.add_subplot(grid[2 * r, c])
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_axis_off()
+        ax.set_title(names[label], fontsize=8)
+        bars = fig.add_subplot(grid[2 * r + 1, c])
+        colours = ["tab:red" if j == label else "tab:blue" for j in ix.tolist()]
+        bars.barh(range(len(vs)), vs.tolist(), color=colours)
+        bars.set_yticks(range(len(vs)), [names[j][:28] for j in ix.tolist()], fontsize=7)
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.tick_params(axis="x", labelsize=6)
+    fig.suptitle("Val images and their five most probable labels, 10 crops (Figure 4, left)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def save_neighbours(member: Member, data_dir: Path, path: Path, queries: int, scan: int) -> Path:
@@ -165,9 +207,10 @@ def log_to_wandb(run_dir: Path, member: Member, paths: list[Path]) -> None:
 
 
 def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
-                 checkpoint: str | Path | None = None, queries: int = 5, scan: int = 1024,
+                 checkpoint: str | Path | None = None, queries: int = 5, scan: int = 0,
                  device: str = "auto") -> list[Path]:
-    """Write RUN_DIR/figures/{filters,neighbours,curves}.png; neighbours need the shards."""
+    """Write RUN_DIR/figures/{filters,predictions,neighbours,curves}.png; predictions and
+    neighbours need the shards."""
     run_dir = Path(run_dir)
     stats = stats_path(Path(data_dir)) if data_dir is not None else None
     member = load_member(checkpoint or default_checkpoint(run_dir), stats, pick_device(device))
@@ -178,6 +221,7 @@ def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     paths = [save_filters(member, out / "filters.png")]
     if data_dir is not None:
+        paths.append(save_predictions(member, data_dir, out / "predictions.png"))
         paths.append(save_neighbours(member, data_dir, out / "neighbours.png", queries, scan))
     if (run_dir / "metrics.jsonl").is_file():
         paths.append(save_curves(read_metrics(run_dir), out / "curves.png"))

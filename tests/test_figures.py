@@ -11,9 +11,10 @@ from PIL import Image
 from repro.cli import main
 from repro.distributed import pick_device
 from repro.evaluate import load_member
-from repro.figures import filter_grid, nearest_neighbours
+from repro.figures import filter_grid, nearest_neighbours, top5_predictions
 from shard_helpers import write_shards
-from test_evaluate import CLASSES, CROP, centre_inputs, fc7_by_hand, make_checkpoint, split_images
+from test_evaluate import (CLASSES, CROP, centre_inputs, fc7_by_hand, make_checkpoint,
+                           reference_probs, split_images)
 
 # 96 kernels of 11 px, 16 a row, each pixel 4x4, 2 px between kernels, 8 px between towers:
 # a tower is 3 rows: 3*44 + 2*2 = 136 px high; the grid 16*44 + 15*2 = 734 wide.
@@ -79,10 +80,10 @@ def test_figures_cli_writes_pngs(shards, run_dir, capsys):
     assert main(["figures", str(run_dir), "--data", str(shards), "--queries", "2",
                  "--scan", "10", "--device", "cpu"]) == 0
     names = sorted(p.name for p in (run_dir / "figures").iterdir())
-    assert names == ["curves.png", "filters.png", "neighbours.png"]
+    assert names == ["curves.png", "filters.png", "neighbours.png", "predictions.png"]
     with Image.open(run_dir / "figures" / "filters.png") as img:
         assert img.size == (GRID_W, GRID_H)
-    for name in ("curves.png", "neighbours.png"):
+    for name in ("curves.png", "neighbours.png", "predictions.png"):
         with Image.open(run_dir / "figures" / name) as img:
             assert img.format == "PNG" and min(img.size) > 100
 
@@ -98,3 +99,32 @@ def test_figures_go_to_the_runs_wandb_run(shards, run_dir, tmp_path):
     assert main(["figures", str(run), "--device", "cpu"]) == 0
     media = list((run / "wandb").glob("offline-run-*-figs1234/files/media/images/figures/*.png"))
     assert sorted(p.name.split("_")[0] for p in media) == ["filters"]
+
+
+@torch.no_grad()
+def test_the_whole_training_split_is_searched_by_default(shards, run_dir):
+    """scan 0 (the default): the neighbours over all 23 training images, streamed in
+    batches (data.val_batch_size 5 here), equal a brute-force search over all of them."""
+    member = load_member(run_dir / "checkpoints" / "last.pt", shards / "stats.npz",
+                         pick_device("cpu"))
+    _, (_, n_lab, n_dist) = nearest_neighbours(member, shards, 2, scan=0)
+    train = fc7_by_hand(member.model, centre_inputs(shards, "train", CROP))
+    assert len(train) == 23
+    val = fc7_by_hand(member.model, centre_inputs(shards, "val", CROP))[:2]
+    expected, order = torch.cdist(val, train).sort(dim=1)
+    torch.testing.assert_close(n_dist, expected[:, :6], rtol=1e-4, atol=1e-4)
+    assert torch.equal(n_lab, split_images(shards, "train")[1][order[:, :6]])
+
+
+def test_figure_4_left_is_the_ten_crop_top5(shards, run_dir):
+    """Figure 4, left: the first eight val images' five most probable labels and their
+    probabilities, as the paper's test procedure (TenCrop, written out) gives them."""
+    member = load_member(run_dir / "checkpoints" / "last.pt", shards / "stats.npz",
+                         pick_device("cpu"))
+    images, labels, values, indices = top5_predictions(member, shards, count=8)
+    val_images, val_labels = split_images(shards, "val")
+    assert images.shape == (8, 3, 256, 256) and torch.equal(labels, val_labels[:8])
+    expect_values, expect_indices = reference_probs(
+        run_dir / "checkpoints" / "last.pt", shards, val_images[:8]).topk(5, dim=1)
+    assert torch.equal(indices, expect_indices)
+    torch.testing.assert_close(values, expect_values, rtol=1e-4, atol=1e-6)
