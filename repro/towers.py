@@ -294,10 +294,17 @@ def bench_towers(model: AlexNet, device0, device1, batch: int, *, steps: int = 2
     return steps * batch / (time.perf_counter() - t0)
 
 
-if __name__ == "__main__":   # python -m repro.towers [BATCH]: towers vs one device, img/s
-    import sys
+def parser():
+    import argparse
 
-    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 128
+    p = argparse.ArgumentParser(prog="python -m repro.towers",
+                                description="training img/s of the paper's two towers")
+    p.add_argument("--batch", type=int, default=128)
+    return p
+
+
+if __name__ == "__main__":   # python -m repro.towers [--batch B]: towers' training img/s
+    batch = parser().parse_args().batch
     d0 = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     d1 = torch.device("cuda:1") if torch.cuda.device_count() > 1 else d0
     torch.backends.cudnn.benchmark = True
