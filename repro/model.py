@@ -118,6 +118,18 @@ def _conv_widths(half_kernels: bool, groups: int) -> dict[str, int]:
     return widths
 
 
+def _act_then_lrn(activation, lrn, size, alpha, beta, k, groups) -> nn.Module:
+    """norm1/norm2: the nonlinearity, then LRN (section 3.3: normalisation "after applying
+    the ReLU nonlinearity"). ReLU and LRN are one module, so that the fast LRNs rectify as
+    they read. Per tower: the paper's window never crosses to the other GPU's maps."""
+    act = nn.ReLU() if activation == "relu" else nn.Tanh()
+    if lrn == "none":
+        return act
+    norm = LocalResponseNorm(size, alpha, beta, k, alpha_over_n=LRN_MODES[lrn], groups=groups,
+                             relu=activation == "relu")
+    return norm if activation == "relu" else nn.Sequential(act, norm)
+
+
 class AlexNet(nn.Module):
     def __init__(self, num_classes=1000, *, in_channels=3, input_size=227, groups=2, half_kernels=False,
                  conv1_padding=0, lrn="paper", lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_k=2.0,
@@ -164,19 +176,8 @@ class AlexNet(nn.Module):
                 for name in self.layers:
                     nn.init.xavier_uniform_(getattr(self, name).weight)
 
-        def norm():
-            # ReLU then LRN, one module, so the fast LRNs rectify as they read (section 3.3:
-            # normalisation "after applying the ReLU nonlinearity"). Per tower: the paper's
-            # window never crosses to the other GPU's maps.
-            relu = activation == "relu"
-            act = nn.ReLU() if relu else nn.Tanh()
-            if lrn == "none":
-                return act
-            lrn_layer = LocalResponseNorm(lrn_size, lrn_alpha, lrn_beta, lrn_k,
-                                          alpha_over_n=LRN_MODES[lrn], groups=groups, relu=relu)
-            return lrn_layer if relu else nn.Sequential(act, lrn_layer)
-
-        self.norm1, self.norm2 = norm(), norm()
+        self.norm1, self.norm2 = (_act_then_lrn(activation, lrn, lrn_size, lrn_alpha, lrn_beta,
+                                                lrn_k, groups) for _ in range(2))
         self.pool1, self.pool2, self.pool5 = (nn.MaxPool2d(pool_kernel, pool_stride) for _ in range(3))
         # nn.Dropout is inverted dropout: it scales kept units by 1/(1-p) while training and
         # is the identity at test time. The paper instead multiplies outputs by 0.5 at test
