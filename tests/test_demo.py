@@ -20,7 +20,7 @@ def test_demo_end_to_end_then_again(tmp_path, capsys):
     assert "| paper: 1 CNN, 10 crops | 40.7 | 18.2 |" in report
     assert f"- model.num_classes: {fast['classes']} vs 1000" in report
     assert sorted(p.name for p in paths["figures"].iterdir()) == [
-        "curves.png", "filters.png", "neighbours.png"]
+        "curves.png", "filters.png", "neighbours.png", "predictions.png"]
     printed = capsys.readouterr().out
     assert "| paper: 5 CNNs averaged, 10 crops | 38.1 | 16.4 |" in printed
     assert str(paths["report"]) in printed
