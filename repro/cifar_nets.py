@@ -15,8 +15,8 @@ cuda-convnet's conventions, carried over:
 - weights ~ N(0, initW), biases 0 (initB's default);
 - a layer's `neuron=` acts on its output, so on a pool layer after the pooling;
 - a pooling window may run over the map's edge (outputsX = ceil((size - sizeX) / stride)
-  + 1, layer.py), and an average divides by the whole sizeX^2 (conv_util.cuh's AvgPooler
-  gets sizeX * sizeX): ceil_mode=True, divisor_override;
+  + 1, layer.py), and an average is over the window's pixels inside the map (kLocalPool's
+  regionSize, cudaconv2/conv_util.cuh): PyTorch's ceil_mode=True, which does the same;
 - cmrnorm: b_f = a_f * (1 + scale/size * sum a_g^2)^-pow over maps g in
   [f - size//2, f - size//2 + size), clipped (layer.py divides scale by size; the kernel
   adds 1): repro.lrn's formula with k = 1, alpha = scale, alpha_over_n = True;
@@ -164,8 +164,7 @@ def _module(layer, channels: int, side: int) -> tuple[nn.Module, int, int]:
         out = -(-(side - layer.size) // layer.stride) + 1            # ceil: windows may run over
         if layer.kind == "max":
             return nn.MaxPool2d(layer.size, layer.stride, ceil_mode=True), channels, out
-        return (nn.AvgPool2d(layer.size, layer.stride, ceil_mode=True,
-                             divisor_override=layer.size * layer.size), channels, out)
+        return nn.AvgPool2d(layer.size, layer.stride, ceil_mode=True), channels, out
     if isinstance(layer, RNorm):
         return (LocalResponseNorm(layer.size, layer.scale, layer.pow, k=1.0, alpha_over_n=True,
                                   impl="auto"), channels, side)

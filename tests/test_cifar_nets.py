@@ -50,9 +50,9 @@ def test_tanh_switch_changes_only_the_activation():
         p = dict(relu.named_parameters())
         x = f(F.max_pool2d(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=2), 3, 2, ceil_mode=True))
         x = F.avg_pool2d(f(F.conv2d(x, p["conv2.weight"], p["conv2.bias"], padding=2)), 3, 2,
-                         ceil_mode=True, divisor_override=9)
+                         ceil_mode=True)
         x = F.avg_pool2d(f(F.conv2d(x, p["conv3.weight"], p["conv3.bias"], padding=2)), 3, 2,
-                         ceil_mode=True, divisor_override=9)
+                         ceil_mode=True)
         x = f(F.linear(x.flatten(1), p["fc64.weight"], p["fc64.bias"]))
         return F.linear(x, p["fc10.weight"], p["fc10.bias"])
     x = torch.randn(3, 3, 32, 32) * 60
@@ -61,20 +61,22 @@ def test_tanh_switch_changes_only_the_activation():
 
 
 def test_pooling_runs_over_the_edge_as_cuda_convnet_does():
-    """outputsX = ceil((size - 3) / 2) + 1: 32 -> 16 -> 8 -> 4; an average window that runs
-    over the edge still divides by 9 (AvgPooler(sizeX * sizeX))."""
+    """outputsX = ceil((size - 3) / 2) + 1: 32 -> 16 -> 8 -> 4; a window that runs over the
+    edge pools the pixels it has inside the map (kLocalPool: regionSize counts only those)."""
     net = CifarNet(NETS["80sec"])
-    x = torch.ones(1, 32, 8, 8)
-    out = net.pool3(x)
-    assert out.shape[-1] == 4
-    assert out[0, 0, 0, 0] == 1 and out[0, 0, 3, 3] == pytest.approx(4 / 9)   # rows 6,7 x cols 6,7
-    sizes = []
+    x = torch.arange(2 * 64.0).reshape(1, 2, 8, 8)
+    avg, top = net.pool3(x), net.pool1(x)
+    assert avg.shape[-1] == top.shape[-1] == 4
+    assert avg[0, 1, 0, 0] == x[0, 1, 0:3, 0:3].mean()
+    assert avg[0, 1, 3, 3] == x[0, 1, 6:8, 6:8].mean() and avg[0, 0, 1, 3] == x[0, 0, 2:5, 6:8].mean()
+    assert top[0, 1, 3, 2] == x[0, 1, 6:8, 4:7].max()
+    sizes, x = [], torch.zeros(1, 3, 32, 32)
     for name, module in net.named_children():
         if name == "fc64":
             break
-        x = module(x if sizes else torch.zeros(1, 3, 32, 32))
+        x = module(x)
         sizes.append(x.shape[-1])
-    assert sizes[-1] == 4 and 16 in sizes and 8 in sizes
+    assert sizes == [32, 16, 16, 16, 16, 8, 8, 8, 4]
 
 
 def test_rnorm_is_cuda_convnets_cmrnorm():
