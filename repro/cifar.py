@@ -110,7 +110,7 @@ def plot_figure1(result: dict, path: Path) -> Path:
                         xytext=(3, 4), textcoords="offset points")
     ax.axhline(result["target_err"] / 100, color="0.4", lw=0.8)
     ratio = f"{result['ratio']:.1f}x" if result["ratio"] else "n/a"
-    ax.set(xlabel="Epochs", ylabel="Training error rate", ylim=(0, 0.8),
+    ax.set(xlabel="Epochs", ylabel="Training error rate", ylim=(0, 1),
            title=f"CIFAR-10, {result['net']} net: tanh/ReLU epochs to 25% = {ratio} (paper: 6x)")
     ax.title.set_fontsize(9)
     ax.legend()
@@ -159,6 +159,14 @@ def lrn(root, out, *, net="11pct", epochs=None, drop_epochs=None, device="auto",
     return result
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", required=True, help="holds cifar-10-batches-py/ (or is it)")
@@ -167,7 +175,7 @@ def main(argv=None) -> int:
     common.add_argument("--generate", metavar="N_TRAIN,N_TEST",
                         help="first write a generated stand-in of that many images under --root")
     common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    common.add_argument("--batch-size", type=int, default=128)
+    common.add_argument("--batch-size", type=count, default=128)
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"))
     common.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "off"))
@@ -176,15 +184,17 @@ def main(argv=None) -> int:
     fig = commands.add_parser("figure1", parents=[common], help="Figure 1: ReLU vs tanh")
     fig.add_argument("--lr-scales", default="0.5,1,2,4",
                      help="multiples of the params file's rates to sweep (one value: no sweep)")
-    fig.add_argument("--sweep-epochs", type=int, default=2)
-    fig.add_argument("--epochs", type=int, default=60, help="at most this many epochs a net")
+    fig.add_argument("--sweep-epochs", type=count, default=2)
+    fig.add_argument("--epochs", type=count, default=60, help="at most this many epochs a net")
     fig.add_argument("--full", action="store_true", help="train all --epochs, not only to 25%%")
     norm = commands.add_parser("lrn", parents=[common], help="section 3.3: with and without LRN")
     norm.add_argument("--net", default="11pct", choices=("11pct",))
-    norm.add_argument("--epochs", type=int, help="epochs at the file's rates (default: its 500)")
-    norm.add_argument("--drop-epochs", type=int,
+    norm.add_argument("--epochs", type=count, help="epochs at the file's rates (default: its 500)")
+    norm.add_argument("--drop-epochs", type=count,
                       help="epochs at each of the rates /10 and /100 (default: the file's 10)")
     args = parser.parse_args(argv)
+    if not args.batch_size or args.epochs == 0 or getattr(args, "sweep_epochs", 1) == 0:
+        parser.error("--batch-size, --epochs and --sweep-epochs must be at least 1")
     logging = Logging(args.wandb, progress=args.progress)
     common_kw = dict(device=args.device, batch_size=args.batch_size, seed=args.seed, logging=logging)
     try:

@@ -28,7 +28,7 @@ from repro.cifar_nets import NETS, CifarNet, param_groups
 from repro.optim import PaperSGD
 from repro.precision import autocast_for
 from repro.tracking import Tracker
-from repro.train import NonFiniteLoss, train_step
+from repro.train import NonFiniteLoss, set_determinism, train_step
 
 
 @dataclass(frozen=True)
@@ -77,20 +77,20 @@ def train_epoch(run: RunSpec, net, optimizer, feed: DeviceImages, epoch: int, ba
     order = torch.randperm(len(feed), generator=g, device=device)
     steps = math.ceil(len(feed) / run.batch_size)
     edges = {math.ceil(steps * (k + 1) / run.points_per_epoch) for k in range(run.points_per_epoch)}
-    tally, points, since = torch.zeros(3, device=device), [], time.perf_counter()
+    tally, n, points, since = torch.zeros(2, device=device), 0, [], time.perf_counter()
     for step in range(steps):
         x, y = feed.train_batch(order[step * run.batch_size:(step + 1) * run.batch_size], g)
         loss_sum, correct = train_step(net, optimizer, x, y, world=1, global_n=len(y))
-        tally += torch.stack([loss_sum, correct, torch.tensor(float(len(y)), device=device)])
+        tally, n = tally + torch.stack([loss_sum, correct]), n + len(y)
         bar.update(1)
         if step + 1 in edges:
-            loss, right, n = tally.tolist()        # waits for the steps: a few times an epoch
+            loss, right = tally.tolist()           # waits for the steps: a few times an epoch
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss} in epoch {epoch + 1}")
             now = time.perf_counter()
             points.append({"epoch": epoch + (step + 1) / steps, "train_err": 100 * (1 - right / n),
                            "loss": loss / n, "images_per_s": n / (now - since)})
-            tally, since = torch.zeros(3, device=device), now
+            tally, n, since = torch.zeros(2, device=device), 0, now
     return points
 
 
@@ -148,6 +148,7 @@ def train_run(run: RunSpec, train_feed: DeviceImages, test_feed: DeviceImages | 
     errors (when test_feed is given) and seconds per epoch (of the epochs run now)."""
     out, device = Path(out), train_feed.labels.device
     autocast_for("fp32", device)                    # IEEE fp32, as cuda-convnet computed
+    set_determinism(False)                          # cuDNN picks its fastest kernels
     net = CifarNet(NETS[run.net], run.neuron, run.lrn, seed=run.seed).to(device)
     groups = param_groups(net, run.lr_scale, run.regularise)
     optimizer = PaperSGD(groups, lr=groups[0]["lr"], momentum=0.9, weight_decay=0.0)
