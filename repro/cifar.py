@@ -178,6 +178,7 @@ def main(argv=None) -> int:
     common.add_argument("--batch-size", type=count, default=128)
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"))
+    common.add_argument("--project", default=Logging.project, help="the W&B project")
     common.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "off"))
     parser = argparse.ArgumentParser(prog="python -m repro.cifar", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.batch_size or args.epochs == 0 or getattr(args, "sweep_epochs", 1) == 0:
         parser.error("--batch-size, --epochs and --sweep-epochs must be at least 1")
-    logging = Logging(args.wandb, progress=args.progress)
+    logging = Logging(args.wandb, args.project, args.progress)
     common_kw = dict(device=args.device, batch_size=args.batch_size, seed=args.seed, logging=logging)
     try:
         prepare(args, parser)
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
                 drop_epochs=args.drop_epochs, **common_kw)
     except CifarDataError as e:
         raise SystemExit(f"error: {e}") from None
+    except NonFiniteLoss as e:
+        raise SystemExit(f"error: training diverged ({e})") from None
     return 0
 
 

@@ -47,7 +47,8 @@ class _BatchUnpickler(pickle.Unpickler):
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,   # numpy 1 wrote this
                ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2
                ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-               ("_codecs", "encode"): codecs.encode}     # bytes, as Python 3 pickles them
+               ("_codecs", "encode"): codecs.encode,     # bytes, as Python 3 pickles them
+               ("__builtin__", "bytes"): bytes}          # ... and empty bytes (an empty batch)
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -77,6 +78,8 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise CifarDataError(f"{path}: no {' or '.join(repr(k) for k in missing)} entry "
                              f"(has {', '.join(map(repr, doc)) or 'nothing'})")
     data, labels = doc["data"], np.asarray(doc["labels"])
+    if labels.size == 0:            # an empty list reads as float64
+        labels = labels.astype(np.int64)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != PIXELS:
         shape = f"{data.shape} {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__

@@ -107,6 +107,9 @@ def test_generated_set_is_the_python_batches_format(tmp_path):
     assert meta["label_names"][3] == "cat"
     with pytest.raises(CifarDataError, match="is not empty"):
         cifar_data.generate(tmp_path, 10, 5)
+    cifar_data.generate(tmp_path / "few", 3, 2)             # batches 4 and 5 hold no image
+    assert cifar_data.load(tmp_path / "few").train_labels.tolist() == \
+        [y for n in cifar_data.TRAIN_FILES[:3] for y in read_batch(tmp_path / "few" / "cifar-10-batches-py" / n)[1]]
 
 
 def test_a_failed_download_says_so(tmp_path, monkeypatch):
