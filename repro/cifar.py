@@ -167,7 +167,8 @@ def count(text: str) -> int:
     return value
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The two commands and their options (a table)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", required=True, help="holds cifar-10-batches-py/ (or is it)")
     common.add_argument("--out", default="cifar_out", help="where the runs go (default cifar_out)")
@@ -180,8 +181,8 @@ def main(argv=None) -> int:
     common.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"))
     common.add_argument("--project", default=Logging.project, help="the W&B project")
     common.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "off"))
-    parser = argparse.ArgumentParser(prog="python -m repro.cifar", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="python -m repro.cifar", description=__doc__.split("\n\n")[0])
+    commands = p.add_subparsers(dest="command", required=True)
     fig = commands.add_parser("figure1", parents=[common], help="Figure 1: ReLU vs tanh")
     fig.add_argument("--lr-scales", default="0.5,1,2,4",
                      help="multiples of the params file's rates to sweep (one value: no sweep)")
@@ -193,15 +194,20 @@ def main(argv=None) -> int:
     norm.add_argument("--epochs", type=count, help="epochs at the file's rates (default: its 500)")
     norm.add_argument("--drop-epochs", type=count,
                       help="epochs at each of the rates /10 and /100 (default: the file's 10)")
-    args = parser.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
     if not args.batch_size or args.epochs == 0 or getattr(args, "sweep_epochs", 1) == 0:
-        parser.error("--batch-size, --epochs and --sweep-epochs must be at least 1")
+        cli.error("--batch-size, --epochs and --sweep-epochs must be at least 1")
     logging = Logging(args.wandb, args.project, args.progress)
     common_kw = dict(device=args.device, batch_size=args.batch_size, seed=args.seed, logging=logging)
     try:
-        prepare(args, parser)
+        prepare(args, cli)
         if args.command == "figure1":
-            scales = parse_counts(args.lr_scales, float, parser, "--lr-scales")
+            scales = parse_counts(args.lr_scales, float, cli, "--lr-scales")
             figure1(args.root, args.out, lr_scales=scales, sweep_epochs=args.sweep_epochs,
                     epochs=args.epochs, full=args.full, **common_kw)
         else:

@@ -37,7 +37,8 @@ def test_the_index_covers_every_section_with_results():
     text = DOC.read_text()
     for heading in ("Tables 1 and 2 (section 6)", "Architecture and its parts (section 3)",
                     "Overfitting (section 4)", "Training (section 5)",
-                    "Qualitative evaluations (section 6.1)", "Depth (section 7)"):
+                    "Qualitative evaluations (section 6.1)", "Depth (section 7)",
+                    "CIFAR-10 (sections 3.1 and 3.3)"):
         assert f"## {heading}" in text, heading
     assert len(commands()) > 30
 
