@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .records import WNID, Record, SourceError, is_image, key_of
+from .records import WNID, Record, SourceError, image_files, is_image, key_of
 from .tarindex import Part, cached_index, inner_tars, stamp
 
 WHOLE_TAR = "fall11_whole.tar"
@@ -61,8 +61,10 @@ class Synsets:
         return f"{len(self.tars)} per-synset <wnid>.tar files and {len(self.dirs)} <wnid>/ folders"
 
 
-def detect(root: Path) -> bool:
-    return (root / WHOLE_TAR).is_file() or any(
+def detect(root: Path, others: bool) -> bool:
+    """fall11_whole.tar; or, where no other layout is (ILSVRC's train tars extracted
+    beside themselves leave n*.tar files too), <wnid>.tar files or <wnid>/ folders."""
+    return (root / WHOLE_TAR).is_file() or not others and any(
         WNID.fullmatch(e.name.removesuffix(".tar")) for e in os.scandir(root))
 
 
@@ -90,18 +92,19 @@ def find(root: Path) -> Synsets:
 def _tar_groups(s: Synsets, cache_dir: Path | None, imap) -> Iterator[tuple[str, list, str]]:
     """(wnid, members, path of the tar they are in) of each synset packed as a tar."""
     if s.whole is not None:
-        path = str(s.root / WHOLE_TAR)
+        whole = str(s.root / WHOLE_TAR)
         members = cached_index(lambda: s.whole, cache_dir and cache_dir / "index-fall11_whole.tsv",
-                               stamp([path]), imap)
-    else:
+                               stamp([whole]), imap)
+        tar_of = lambda label: whole  # noqa: E731
+    elif s.tars:
         paths = [str(s.root / f"{w}.tar") for w in s.tars]
-        if not paths:
-            return
         members = cached_index(lambda: [Part(p, 0, None, Path(p).name) for p in paths],
                                cache_dir and cache_dir / "index-fall2011-tars.tsv", stamp(paths), imap)
+        tar_of = lambda label: str(s.root / label)  # noqa: E731
+    else:
+        return
     for label, group in itertools.groupby(members, key=lambda m: m.name.split("/", 1)[0]):
-        wnid = label.removesuffix(".tar")
-        yield wnid, list(group), path if s.whole is not None else str(s.root / label)
+        yield label.removesuffix(".tar"), list(group), tar_of(label)
 
 
 def _synset_images(s: Synsets, split: str, cache_dir, imap, ignored: list[int]) -> Iterator[list[Record]]:
@@ -112,11 +115,9 @@ def _synset_images(s: Synsets, split: str, cache_dir, imap, ignored: list[int]) 
         ignored[0] += len(members) - len(images)
         yield [Record(split, key_of(m.name), wnid, path, m.offset, m.size, prefix + m.name) for m in images]
     for wnid in s.dirs:
-        entries = sorted(os.scandir(s.root / wnid), key=lambda e: e.name)
-        entries = [e for e in entries if not e.name.startswith(".")]
-        images = [e for e in entries if is_image(e.name) and e.is_file()]
-        ignored[0] += len(entries) - len(images)
-        yield [Record(split, key_of(e.name), wnid, e.path, -1, -1, f"{wnid}/{e.name}") for e in images]
+        files, others = image_files(s.root / wnid)
+        ignored[0] += others
+        yield [Record(split, key_of(e.name), wnid, e.path, -1, -1, f"{wnid}/{e.name}") for e in files]
 
 
 def records(s: Synsets, split: str, cache_dir: Path | None, imap, ignored: list[int]) -> Iterator[Record]:

@@ -1,6 +1,7 @@
 """One image of a source: where its bytes are, its key and its class. Shared by every layout."""
 from __future__ import annotations
 
+import os
 import re
 from typing import NamedTuple
 
@@ -56,3 +57,11 @@ def printable_utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return name.isprintable()
+
+
+def image_files(directory) -> tuple[list[os.DirEntry], int]:
+    """The image files directly in `directory`, by name, and how many other entries there
+    are (a text file, a dangling link, a folder named x.JPEG; not subfolders or hidden ones)."""
+    entries = sorted((e for e in os.scandir(directory) if not e.name.startswith(".")), key=lambda e: e.name)
+    images = [e for e in entries if is_image(e.name) and e.is_file()]
+    return images, sum(is_image(e.name) or not e.is_dir() for e in entries) - len(images)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from . import fall2011
-from .devkit import DEVKIT_NAME, ILSVRC2010, ILSVRC2012, Devkit, Release, read_devkit
-from .records import (IMAGE_SUFFIXES, WNID, Record, SourceError, is_image, key_of,  # noqa: F401
-                      printable_utf8, read_record)
+from .devkit import DEVKIT_NAME, ILSVRC2010, ILSVRC2012, Devkit, read_devkit
+from .records import (IMAGE_SUFFIXES, WNID, Record, SourceError, image_files, is_image,  # noqa: F401
+                      key_of, printable_utf8, read_record)
 from .tarindex import Part, TarMember, cached_index, index_tar, inner_tars, stamp
 
 LAYOUTS = ("official", "ilsvrc2010", "folder", "kaggle", "fall2011")
@@ -127,14 +127,9 @@ class Source:
 
     # ---- extracted trees -------------------------------------------------------------
     def _files(self, split: str, directory: Path) -> Iterable[Path]:
-        for e in sorted(os.scandir(directory), key=lambda e: e.name):
-            if e.name.startswith("."):
-                continue
-            image = is_image(e.name)
-            if image and e.is_file():
-                yield Path(e.path)
-            elif image or not e.is_dir():  # a text file, a dangling link, a folder named x.JPEG
-                self.ignored[split] += 1
+        images, ignored = image_files(directory)
+        self.ignored[split] += ignored
+        return [Path(e.path) for e in images]
 
     def _class_dirs(self, split: str, top: Path, labels: dict[str, str] | None = None,
                     who: str = "") -> Iterable[Record]:
@@ -223,7 +218,7 @@ def detect_layouts(root: Path) -> list[str]:
         found.append("folder")
     if (root / KAGGLE_DATA).is_dir():
         found.append("kaggle")
-    if fall2011.detect(root):
+    if fall2011.detect(root, others=bool(found)):
         found.append("fall2011")
     return found
 

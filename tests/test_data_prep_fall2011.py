@@ -11,8 +11,9 @@ import tarfile
 import pytest
 
 from data_prep.fall2011 import held_out, holdout_count
+from data_prep.sources import detect_layouts
 from data_prep.verify import verify
-from data_prep_helpers import build, cli, manifest, output_digest, read_split
+from data_prep_helpers import build, cli, fixture, manifest, output_digest, read_split
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,14 @@ def test_extracted_forms_give_the_same_shards(built, tmp_path):
             w = manifest(tmp_path / other)["splits"][split]
             assert w["shards"] == v["shards"] and w["plan_sha256"] == v["plan_sha256"]
             assert [k["key"] for k in w["skipped"]] == [k["key"] for k in v["skipped"]]
+
+
+def test_class_tars_beside_the_ilsvrc_tarballs_are_not_fall2011(tmp_path):
+    """ILSVRC2012_img_train.tar extracted beside itself leaves n*.tar files: still official;
+    the same n*.tar files alone are the Fall 2011 release's extracted outer level."""
+    fixture(tmp_path / "src", "official", quirks=False, classes=2, train_per_class=1, val_per_class=1)
+    with tarfile.open(tmp_path / "src" / "ILSVRC2012_img_train.tar") as outer:
+        outer.extractall(tmp_path / "src")
+        outer.extractall(tmp_path / "alone")
+    assert detect_layouts(tmp_path / "src") == ["official"]
+    assert detect_layouts(tmp_path / "alone") == ["fall2011"]
