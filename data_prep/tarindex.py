@@ -156,7 +156,13 @@ def inner_tars(path: str) -> list[Part]:
 
 def index_part(part: Part) -> list[TarMember]:
     prefix = f"{part.label}/" if part.label else ""
-    return [TarMember(prefix + m.name, m.offset, m.size) for m in index_tar(part.path, part.start, part.size)]
+    try:
+        return [TarMember(prefix + m.name, m.offset, m.size) for m in index_tar(part.path, part.start, part.size)]
+    except TarError as e:
+        if part.label is None:
+            raise
+        # the byte offset in the message counts from the inner tar's start
+        raise TarError(f"{e} of its inner tar {part.label} (which starts at byte {part.start})") from None
 
 
 def stamp(paths: list[str]) -> str:

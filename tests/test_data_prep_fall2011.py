@@ -12,6 +12,7 @@ import pytest
 
 from data_prep.fall2011 import held_out, holdout_count
 from data_prep.sources import detect_layouts
+from data_prep.tarindex import TarError
 from data_prep.verify import verify
 from data_prep_helpers import build, cli, fixture, manifest, output_digest, read_split
 
@@ -99,3 +100,16 @@ def test_class_tars_beside_the_ilsvrc_tarballs_are_not_fall2011(tmp_path):
         outer.extractall(tmp_path / "alone")
     assert detect_layouts(tmp_path / "src") == ["official"]
     assert detect_layouts(tmp_path / "alone") == ["fall2011"]
+
+
+def test_a_damaged_synset_tar_is_named(built, tmp_path):
+    source = built[0]
+    data = bytearray((source / "fall11_whole.tar").read_bytes())
+    with tarfile.open(source / "fall11_whole.tar") as outer:
+        first = outer.getmembers()[0]
+    data[first.offset_data + 148] ^= 0xFF  # the checksum of the inner tar's first header
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "fall11_whole.tar").write_bytes(bytes(data))
+    with pytest.raises(TarError, match=rf"fall11_whole.tar: bad tar header checksum at byte 0 of its inner "
+                                       rf"tar {first.name} \(which starts at byte {first.offset_data}\)"):
+        build(tmp_path / "src", tmp_path / "out")
