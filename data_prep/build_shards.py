@@ -4,9 +4,10 @@ The build, top to bottom:
 
 1. detect the source layout (sources.py) and refuse an --out that holds a
    build with other settings;
-2. plan: list every image, sort by key; shuffle train by a keyed hash of
-   (seed, key) so a shard holds many classes; take --limit; cut into shards.
-   The plan is fixed by source and settings alone;
+2. plan (plan.py): list every image; order train by a keyed hash of (seed,
+   key) so a shard holds many classes, val and test by key; take --limit; cut
+   into shards. The plan is fixed by source and settings alone, and kept on
+   disk (.build/plan-SPLIT.jsonl), so memory stays flat in the number of images;
 3. build each shard not yet finished, one whole shard per worker process:
    decode -> 256x256 (image.py) -> JPEG -> tar (shardfile.py), with exact
    per-shard statistics sums for train (stats.py); each shard and its sidecar
@@ -43,9 +44,11 @@ import PIL
 from tqdm import tqdm
 
 from . import atomic, image, interactive
+from . import fall2011
 from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
+from .plan import Plan, read_shard, write_plan
 from .shardfile import ShardWriter
-from .sources import EXPECTED, SPLITS, Record, Source, SourceError, open_source, read_record
+from .sources import EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, open_source, read_record
 from .stats import Sums, finalize, save_stats
 
 DEFAULT_SHARD_SIZE = 1024
@@ -56,30 +59,6 @@ WORK = ".build"  # resume state inside --out; removed when the build completes
 
 class BuildError(Exception):
     """The build cannot go on as asked (the message says why and what to do)."""
-
-
-# ---- plan ------------------------------------------------------------------------------
-def shuffle_key(seed: int, key: str) -> bytes:
-    """Sort key of the fixed training shuffle: a hash, so it is the same on every platform and version."""
-    return hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=16).digest()
-
-
-def plan_split(records: list[Record], split: str, shard_size: int, seed: int, limit: int | None):
-    """Records (sorted by key) -> list of shards, each a list of records, in final order."""
-    if split == "train":
-        records = sorted(records, key=lambda r: shuffle_key(seed, r.key))
-    if limit is not None:
-        records = records[:limit]
-    return [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
-
-
-def plan_digest(shards: list[list[Record]]) -> str:
-    h = hashlib.sha256()
-    for shard in shards:
-        for r in shard:
-            h.update(f"{r.key}\t{r.wnid}\n".encode())
-        h.update(b"--\n")
-    return h.hexdigest()
 
 
 # ---- one shard, in a worker process ------------------------------------------------------
@@ -130,6 +109,12 @@ def build_shard(task: tuple[str, int, list[Record]]) -> dict:
     return part
 
 
+def build_planned(task: tuple[str, int, str, int, int]) -> dict:
+    """build_shard for a shard of a plan file: (split, index, plan path, byte offset, count)."""
+    split, index, path, offset, count = task
+    return build_shard((split, index, read_shard(path, offset, count)))
+
+
 def _finished(out: Path, split: str, index: int) -> dict | None:
     name = shard_name(split, index)
     parts = out / WORK / "parts"
@@ -143,6 +128,8 @@ def _finished(out: Path, split: str, index: int) -> dict | None:
 
 # ---- the output directory ----------------------------------------------------------------
 def _settings(src: Source, args) -> dict:
+    holdout = ({"holdout": {"per_class": fall2011.HOLDOUT, "at_most_one_in": fall2011.HOLDOUT_SHARE}}
+               if src.layout == "fall2011" else {})  # only here: the other layouts' settings stay as they were
     return {
         "source": str(src.root), "layout": src.layout, "splits": list(args.splits),
         # the labels are indices into it: shards of two class lists must never mix
@@ -150,7 +137,7 @@ def _settings(src: Source, args) -> dict:
         "shard_size": args.shard_size, "quality": args.quality, "seed": args.seed, "limit": args.limit,
         "image": {"size": image.IMAGE_SIZE, "resize": "shorter side to 256, antialiased bicubic, centre crop",
                   "draft": True, "jpeg_subsampling": image.SUBSAMPLING},
-        "pillow": PIL.__version__,
+        "pillow": PIL.__version__, **holdout,
     }
 
 
@@ -241,9 +228,9 @@ def _nothing_to_build(src: Source, split: str) -> str:
             + f"\n{EXPECTED}")
 
 
-def _count_check(src: Source, split: str, records: list[Record], log) -> dict:
+def _count_check(src: Source, split: str, plan: Plan, log) -> dict:
     """Source image count vs what the devkit (or ILSVRC2012 itself) says; per class where known."""
-    found = len(records) + len(src.unlabelled[split])
+    found = plan.listed + len(src.unlabelled[split])
     expected, who = src.expected(split)
     info = {"source_count": found, "expected_count": expected, "expected_from": who,
             "ignored_files": src.ignored[split]}  # not images by their suffix (folder/kaggle trees)
@@ -251,9 +238,7 @@ def _count_check(src: Source, split: str, records: list[Record], log) -> dict:
         info["count_warning"] = f"the source has {found} images, {who} says {expected} ({found - expected:+d})"
         log(f"WARNING {split}: {info['count_warning']}")
         if split == "train" and src.devkit and src.devkit.num_train_images:
-            have: dict[str, int] = {}
-            for r in records:
-                have[r.wnid] = have.get(r.wnid, 0) + 1
+            have = plan.per_class
             info["class_count_mismatch"] = {w: {"found": have.get(w, 0), "expected": n}
                                             for w, n in src.devkit.num_train_images.items() if have.get(w, 0) != n}
     return info
@@ -261,12 +246,12 @@ def _count_check(src: Source, split: str, records: list[Record], log) -> dict:
 
 def build_shards(source, out, *, workers: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
                  quality: int = DEFAULT_QUALITY, limit: int | None = None, seed: int = DEFAULT_SEED,
-                 splits=SPLITS, layout: str = "auto", progress: str = "off", part: int | None = None,
+                 splits=None, layout: str = "auto", progress: str = "off", part: int | None = None,
                  parts: int = 1, log=print) -> dict | None:
     """Python entry point of the CLI; returns the manifest (None from a part that left
     shards of other parts unfinished). Raises SourceError / BuildError."""
     args = argparse.Namespace(source=source, out=out, workers=workers, shard_size=shard_size, quality=quality,
-                              limit=limit, seed=seed, splits=list(splits), layout=layout, progress=progress,
+                              limit=limit, seed=seed, splits=splits and list(splits), layout=layout, progress=progress,
                               part=part, parts=parts)
     return build(args, log)
 
@@ -274,10 +259,9 @@ def build_shards(source, out, *, workers: int = 0, shard_size: int = DEFAULT_SHA
 def build(args, log=print) -> dict | None:
     t0 = time.time()
     out = Path(args.out).resolve()
-    splits = [s for s in SPLITS if s in args.splits]
-    args.splits = splits
-    src = open_source(args.source, args.layout, splits)
-    log(f"source: {src.root} (layout: {src.layout}, {len(src.wnids)} classes)")
+    src = open_source(args.source, args.layout, args.splits)  # None: every split the layout has
+    args.splits = list(src.splits)
+    log(f"source: {src.root} (layout: {src.layout}, {len(src.wnids)} classes)\n  found: {src.found}")
     settings = _settings(src, args)
     out.mkdir(parents=True, exist_ok=True)
     part = getattr(args, "part", None)
@@ -340,15 +324,15 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
     plans, split_info = {}, {}
     for split in args.splits:
         t = time.time()
-        records = src.records(split, cache_dir=work, imap=imap_ordered)
-        if not records:
+        plans[split] = plan = write_plan(src.records(split, cache_dir=work, imap=imap_ordered), split,
+                                         work / f"plan-{split}.jsonl", args.shard_size, args.seed, args.limit)
+        if not plan.listed:
             raise BuildError(_nothing_to_build(src, split))
-        info = _count_check(src, split, records, log)
-        plans[split] = plan_split(records, split, args.shard_size, args.seed, args.limit)
-        info["plan_sha256"] = plan_digest(plans[split])
+        info = _count_check(src, split, plan, log)
+        info["plan_sha256"] = plan.digest
         split_info[split] = info
-        log(f"{split}: {info['source_count']} images in the source ({time.time() - t:.1f} s to list), "
-            f"{sum(map(len, plans[split]))} to build in {len(plans[split])} shards")
+        log(f"{split}: {info['source_count']} images in the source ({time.time() - t:.1f} s to list and "
+            f"plan), {sum(n for _, n in plan.shards)} to build in {len(plan.shards)} shards")
     plan_file = work / "plan.json"
     digests = {s: split_info[s]["plan_sha256"] for s in args.splits}
     if plan_file.exists() and json.loads(plan_file.read_text()) != digests:
@@ -359,24 +343,24 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
     part_of = getattr(args, "part", None), getattr(args, "parts", 1)
     parts, todo = {}, []
     for split in args.splits:
-        for i, shard in enumerate(plans[split]):
+        for i, (offset, count) in enumerate(plans[split].shards):
             if not in_part(i, *part_of):
                 continue
             part = _finished(out, split, i)
             if part is None:
-                todo.append((split, i, shard))
+                todo.append((split, i, str(plans[split].path), offset, count))
             else:
                 parts[(split, i)] = part
     if part_of[0] is not None:
         log(f"part {part_of[0]} of {part_of[1]}: {len(parts) + len(todo)} of the "
-            f"{sum(len(plans[s]) for s in args.splits)} shards (index {part_of[0]} mod {part_of[1]})")
+            f"{sum(len(plans[s].shards) for s in args.splits)} shards (index {part_of[0]} mod {part_of[1]})")
     if parts:
         log(f"resuming: {len(parts)} shards already done, {len(todo)} to go")
-    total = sum(len(t[2]) for t in todo)
+    total = sum(t[4] for t in todo)
     t_build = time.time()
     with tqdm(total=total, unit="img", desc="shards", disable=not _progress_enabled(args.progress),
               dynamic_ncols=True, smoothing=0.05) as bar:
-        for part in imap(build_shard, todo):
+        for part in imap(build_planned, todo):
             split, index = part["name"].split("-")[0], int(part["name"].split("-")[1][:6])
             parts[(split, index)] = part
             bar.update(part["planned"])
@@ -396,7 +380,7 @@ def _merge_if_complete(args, src, settings, out, plans, split_info, parts, log, 
             return json.loads((out / MANIFEST).read_text())
         missing = 0
         for split in args.splits:
-            for i in range(len(plans[split])):
+            for i in range(len(plans[split].shards)):
                 if (split, i) not in parts:
                     found = _finished(out, split, i)
                     if found is None:
@@ -419,13 +403,16 @@ def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> d
     """Step 4: statistics from the per-shard sums, then manifest.json, last."""
     work = out / WORK
     t0, total, build_s, workers = timing
-    manifest = {"format_version": FORMAT_VERSION, "settings": settings, "classes": src.wnids, "splits": {}}
+    manifest = {"format_version": FORMAT_VERSION, "settings": settings, "classes": src.wnids}
+    if src.words and all(w in src.words for w in src.wnids):  # where the source names its classes
+        manifest["words"] = [src.words[w] for w in src.wnids]
+    manifest["splits"] = {}
     for split in args.splits:
-        plist = [parts[(split, i)] for i in range(len(plans[split]))]
+        plist = [parts[(split, i)] for i in range(len(plans[split].shards))]
         if not any(p["count"] for p in plist):
             # Nothing in the split could be read: forget its shards, so that the same command
             # rebuilds them once the files are fixed, and say why.
-            for i in range(len(plans[split])):
+            for i in range(len(plans[split].shards)):
                 (work / "parts" / f"{shard_name(split, i)}.json").unlink(missing_ok=True)
             first = next(s for p in plist for s in p["skipped"])
             raise BuildError(f"{split}: none of its {sum(p['planned'] for p in plist)} images could be "
@@ -440,7 +427,7 @@ def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> d
         }
     if "train" in args.splits:
         sums = Sums.zeros()
-        for i in range(len(plans["train"])):
+        for i in range(len(plans["train"].shards)):
             sums += Sums.load(work / "parts" / f"{shard_name('train', i)}.npz")
         save_stats(out / STATS, finalize(sums))       # train has images: checked above
         manifest["stats"] = {"file": STATS, "sha256": _sha256(out / STATS), "count": sums.count}
@@ -480,18 +467,19 @@ def _summary(m: dict, out: Path, seconds: float, built: int, build_s: float, wor
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_prep.build_shards", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--source", required=True, help="directory with the official tarballs, train/ val/ folders, "
-                                                   "or the Kaggle tree")
+    p.add_argument("--source", required=True, help="directory with the official ILSVRC-2012 or -2010 tarballs, "
+                                                   "train/ val/ folders, the Kaggle tree, or the Fall 2011 release")
     p.add_argument("--out", required=True, help="shard directory (created; resumable)")
     p.add_argument("--workers", type=int, default=0, help="processes; 0 = all cores available")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality of the re-encoded images")
     p.add_argument("--limit", type=int, default=None,
                    help="build at most N images per split (train: the first N of the fixed shuffle; "
-                        "val: the first N by key)")
+                        "val, test: the first N by key)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the fixed training-shard shuffle")
-    p.add_argument("--splits", default="train,val", help="comma-separated splits to build")
-    p.add_argument("--layout", default="auto", choices=("auto", "official", "folder", "kaggle"),
+    p.add_argument("--splits", default=None, help="comma-separated splits to build (default: all the "
+                                                  "layout has: train,val; ilsvrc2010 also test)")
+    p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS,
                    help="source layout; auto = detect")
     p.add_argument("--part", type=int, default=None, metavar="I",
                    help="build only the shards whose index within their split is I mod --parts "
@@ -512,9 +500,10 @@ def _terminated(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    args.splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    bad = [s for s in args.splits if s not in SPLITS]
-    problems = ([f"--splits: unknown {bad}, choose from {SPLITS}"] if bad or not args.splits else []) \
+    if args.splits is not None:
+        args.splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    bad = [s for s in args.splits or [] if s not in SPLITS]
+    problems = ([f"--splits: unknown {bad}, choose from {SPLITS}"] if bad or args.splits == [] else []) \
         + (["--shard-size must be >= 1"] if args.shard_size < 1 else []) \
         + (["--quality must be 1..100"] if not 1 <= args.quality <= 100 else []) \
         + (["--limit must be >= 1"] if args.limit is not None and args.limit < 1 else []) \

@@ -4,7 +4,8 @@ The paper (section 2): rescale so the shorter side is 256, then take the
 central 256x256 patch. Here precisely:
 
 * decode any format Pillow reads (ImageNet holds a PNG named .JPEG, CMYK and
-  greyscale JPEGs); warnings (corrupt EXIF, extraneous bytes) are collected,
+  greyscale JPEGs; ILSVRC-2010's train tar gzip-compressed JPEGs, unzipped here as
+  Fuel's converter does); warnings (corrupt EXIF, extraneous bytes) are collected,
   never fatal; EXIF orientation and ICC profiles are ignored, as PIL-based
   loaders (torchvision's ImageFolder) ignore them;
 * convert to RGB: CMYK/L/YCbCr by Pillow's conversion, 16-bit and float
@@ -21,8 +22,10 @@ central 256x256 patch. Here precisely:
 """
 from __future__ import annotations
 
+import gzip
 import io
 import re
+import zlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -87,11 +90,24 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gunzip(data: bytes) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UnreadableImage(f"gzip: {error_text(e)}") from None
+
+
 def decode_256(data: bytes, size: int = IMAGE_SIZE, draft: bool = True) -> Decoded:
     """Decode `data` and return its `size` x `size` RGB centre crop (see module doc)."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
     notes: list[str] = []
+    if data[:2] == GZIP_MAGIC:
+        data = _gunzip(data)
+        notes.append("gzip-compressed")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

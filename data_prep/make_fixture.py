@@ -1,4 +1,4 @@
-"""python -m data_prep.make_fixture: a small fake ImageNet in any of the three layouts.
+"""python -m data_prep.make_fixture: a small fake ImageNet in any of the five layouts.
 
 Each class has its own colour, stripe orientation and stripe frequency, with
 per-image phase, jitter and noise, so a CNN can learn it; images are real
@@ -12,8 +12,17 @@ truncated JPEG and a zero-byte file (the last two are unreadable), and a CMYK
 and a greyscale-PNG file in val.
 
 The same --seed gives the same image bytes under the same keys in every
-layout, so all three give identical shards. ``fixture.json`` at the top says
-what is there (labels, expected counts) for tests and the demo.
+layout, so the three ILSVRC-2012 layouts give identical shards. ``fixture.json``
+at the top says what is there (labels, expected counts) for tests and the demo.
+
+``ilsvrc2010`` writes ILSVRC-2010's files: a test split too (--val-per-class
+images a class, labelled by ILSVRC2010_test_ground_truth.txt), a devkit
+numbering classes by an ILSVRC2010_ID permutation, a gzip-compressed JPEG in
+the train tar (the real one has them), and patch_images.tar: for a few images
+of each split the tar holds a blank grey "not available" image and
+patch_images.tar the real one. ``fall2011`` writes fall11_whole.tar, a tar of
+per-synset tars of --train-per-class images each, and no val split (the
+builder holds one out); with --quirks a synset also holds a text file.
 """
 from __future__ import annotations
 
@@ -32,8 +41,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from .devkit import DEVKIT_NAME, GROUND_TRUTH, META
-from .sources import KAGGLE_DATA, KAGGLE_MAPPING, KAGGLE_VAL, LAYOUTS, TRAIN_TAR, VAL_TAR
+from .devkit import META, Release
+from .fall2011 import WHOLE_TAR
+from .sources import KAGGLE_DATA, KAGGLE_MAPPING, KAGGLE_VAL, LAYOUTS, RELEASES
 
 # Real ILSVRC2012 classes (Imagenette's ten, then Imagewoof's ten); more classes get synthetic ids.
 REAL_WNIDS = {
@@ -100,6 +110,8 @@ def image_bytes(kind: str, c: int, n_classes: int, rng: np.random.Generator) -> 
         return _jpeg(im.convert("CMYK"))
     if kind == "grey":
         return _jpeg(im.convert("L"))
+    if kind == "gzip":  # ILSVRC-2010's train tar holds such files under .JPEG names
+        return gzip.compress(_jpeg(im), mtime=0)
     if kind == "grey_png":
         return _png(im.convert("L"))
     if kind == "palette":
@@ -115,13 +127,19 @@ def image_bytes(kind: str, c: int, n_classes: int, rng: np.random.Generator) -> 
 
 
 # ---- the fake dataset --------------------------------------------------------------------
-def plan(classes: int, train_per_class: int, val_per_class: int, quirks: bool, seed: int) -> dict:
-    """What the fixture holds: keys, labels, kinds and ILSVRC2012_IDs; no bytes yet."""
+def blank_jpeg() -> bytes:
+    """A flat grey image: what ILSVRC-2010's tars hold where patch_images.tar has the real one."""
+    return _jpeg(Image.new("RGB", (500, 374), (128, 128, 128)))
+
+
+def plan(classes: int, train_per_class: int, val_per_class: int, quirks: bool, seed: int,
+         layout: str = "official") -> dict:
+    """What the fixture holds: keys, labels, kinds and ILSVRC<year>_IDs; no bytes yet."""
     rng = np.random.default_rng([seed, 0])
     wnids = fixture_wnids(classes)
     ids = np.arange(1, classes + 1)
     while classes > 1 and np.array_equal(ids, np.arange(1, classes + 1)):
-        ids = rng.permutation(classes) + 1  # ILSVRC2012_ID of wnids[i]; never sorted-WNID order
+        ids = rng.permutation(classes) + 1  # ILSVRC<year>_ID of wnids[i]; never sorted-WNID order
     ilsvrc_id = {w: int(i) for w, i in zip(wnids, ids)}
     train = {}  # key -> (wnid, kind)
     for c, w in enumerate(wnids):
@@ -134,15 +152,34 @@ def plan(classes: int, train_per_class: int, val_per_class: int, quirks: bool, s
             train[f"{w}_{90001 + q}"] = (w, kind)
         val_items += [(wnids[q % classes], kind) for q, kind in enumerate(VAL_QUIRKS)]
     order = rng.permutation(len(val_items))
-    val = {f"ILSVRC2012_val_{i + 1:08d}": val_items[j] for i, j in enumerate(order)}
-    return {"seed": seed, "classes": sorted(wnids), "ilsvrc2012_id": ilsvrc_id, "train": train, "val": val}
+    year = RELEASES.get(layout, RELEASES["official"]).year
+    val = {f"ILSVRC{year}_val_{i + 1:08d}": val_items[j] for i, j in enumerate(order)}
+    p = {"seed": seed, "classes": sorted(wnids), "ilsvrc_id": ilsvrc_id, "train": train, "val": val}
+    if layout == "ilsvrc2010":
+        _plan_2010(p, wnids, val_per_class, rng)
+    if layout == "fall2011":
+        p["val"] = {}  # no val split released: the builder holds one out of the synsets
+    return p
+
+
+def _plan_2010(p: dict, wnids: list[str], per_class: int, rng: np.random.Generator) -> None:
+    """ILSVRC-2010's extras: a test split, patched images, a gzipped train JPEG."""
+    items = [(w, "jpeg") for w in wnids for _ in range(per_class)]
+    p["test"] = {f"ILSVRC2010_test_{i + 1:08d}": items[j] for i, j in enumerate(rng.permutation(len(items)))}
+    plain = {s: sorted(k for k, (_, kind) in p[s].items() if kind == "jpeg") for s in ("train", "val", "test")}
+    p["patched"] = {s: sorted(rng.choice(keys, min(len(keys), 2 if s == "train" else 1), replace=False).tolist())
+                    for s, keys in plain.items()}
+    rest = [k for k in plain["train"] if k not in p["patched"]["train"]]
+    if rest:
+        k = rest[int(rng.integers(len(rest)))]
+        p["train"][k] = (p["train"][k][0], "gzip")
 
 
 def _bytes_for(p: dict, split: str, key: str) -> bytes:
     wnid, kind = p[split][key]
     c = fixture_wnids(len(p["classes"])).index(wnid)
     digits = int("".join(ch for ch in key if ch.isdigit()) or 0)
-    rng = np.random.default_rng([p["seed"], 1 if split == "train" else 2, c, digits])
+    rng = np.random.default_rng([p["seed"], {"train": 1, "val": 2, "test": 3}[split], c, digits])
     return image_bytes(kind, c, len(p["classes"]), rng)
 
 
@@ -150,13 +187,14 @@ def _draw_all(p: dict) -> dict[str, dict[str, bytes]]:
     """Every image's bytes, per split and key. Each image has its own seed, so large
     fixtures are drawn by a process pool ("spawn": the caller may have threads, which
     a fork could copy mid-lock) in any order with the same result."""
-    jobs = [(p, s, k) for s in ("train", "val") for k in sorted(p[s])]
+    splits = [s for s in ("train", "val", "test") if s in p]
+    jobs = [(p, s, k) for s in splits for k in sorted(p[s])]
     if len(jobs) < POOL_FROM:
         data = [_bytes_for(*job) for job in jobs]
     else:
         with multiprocessing.get_context("spawn").Pool(min(os.cpu_count() or 1, 16)) as pool:
             data = pool.starmap(_bytes_for, jobs, chunksize=64)
-    files = {"train": {}, "val": {}}
+    files = {s: {} for s in splits}
     for (_, s, k), b in zip(jobs, data):
         files[s][k] = b
     return files
@@ -172,11 +210,11 @@ def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def _meta_mat(p: dict, counts: dict[str, int]) -> bytes:
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+def _meta_mat(p: dict, counts: dict[str, int], id_field: str) -> bytes:
+    fields = [id_field, "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
               "num_train_images"]
     n = len(p["classes"])
-    by_id = sorted(p["ilsvrc2012_id"].items(), key=lambda kv: kv[1])
+    by_id = sorted(p["ilsvrc_id"].items(), key=lambda kv: kv[1])
     rows = [(i, w, REAL_WNIDS.get(w, f"synthetic class {w}"), "a fixture class", 0, np.zeros((0,), np.uint8), 0,
              counts[w]) for w, i in by_id]
     for k in range(INNER_SYNSETS):  # inner nodes: ids after the leaves, children among the leaves
@@ -191,17 +229,87 @@ def _meta_mat(p: dict, counts: dict[str, int]) -> bytes:
     return buf.getvalue()
 
 
-def _devkit(p: dict) -> bytes:
+def _truth(p: dict, split: str) -> str:
+    """A ground truth file: the ID of each image's class, in key order."""
+    return "".join(f"{p['ilsvrc_id'][p[split][k][0]]}\n" for k in sorted(p[split]))
+
+
+def _devkit(p: dict, release: Release) -> bytes:
     counts = {w: 0 for w in p["classes"]}
     for w, _ in p["train"].values():
         counts[w] += 1
-    truth = "".join(f"{p['ilsvrc2012_id'][p['val'][k][0]]}\n" for k in sorted(p["val"]))
-    raw = _tar_bytes([(f"ILSVRC2012_devkit_t12/{META}", _meta_mat(p, counts)),
-                      (f"ILSVRC2012_devkit_t12/{GROUND_TRUTH}", truth.encode())])
+    raw = _tar_bytes([(f"{release.devkit_dir}/{META}", _meta_mat(p, counts, release.id_field)),
+                      (f"{release.devkit_dir}/{release.val_truth}", _truth(p, "val").encode())])
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
         gz.write(raw)
     return buf.getvalue()
+
+
+def _name(key: str) -> str:
+    return f"{key}.JPEG"  # ImageNet names every file .JPEG, PNGs included
+
+
+def _class_tars(p: dict, files: dict, rng: np.random.Generator, data=None,
+                extra: dict | None = None) -> list[tuple[str, bytes]]:
+    """<wnid>.tar of each class's training images (bytes from `data`, plus `extra` members
+    by wnid), members and tars in shuffled order."""
+    inner = []
+    for w in p["classes"]:
+        keys = [k for k in files["train"] if p["train"][k][0] == w]
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+        members = [(_name(k), (data or files["train"].get)(k)) for k in keys] + (extra or {}).get(w, [])
+        inner.append((f"{w}.tar", _tar_bytes(members)))
+    return [inner[i] for i in rng.permutation(len(inner))]
+
+
+def _write_release(out: Path, p: dict, files: dict, rng: np.random.Generator, release: Release) -> None:
+    """The tarballs and devkit of an ILSVRC release (2010: the test truth and patches too)."""
+    patched = p.get("patched", {})
+    blank = blank_jpeg()
+    data = lambda s: lambda k: blank if k in patched.get(s, ()) else files[s][k]  # noqa: E731
+    (out / release.train_tar).write_bytes(_tar_bytes(_class_tars(p, files, rng, data("train"))))
+    for split in release.splits[1:]:
+        keys = sorted(files[split])
+        keys = [keys[i] for i in rng.permutation(len(keys))]  # member order is not name order
+        (out / release.tar(split)).write_bytes(_tar_bytes([(_name(k), data(split)(k)) for k in keys]))
+    (out / release.devkit).write_bytes(_devkit(p, release))
+    if release.test_truth:
+        (out / release.test_truth).write_text(_truth(p, "test"))
+    if release.patch_tar:
+        (out / release.patch_tar).write_bytes(_tar_bytes(
+            [(f"patch_images/{s}/{_name(k)}", files[s][k]) for s in release.splits for k in patched[s]]))
+
+
+def _write_tree(out: Path, p: dict, files: dict, rng: np.random.Generator, layout: str) -> None:
+    """The folder or Kaggle tree."""
+    top = out / KAGGLE_DATA if layout == "kaggle" else out
+    for k, data in files["train"].items():
+        d = top / "train" / p["train"][k][0]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / _name(k)).write_bytes(data)
+    for k, data in files["val"].items():
+        d = top / "val" / (p["val"][k][0] if layout == "folder" else "")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / _name(k)).write_bytes(data)
+    (top / "val").mkdir(parents=True, exist_ok=True)
+    if layout == "kaggle":
+        (out / KAGGLE_MAPPING).write_text(
+            "".join(f"{w} {REAL_WNIDS.get(w, 'synthetic class ' + w)}\n" for w in p["classes"]))
+        vkeys = sorted(p["val"])
+        with open(out / KAGGLE_VAL, "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(["ImageId", "PredictionString"])
+            for i in rng.permutation(len(vkeys)):
+                k = vkeys[i]
+                wr.writerow([k, f"{p['val'][k][0]} 10 12 150 160 "])
+
+
+def _write_fall2011(out: Path, p: dict, files: dict, rng: np.random.Generator, quirks: bool) -> None:
+    """fall11_whole.tar: a tar of per-synset tars (with --quirks, one holds a text file)."""
+    extra = {p["classes"][0]: [("synset_notes.txt", b"not an image\n")]} if quirks else None
+    inner = _class_tars(p, files, rng, extra=extra)
+    (out / WHOLE_TAR).write_bytes(_tar_bytes(inner))
 
 
 def make_fixture(out, layout: str, classes: int, train_per_class: int, val_per_class: int,
@@ -213,53 +321,33 @@ def make_fixture(out, layout: str, classes: int, train_per_class: int, val_per_c
         raise ValueError("need classes >= 1 and non-negative image counts")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    p = plan(classes, train_per_class, val_per_class, quirks, seed)
+    p = plan(classes, train_per_class, val_per_class, quirks, seed, layout)
     rng = np.random.default_rng([seed, 3])
     files = _draw_all(p)
-    name = lambda k: f"{k}.JPEG"  # noqa: E731  (ImageNet names every file .JPEG, PNGs included)
-
-    if layout == "official":
-        inner = []
-        for w in p["classes"]:
-            keys = [k for k in files["train"] if p["train"][k][0] == w]
-            keys = [keys[i] for i in rng.permutation(len(keys))]
-            inner.append((f"{w}.tar", _tar_bytes([(name(k), files["train"][k]) for k in keys])))
-        inner = [inner[i] for i in rng.permutation(len(inner))]
-        (out / TRAIN_TAR).write_bytes(_tar_bytes(inner))
-        vkeys = sorted(files["val"])
-        vkeys = [vkeys[i] for i in rng.permutation(len(vkeys))]  # member order is not name order
-        (out / VAL_TAR).write_bytes(_tar_bytes([(name(k), files["val"][k]) for k in vkeys]))
-        (out / DEVKIT_NAME).write_bytes(_devkit(p))
+    if layout in RELEASES:
+        _write_release(out, p, files, rng, RELEASES[layout])
+    elif layout == "fall2011":
+        _write_fall2011(out, p, files, rng, quirks)
     else:
-        top = out / KAGGLE_DATA if layout == "kaggle" else out
-        for k, data in files["train"].items():
-            d = top / "train" / p["train"][k][0]
-            d.mkdir(parents=True, exist_ok=True)
-            (d / name(k)).write_bytes(data)
-        for k, data in files["val"].items():
-            d = top / "val" / (p["val"][k][0] if layout == "folder" else "")
-            d.mkdir(parents=True, exist_ok=True)
-            (d / name(k)).write_bytes(data)
-        (top / "val").mkdir(parents=True, exist_ok=True)
-        if layout == "kaggle":
-            (out / KAGGLE_MAPPING).write_text(
-                "".join(f"{w} {REAL_WNIDS.get(w, 'synthetic class ' + w)}\n" for w in p["classes"]))
-            vkeys = sorted(p["val"])
-            with open(out / KAGGLE_VAL, "w", newline="") as f:
-                wr = csv.writer(f)
-                wr.writerow(["ImageId", "PredictionString"])
-                for i in rng.permutation(len(vkeys)):
-                    k = vkeys[i]
-                    wr.writerow([k, f"{p['val'][k][0]} 10 12 150 160 "])
-
-    desc = {
-        "layout": layout, "seed": seed, "classes": p["classes"], "ilsvrc2012_id": p["ilsvrc2012_id"],
-        "labels": {s: {k: p[s][k][0] for k in sorted(p[s])} for s in ("train", "val")},
-        "quirks": {s: {k: p[s][k][1] for k in sorted(p[s]) if p[s][k][1] != "jpeg"} for s in ("train", "val")},
-        "unreadable": {s: sorted(k for k in p[s] if p[s][k][1] in UNREADABLE) for s in ("train", "val")},
-    }
-    desc["expected_count"] = {s: len(p[s]) - len(desc["unreadable"][s]) for s in ("train", "val")}
+        _write_tree(out, p, files, rng, layout)
+    desc = describe(p, layout)
     (out / "fixture.json").write_text(json.dumps(desc, indent=1) + "\n")
+    return desc
+
+
+def describe(p: dict, layout: str) -> dict:
+    """fixture.json: labels, odd files and the counts a build should find, per split (fall2011:
+    every image under train, before the builder holds val out)."""
+    splits = [s for s in ("train", "val", "test") if s in p]
+    desc = {
+        "layout": layout, "seed": p["seed"], "classes": p["classes"], "ilsvrc_id": p["ilsvrc_id"],
+        "labels": {s: {k: p[s][k][0] for k in sorted(p[s])} for s in splits},
+        "quirks": {s: {k: p[s][k][1] for k in sorted(p[s]) if p[s][k][1] != "jpeg"} for s in splits},
+        "unreadable": {s: sorted(k for k in p[s] if p[s][k][1] in UNREADABLE) for s in splits},
+    }
+    desc["expected_count"] = {s: len(p[s]) - len(desc["unreadable"][s]) for s in splits}
+    if "patched" in p:
+        desc["patched"] = p["patched"]
     return desc
 
 
@@ -274,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     d = make_fixture(a.out, a.layout, a.classes, a.train_per_class, a.val_per_class, a.quirks, a.seed)
-    print(f"wrote {a.out} ({a.layout}): {len(d['classes'])} classes, "
-          f"{len(d['labels']['train'])} train and {len(d['labels']['val'])} val files "
+    counts = " and ".join(f"{len(v)} {s}" for s, v in d["labels"].items())
+    print(f"wrote {a.out} ({a.layout}): {len(d['classes'])} classes, {counts} files "
           f"({sum(map(len, d['unreadable'].values()))} unreadable on purpose)")
     return 0
 

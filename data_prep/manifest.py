@@ -6,17 +6,20 @@
      "settings": {...everything that changes the bytes: source, layout, quality, shard_size,
                   seed, limit, splits, image pipeline, Pillow version...},
      "classes": ["n01440764", ...],           # index -> wnid, sorted WNID order
+     ["words": ["tench, Tinca tinca", ...],]  # parallel to classes, where the source names
+                                              # them (devkit meta.mat, LOC_synset_mapping.txt)
      "splits": {"train": {"count": N, "shards": [{"name", "count", "sha256", "bytes"}],
                           "skipped": [{"key", "path", "reason"}],
                           "converted": [{"key", "path", "notes"}],
                           "source_count": M, "expected_count": E, "expected_from": "...",
                           "ignored_files": 0, "plan_sha256": "...",
                           ["count_warning": "...", "class_count_mismatch": {wnid: {...}}]},
-                "val": {...}},
+                "val": {...}, ["test": {...}]},             # test: ILSVRC-2010 only
      "stats": {"file": "stats.npz", "sha256": "...", "count": N}}
 
 It carries no timings or worker counts, so the same source and settings give
-the same manifest. Reader: :func:`load_manifest` (repro.data.shards lists the shards from it).
+the same manifest. Readers: :func:`load_manifest` (repro.data.shards lists the shards from
+it) and :func:`class_names` (what to show a person for each class; "words" is optional).
 """
 from __future__ import annotations
 
@@ -49,4 +52,8 @@ def load_manifest(directory: Path | str) -> dict:
     return m
 
 
-
+def class_names(manifest: dict) -> list[str]:
+    """A person's name for each class index: the source's words ("tench, Tinca tinca")
+    where the manifest has them (a folder tree names no class, and older manifests
+    predate the key), else the WNID."""
+    return manifest.get("words") or manifest["classes"]

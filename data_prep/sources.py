@@ -1,72 +1,53 @@
 """ImageNet as users have it: detect the layout, list its images, read their bytes.
 
-Three layouts of the same images (see docs/data_prep.md):
+Five layouts (see docs/data_prep.md):
 
 * ``official``: ILSVRC2012_img_train.tar (1000 inner <wnid>.tar), ILSVRC2012_img_val.tar
   (flat ILSVRC2012_val_%08d.JPEG) and ILSVRC2012_devkit_t12.tar.gz, read in place;
+* ``ilsvrc2010``: the same for ILSVRC-2010 (devkit.ILSVRC2010 names the files), with a
+  test split labelled by ILSVRC2010_test_ground_truth.txt and patch_images.tar, whose
+  images replace the originals of the same name;
 * ``folder``: train/<wnid>/*, val/<wnid>/* (torchvision ImageFolder);
 * ``kaggle``: ILSVRC/Data/CLS-LOC/{train/<wnid>/*, val/*}, LOC_synset_mapping.txt,
-  LOC_val_solution.csv.
+  LOC_val_solution.csv;
+* ``fall2011``: the Fall 2011 release, per-synset tars or folders, val held out (fall2011.py).
 
-Each gives, per split, records sorted by key (the file's stem) with the
-image's WNID; labels are the index of the WNID in sorted-WNID order, the same
-for every layout, so the three layouts of the same images give the same shards.
+Each lists, per split, records (in no particular order: the plan sorts them) with the
+image's WNID; labels are the index of the WNID in sorted-WNID order, the same for every
+layout, so the 2012 layouts of the same images give the same shards.
 """
 from __future__ import annotations
 
 import csv
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Iterator
 
-from . import atomic
-from .devkit import DEVKIT_NAME, Devkit, read_devkit
-from .tarindex import TarMember, index_tar, read_at
+from . import fall2011
+from .devkit import DEVKIT_NAME, ILSVRC2010, ILSVRC2012, Devkit, read_devkit
+from .records import (IMAGE_SUFFIXES, WNID, Record, SourceError, image_files, is_image,  # noqa: F401
+                      key_of, printable_utf8, read_record)
+from .tarindex import Part, TarMember, cached_index, index_tar, inner_tars, stamp
 
-LAYOUTS = ("official", "folder", "kaggle")
-SPLITS = ("train", "val")
-TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
+LAYOUTS = ("official", "ilsvrc2010", "folder", "kaggle", "fall2011")
+SPLITS = ("train", "val", "test")
+RELEASES = {"official": ILSVRC2012, "ilsvrc2010": ILSVRC2010}
+TRAIN_TAR, VAL_TAR = ILSVRC2012.train_tar, ILSVRC2012.val_tar
 KAGGLE_DATA = Path("ILSVRC/Data/CLS-LOC")
 KAGGLE_MAPPING, KAGGLE_VAL = "LOC_synset_mapping.txt", "LOC_val_solution.csv"
-WNID = re.compile(r"n\d{8}")  # a WordNet noun id: the name of every ImageNet class folder
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 # ILSVRC2012 itself, used as the expected counts when 1000 classes and no devkit say otherwise.
 ILSVRC2012_COUNTS = {"train": 1_281_167, "val": 50_000}
+GROUND = {"val": "validation", "test": "test"}
 
 EXPECTED = f"""expected one of these layouts:
-  official: {TRAIN_TAR}, {VAL_TAR}, {DEVKIT_NAME} (read in place)
-  folder:   train/<wnid>/*.JPEG, val/<wnid>/*.JPEG (torchvision ImageFolder)
-  kaggle:   {KAGGLE_DATA}/train/<wnid>/*.JPEG, {KAGGLE_DATA}/val/*.JPEG, {KAGGLE_MAPPING}, {KAGGLE_VAL}"""
-
-
-class SourceError(Exception):
-    """The source directory is not (a complete) one of the known layouts."""
-
-
-class Record(NamedTuple):
-    split: str
-    key: str  # the file's stem: the sample's __key__
-    wnid: str
-    path: str  # file to read
-    offset: int  # -1: the whole file; else the member's offset inside the tar at `path`
-    size: int
-    origin: str  # where a person finds it, relative to the source root
-
-
-def read_record(r: Record) -> bytes:
-    if r.offset < 0:
-        with open(r.path, "rb") as f:
-            return f.read()
-    return read_at(r.path, r.offset, r.size)
-
-
-def key_of(name: str) -> str:
-    """The stem of a file name; dots would split a WebDataset key, so they become '_'."""
-    stem = os.path.splitext(os.path.basename(name))[0]
-    return stem.replace(".", "_")
+  official:   {TRAIN_TAR}, {VAL_TAR}, {DEVKIT_NAME} (read in place)
+  ilsvrc2010: {ILSVRC2010.train_tar}, {ILSVRC2010.val_tar}, {ILSVRC2010.test_tar}, {ILSVRC2010.devkit},
+              {ILSVRC2010.test_truth}, {ILSVRC2010.patch_tar} (read in place)
+  folder:     train/<wnid>/*.JPEG, val/<wnid>/*.JPEG (torchvision ImageFolder)
+  kaggle:     {KAGGLE_DATA}/train/<wnid>/*.JPEG, {KAGGLE_DATA}/val/*.JPEG, {KAGGLE_MAPPING}, {KAGGLE_VAL}
+  fall2011:   {fall2011.WHOLE_TAR} (a tar of <wnid>.tar), or <wnid>.tar files or <wnid>/ folders"""
 
 
 @dataclass
@@ -76,72 +57,79 @@ class Source:
     wnids: list[str]  # sorted: the label of wnids[i] is i
     words: dict[str, str] = field(default_factory=dict)
     devkit: Devkit | None = None
+    splits: tuple[str, ...] = ("train", "val")  # the splits to build
+    found: str = ""  # what detection found, for a person
+    synsets: fall2011.Synsets | None = None
+    patches: dict[str, dict[str, TarMember]] = field(default_factory=dict)  # split -> key -> member
     # images the layout lists but cannot label, per split: {key, path, reason}
     unlabelled: dict[str, list[dict]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     # files in the trees that are not images by their suffix (e.g. .txt), per split
     ignored: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    _kaggle_val_labels: dict[str, str] | None = None
 
     # ---- listing ---------------------------------------------------------------------
-    def records(self, split: str, cache_dir: Path | None = None, imap: Callable = map) -> list[Record]:
-        """All images of `split`, sorted by key. `imap` parallelises tar indexing."""
-        lister = {"official": self._official, "folder": self._folder, "kaggle": self._kaggle}[self.layout]
-        records = sorted(lister(split, cache_dir, imap), key=lambda r: r.key)
-        for r in records:
-            if not _printable_utf8(r.key):
+    def records(self, split: str, cache_dir: Path | None = None, imap: Callable = map) -> Iterator[Record]:
+        """All images of `split`, in no particular order. `imap` (ordered) parallelises tar indexing."""
+        lister = {"official": self._official, "ilsvrc2010": self._official, "folder": self._folder,
+                  "kaggle": self._kaggle, "fall2011": self._fall2011}[self.layout]
+        known = set(self.wnids)
+        for r in lister(split, cache_dir, imap):
+            if not printable_utf8(r.key):
                 raise SourceError(f"{r.origin!r}: a file name that is not printable UTF-8 cannot be a "
                                   "WebDataset key; rename it")
-        dup = [f"{a.origin} and {b.origin}" for a, b in zip(records, records[1:]) if a.key == b.key]
-        if dup:
-            raise SourceError(f"{split}: {len(dup)} file names occur twice (a file's stem is its "
-                              f"sample key, which must be unique): {'; '.join(dup[:5])}")
-        known = set(self.wnids)
-        stray = [r for r in records if r.wnid not in known]
-        if stray:
-            raise SourceError(f"{split}: classes not in the class list: "
-                              f"{sorted({r.wnid for r in stray})[:10]} (first: {stray[0].origin})")
-        return records
+            if r.wnid not in known:
+                raise SourceError(f"{split}: classes not in the class list: ['{r.wnid}'] (first: {r.origin})")
+            yield r
 
     def expected(self, split: str) -> tuple[int | None, str]:
         """How many images the devkit (or ILSVRC2012 itself) says `split` has, and who says so."""
         dk = self.devkit
         if split == "train" and dk and dk.num_train_images:
             # over the devkit's classes, not the ones found: a class folder missing is a shortfall
-            return sum(dk.num_train_images.values()), f"{DEVKIT_NAME} meta.mat num_train_images"
+            return sum(dk.num_train_images.values()), f"{dk.release.devkit} meta.mat num_train_images"
         if split == "val" and dk:
-            return len(dk.val_wnids), f"{DEVKIT_NAME} validation ground truth"
+            return len(dk.val_wnids), f"{dk.release.devkit} validation ground truth"
+        if split == "test" and dk and dk.test_wnids is not None:
+            return len(dk.test_wnids), dk.release.test_truth
         if split == "val" and self.layout == "kaggle" and self._kaggle_val_labels is not None:
             return len(self._kaggle_val_labels), KAGGLE_VAL
-        if len(self.wnids) == 1000:
+        if len(self.wnids) == 1000 and self.layout in ("official", "folder", "kaggle"):
             return ILSVRC2012_COUNTS[split], "ILSVRC2012 (1000 classes)"
         return None, ""
 
     # ---- official tarballs -----------------------------------------------------------
     def _official(self, split, cache_dir, imap) -> Iterable[Record]:
-        tar = self.root / (TRAIN_TAR if split == "train" else VAL_TAR)
-        members = _cached_index(tar, cache_dir, imap, nested=(split == "train"))
-        labels = self.devkit.val_labels() if split == "val" else None
-        for m in members:
+        release = self.devkit.release
+        tar = self.root / release.tar(split)
+        labels = self.devkit.labels(split) if split != "train" else None
+        patches, patched = self.patches.get(split, {}), set()
+        for m in _index(tar, cache_dir, imap, nested=(split == "train")):
             key = key_of(m.name)
             if split == "train":
                 wnid = m.name.split("/", 1)[0].removesuffix(".tar")
             else:
                 wnid = labels.get(key)
                 if wnid is None:
-                    self.unlabelled[split].append(
-                        {"key": key, "path": f"{tar.name}/{m.name}", "reason": "not in the validation ground truth"})
+                    self.unlabelled[split].append({"key": key, "path": f"{tar.name}/{m.name}",
+                                                   "reason": f"not in the {GROUND[split]} ground truth"})
                     continue
-            yield Record(split, key, wnid, str(tar), m.offset, m.size, f"{tar.name}/{m.name}")
+            p = patches.get(key)
+            if p is None:
+                yield Record(split, key, wnid, str(tar), m.offset, m.size, f"{tar.name}/{m.name}")
+            else:  # Fuel's converter does the same: the replacement of the same name
+                patched.add(key)
+                yield Record(split, key, wnid, str(self.root / release.patch_tar), p.offset, p.size,
+                             f"{release.patch_tar}/{p.name}")
+        unused = sorted(set(patches) - patched)
+        if unused:
+            raise SourceError(f"{self.root / release.patch_tar}: {len(unused)} {split} images replace nothing "
+                              f"in {tar.name} (first: {patches[unused[0]].name})")
 
     # ---- extracted trees -------------------------------------------------------------
     def _files(self, split: str, directory: Path) -> Iterable[Path]:
-        for e in sorted(os.scandir(directory), key=lambda e: e.name):
-            if e.name.startswith("."):
-                continue
-            image = os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
-            if image and e.is_file():
-                yield Path(e.path)
-            elif image or not e.is_dir():  # a text file, a dangling link, a folder named x.JPEG
-                self.ignored[split] += 1
+        images, ignored = image_files(directory)
+        self.ignored[split] += ignored
+        return [Path(e.path) for e in images]
 
     def _class_dirs(self, split: str, top: Path, labels: dict[str, str] | None = None,
                     who: str = "") -> Iterable[Record]:
@@ -173,8 +161,6 @@ class Source:
             yield from self._labelled_files(split, top, labels, who)
         yield from self._class_dirs(split, top, labels, who)
 
-    _kaggle_val_labels: dict[str, str] | None = None
-
     def _kaggle(self, split, cache_dir, imap) -> Iterable[Record]:
         top = self.root / KAGGLE_DATA / split
         if split == "train":
@@ -184,17 +170,11 @@ class Source:
         # val sorted into <wnid>/ folders (valprep.sh)
         yield from self._class_dirs(split, top, self._kaggle_val_labels, KAGGLE_VAL)
 
-
-def _printable_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")  # undecodable bytes in a file name arrive as lone surrogates
-    except UnicodeEncodeError:
-        return False
-    return name.isprintable()
-
-
-def _subdirs(directory: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+    def _fall2011(self, split, cache_dir, imap) -> Iterable[Record]:
+        ignored = [0]
+        yield from fall2011.records(self.synsets, split, cache_dir, imap, ignored)
+        if split == "train":  # non-images belong to no split: counted once
+            self.ignored[split] += ignored[0]
 
 
 def class_dirs(top: Path) -> list[str]:
@@ -209,40 +189,42 @@ def class_dirs(top: Path) -> list[str]:
     return sorted(e.name for e in entries if e.is_dir() and WNID.fullmatch(e.name))
 
 
-# ---- the train tar index, built in parallel and cached in the output directory ----------
-def _index_inner(arg) -> list[TarMember]:
-    path, inner = arg
-    return [TarMember(f"{inner.name}/{m.name}", m.offset, m.size)
-            for m in index_tar(path, inner.offset, inner.size)]
-
-
-def _cached_index(tar: Path, cache_dir: Path | None, imap, nested: bool) -> list[TarMember]:
-    st = tar.stat()
-    stamp = f"# {tar.resolve()} {st.st_size} {st.st_mtime_ns}\n"
+def _index(tar: Path, cache_dir: Path | None, imap, nested: bool) -> Iterator[TarMember]:
+    """A tar's members (a tar of tars: its inner tars' members), cached in the output directory."""
+    parts = (lambda: inner_tars(str(tar))) if nested else (lambda: [Part(str(tar), 0, None, None)])
     cache = cache_dir / f"index-{tar.stem}.tsv" if cache_dir else None
-    if cache and cache.exists():
-        lines = cache.read_text().splitlines(keepends=True)
-        if lines and lines[0] == stamp:
-            return [TarMember(n, int(o), int(s)) for n, o, s in (ln.rstrip("\n").split("\t") for ln in lines[1:])]
-    members = index_tar(str(tar))
-    if nested:
-        inner = [m for m in members if m.name.endswith(".tar")]
-        members = [m for part in imap(_index_inner, [(str(tar), m) for m in inner]) for m in part]
-    if cache:
-        atomic.write_bytes(cache, (stamp + "".join(f"{m.name}\t{m.offset}\t{m.size}\n" for m in members)).encode())
-    return members
+    return cached_index(parts, cache, stamp([str(tar)]), imap if nested else map)
+
+
+def read_patches(path: Path) -> dict[str, dict[str, TarMember]]:
+    """patch_images.tar: split -> key -> member, from <...>/<split>/<name>.JPEG members."""
+    patches: dict[str, dict[str, TarMember]] = {s: {} for s in SPLITS}
+    for m in index_tar(str(path)):
+        if not is_image(m.name):
+            continue
+        split = m.name.split("/")[-2] if "/" in m.name else ""
+        if split not in patches:
+            raise SourceError(f"{path}: {m.name} is in no train/, val/ or test/ folder")
+        if patches[split].setdefault(key_of(m.name), m) is not m:
+            raise SourceError(f"{path}: {m.name} replaces the same {split} image as another member")
+    return patches
 
 
 # ---- detection ------------------------------------------------------------------------
 def detect_layouts(root: Path) -> list[str]:
-    found = []
-    if (root / TRAIN_TAR).is_file() or (root / VAL_TAR).is_file():
-        found.append("official")
+    found = [layout for layout, r in RELEASES.items()
+             if any((root / r.tar(s)).is_file() for s in r.splits)]
     if (root / "train").is_dir() and _subdirs(root / "train"):
         found.append("folder")
     if (root / KAGGLE_DATA).is_dir():
         found.append("kaggle")
+    if fall2011.detect(root, others=bool(found)):
+        found.append("fall2011")
     return found
+
+
+def _subdirs(directory: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
 def _require(root: Path, layout: str, names: Iterable[str]) -> None:
@@ -252,8 +234,63 @@ def _require(root: Path, layout: str, names: Iterable[str]) -> None:
         raise SourceError(f"{root} looks like the {layout} layout but lacks {', '.join(missing)}\n{EXPECTED}")
 
 
-def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = SPLITS) -> Source:
-    """Detect (or check) the layout of `root` and read its class list and labels."""
+def _open_release(root: Path, layout: str, splits: tuple[str, ...]) -> Source:
+    r = RELEASES[layout]
+    needed = [r.devkit] + [r.tar(s) for s in splits] + ([r.test_truth] if "test" in splits else [])
+    _require(root, layout, needed + ([r.patch_tar] if r.patch_tar else []))
+    dk = read_devkit(root / r.devkit, r)
+    patches = read_patches(root / r.patch_tar) if r.patch_tar else {}
+    found = ", ".join(needed)
+    if r.patch_tar:
+        found += f", {r.patch_tar} ({', '.join(f'{len(patches[s])} {s}' for s in splits)} replacements)"
+    return Source(root, layout, dk.wnids, dk.words, dk, splits, found, patches=patches)
+
+
+def _open_folder(root: Path, layout: str, splits: tuple[str, ...]) -> Source:
+    _require(root, layout, splits if "train" in splits else ("train",) + splits)
+    dk = read_devkit(root / DEVKIT_NAME) if (root / DEVKIT_NAME).is_file() else None
+    # With the devkit its 1000 classes are the class list (as for the tarballs), so a class
+    # folder missing shifts no label; it shows in the count check instead.
+    classes = dk.wnids if dk else class_dirs(root / "train")
+    if not classes:
+        raise SourceError(f"{root / 'train'} holds no class folders named like WNIDs (n01440764, ...)\n{EXPECTED}")
+    found = ", ".join(f"{s}/" for s in splits) + (f", {DEVKIT_NAME}" if dk else "")
+    return Source(root, layout, classes, dk.words if dk else {}, dk, splits, found)
+
+
+def _open_kaggle(root: Path, layout: str, splits: tuple[str, ...]) -> Source:
+    needed = [KAGGLE_MAPPING] + [str(KAGGLE_DATA / s) for s in splits] + ([KAGGLE_VAL] if "val" in splits else [])
+    _require(root, layout, needed)
+    words = {}
+    mapping = root / KAGGLE_MAPPING
+    for n, line in enumerate(_read_utf8(mapping).splitlines(), 1):
+        if line.strip():
+            wnid, _, name = line.strip().partition(" ")
+            if not WNID.fullmatch(wnid):
+                raise SourceError(f"{mapping}:{n}: {wnid!r} is not a WNID (expected 'n01440764 tench, ...')")
+            words[wnid] = name
+    src = Source(root, layout, sorted(words), words, None, splits, ", ".join(needed))
+    if "val" in splits:
+        src._kaggle_val_labels = read_kaggle_val(root / KAGGLE_VAL)
+    return src
+
+
+def _open_fall2011(root: Path, layout: str, splits: tuple[str, ...]) -> Source:
+    s = fall2011.find(root)
+    found = (f"{s.describe()}; val held out: min({fall2011.HOLDOUT}, n // {fall2011.HOLDOUT_SHARE}) "
+             "images a synset")
+    return Source(root, layout, s.wnids, {}, None, splits, found, synsets=s)
+
+
+OPEN = {"official": _open_release, "ilsvrc2010": _open_release, "folder": _open_folder,
+        "kaggle": _open_kaggle, "fall2011": _open_fall2011}
+LAYOUT_SPLITS = {layout: ("train", "val", "test") if layout == "ilsvrc2010" else ("train", "val")
+                 for layout in LAYOUTS}
+
+
+def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] | None = None) -> Source:
+    """Detect (or check) the layout of `root` and read its class list and labels. splits:
+    those to build (None: all the layout has)."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise SourceError(f"--source {root} is not a directory\n{EXPECTED}")
@@ -268,36 +305,12 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
         layout = found[0]
     elif layout not in LAYOUTS:
         raise SourceError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    splits = list(splits)
-
-    if layout == "official":
-        _require(root, layout, [DEVKIT_NAME] + [TRAIN_TAR if s == "train" else VAL_TAR for s in splits])
-        dk = read_devkit(root / DEVKIT_NAME)
-        return Source(root, layout, dk.wnids, dk.words, dk)
-    if layout == "folder":
-        _require(root, layout, splits if "train" in splits else ["train"] + splits)
-        dk = read_devkit(root / DEVKIT_NAME) if (root / DEVKIT_NAME).is_file() else None
-        # With the devkit its 1000 classes are the class list (as for the tarballs), so a class
-        # folder missing shifts no label; it shows in the count check instead.
-        classes = dk.wnids if dk else class_dirs(root / "train")
-        if not classes:
-            raise SourceError(f"{root / 'train'} holds no class folders named like WNIDs (n01440764, ...)\n{EXPECTED}")
-        return Source(root, layout, classes, dk.words if dk else {}, dk)
-    # kaggle
-    _require(root, layout, [KAGGLE_MAPPING] + [str(KAGGLE_DATA / s) for s in splits]
-             + ([KAGGLE_VAL] if "val" in splits else []))
-    words = {}
-    mapping = root / KAGGLE_MAPPING
-    for n, line in enumerate(_read_utf8(mapping).splitlines(), 1):
-        if line.strip():
-            wnid, _, name = line.strip().partition(" ")
-            if not WNID.fullmatch(wnid):
-                raise SourceError(f"{mapping}:{n}: {wnid!r} is not a WNID (expected 'n01440764 tench, ...')")
-            words[wnid] = name
-    src = Source(root, layout, sorted(words), words)
-    if "val" in splits:
-        src._kaggle_val_labels = read_kaggle_val(root / KAGGLE_VAL)
-    return src
+    has = LAYOUT_SPLITS[layout]
+    splits = tuple(s for s in SPLITS if s in (has if splits is None else set(splits)))
+    if set(splits) - set(has):
+        raise SourceError(f"the {layout} layout has no {', '.join(sorted(set(splits) - set(has)))} split "
+                          f"(it has {', '.join(has)}; only ILSVRC-2010's test labels were released)")
+    return OPEN[layout](root, layout, splits)
 
 
 def _read_utf8(path: Path) -> str:
@@ -327,4 +340,3 @@ def read_kaggle_val(path: Path) -> dict[str, str]:
             if labels.setdefault(key, fields[0]) != fields[0]:
                 raise SourceError(f"{path}:{n}: {key} is labelled {labels[key]} above and {fields[0]} here")
     return labels
-

@@ -7,13 +7,19 @@ each: random access, in parallel, with nothing extracted to disk.
 
 ``members`` parses the tar headers itself (ustar, GNU and pax; checksums and
 truncation checked), ~8x faster than the tarfile module; the shard reader
-(``shardfile.read_samples``) uses it too.
+(``shardfile.read_samples``) uses it too. ``cached_index`` streams the index of
+many tars (21,841 inner tars for Fall 2011) and caches it on disk, never holding
+it all in memory.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
-from typing import NamedTuple
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from . import atomic
 
 BLOCK = 512
 
@@ -132,3 +138,60 @@ def read_at(path: str, offset: int, size: int) -> bytes:
     if len(data) != size:
         raise OSError(f"{path}: short read at {offset} ({len(data)} of {size} bytes)")
     return data
+
+
+# ---- an index of many tars, streamed and cached ------------------------------------------
+class Part(NamedTuple):
+    """A tar to index: a file, or the window [start, start + size) of one (an inner tar)."""
+    path: str
+    start: int
+    size: int | None
+    label: str | None  # prefix of its members' names ("n01440764.tar"), None for none
+
+
+def inner_tars(path: str) -> list[Part]:
+    """The inner tars of a tar of tars (ILSVRC's train tars, fall11_whole.tar), in tar order."""
+    return [Part(path, m.offset, m.size, m.name) for m in index_tar(path) if m.name.endswith(".tar")]
+
+
+def index_part(part: Part) -> list[TarMember]:
+    prefix = f"{part.label}/" if part.label else ""
+    try:
+        return [TarMember(prefix + m.name, m.offset, m.size) for m in index_tar(part.path, part.start, part.size)]
+    except TarError as e:
+        if part.label is None:
+            raise
+        # the byte offset in the message counts from the inner tar's start
+        raise TarError(f"{e} of its inner tar {part.label} (which starts at byte {part.start})") from None
+
+
+def stamp(paths: list[str]) -> str:
+    """What the cache must have been made from: each tar's path, size and mtime."""
+    stats = [(str(Path(p).resolve()), os.stat(p)) for p in paths]
+    text = " ".join(f"{p} {st.st_size} {st.st_mtime_ns}" for p, st in stats)
+    if len(stats) > 1:  # a folder of tars: one line all the same
+        text = hashlib.sha256(text.encode()).hexdigest()
+    return f"# {text}\n"
+
+
+def cached_index(parts, cache: Path | None, mark: str, imap=map) -> Iterator[TarMember]:
+    """The members of every part, part after part, streamed: from `cache` when its first
+    line is `mark` (see `stamp`), else indexed (parts in parallel through `imap`, an ordered
+    map) and written to it as they pass. `parts` is a callable, only called on a miss."""
+    if cache and cache.exists():
+        with open(cache, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+            if f.readline() == mark:
+                for line in f:
+                    name, offset, size = line.rstrip("\n").rsplit("\t", 2)
+                    yield TarMember(name, int(offset), int(size))
+                return
+    if cache is None:
+        for members in imap(index_part, parts()):
+            yield from members
+        return
+    with atomic.atomic_open(cache) as f:  # complete, or not there at all
+        f.write(mark.encode())
+        for members in imap(index_part, parts()):
+            f.write("".join(f"{m.name}\t{m.offset}\t{m.size}\n" for m in members)
+                    .encode("utf-8", "surrogateescape"))
+            yield from members

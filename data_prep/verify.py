@@ -105,6 +105,8 @@ def verify(directory: Path | str, decode: bool = False, progress: bool = False) 
     problems, named = [], set()
     size = m.get("settings", {}).get("image", {}).get("size", IMAGE_SIZE)  # what the build cropped to
     entries = [(split, e) for split, s in m["splits"].items() for e in s["shards"]]
+    if "words" in m and len(m["words"]) != len(m["classes"]):
+        problems.append(f"words: {len(m['words'])} names for {len(m['classes'])} classes")
     for split, s in m["splits"].items():
         if sum(e["count"] for e in s["shards"]) != s["count"]:
             problems.append(f"{split}: shard counts do not add up to {s['count']}")

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from data_prep.manifest import MANIFEST
+from data_prep.manifest import MANIFEST, class_names
 from data_prep.image import IMAGE_SIZE
 from repro.augment import eval_views
 from repro.data.loader import loader
 from repro.data.order import in_order
-from repro.data.shards import class_names, read_manifest, split_shards
+from repro.data.shards import read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
 from repro.tracking import read_metrics

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from data_prep.image import UnreadableImage, decode_256
-from repro.data.shards import class_names, read_manifest
+from data_prep.manifest import class_names
+from repro.data.shards import read_manifest
 from repro.distributed import pick_device
 from repro.evaluate import EvalError, check_members, load_member, stats_path
 from repro.tracking import run_data_dir

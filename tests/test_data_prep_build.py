@@ -11,6 +11,7 @@ import pytest
 import scipy.io
 
 from data_prep.build_shards import BuildError
+from data_prep.manifest import class_names
 from data_prep.sources import SourceError
 from data_prep.verify import verify
 from data_prep_helpers import build, cli, fixture, manifest, output_digest, read_split
@@ -64,13 +65,19 @@ def test_training_shards_mix_classes(built):
     assert len(set(first)) >= 3
 
 
-def test_val_labels_follow_the_devkit_ids(built):
-    """Read the devkit with scipy directly: ground-truth ILSVRC2012_ID -> WNID -> sorted index."""
-    source, out, _ = built["official"]
+def read_devkit(source):
+    """meta.mat's synsets and the validation ground truth, read with tarfile and scipy."""
     with tarfile.open(source / "ILSVRC2012_devkit_t12.tar.gz") as tar:
         names = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers()}
         meta = scipy.io.loadmat(io.BytesIO(tar.extractfile(names["meta.mat"]).read()), squeeze_me=True)["synsets"]
         truth = tar.extractfile(names["ILSVRC2012_validation_ground_truth.txt"]).read().split()
+    return meta, truth
+
+
+def test_val_labels_follow_the_devkit_ids(built):
+    """Read the devkit with scipy directly: ground-truth ILSVRC2012_ID -> WNID -> sorted index."""
+    source, out, _ = built["official"]
+    meta, truth = read_devkit(source)
     id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in meta.ravel() if int(s["num_children"]) == 0}
     assert len(meta.ravel()) > len(id_to_wnid)  # inner synsets are there, and ignored
     wnids = sorted(id_to_wnid.values())
@@ -81,6 +88,19 @@ def test_val_labels_follow_the_devkit_ids(built):
         n = int(key.rsplit("_", 1)[1])
         assert wnid == id_to_wnid[int(truth[n - 1])]
         assert cls == wnids.index(wnid)
+
+
+def test_manifest_words_where_the_source_names_its_classes(built):
+    """meta.mat's words (official), LOC_synset_mapping.txt's (kaggle), parallel to classes; a
+    folder tree names none, and class_names falls back to the WNIDs."""
+    meta, _ = read_devkit(built["official"][0])
+    words = {str(s["WNID"]): str(s["words"]) for s in meta.ravel() if int(s["num_children"]) == 0}
+    mapping = dict(line.split(" ", 1) for line in
+                   (built["kaggle"][0] / "LOC_synset_mapping.txt").read_text().splitlines())
+    official, kaggle, folder = (manifest(built[layout][1]) for layout in ("official", "kaggle", "folder"))
+    assert official["words"] == [words[w] for w in official["classes"]] == class_names(official)
+    assert kaggle["words"] == [mapping[w] for w in kaggle["classes"]]
+    assert "words" not in folder and class_names(folder) == folder["classes"]
 
 
 def test_three_layouts_give_identical_shards_and_stats(built):
@@ -197,7 +217,10 @@ def test_verify_finds_corruption_missing_and_stray_shards(built, tmp_path):
     (bad / "train-000001.tar").write_bytes(bytes(data))
     (bad / "val-000001.tar").unlink()
     shutil.copy(bad / "val-000000.tar", bad / "val-000042.tar")
+    m = manifest(bad)
+    (bad / "manifest.json").write_text(json.dumps({**m, "words": m["words"][1:]}))
     problems = verify(bad)
+    assert f"words: {len(m['classes']) - 1} names for {len(m['classes'])} classes" in problems
     assert any("train-000001.tar: sha256" in p for p in problems)
     assert any("val-000001.tar: missing" in p for p in problems)
     assert any("val-000042.tar: not in the manifest" in p for p in problems)

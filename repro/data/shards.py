@@ -21,13 +21,6 @@ def read_manifest(shards_dir: str | Path) -> dict:
     return load_manifest(shards_dir)
 
 
-def class_names(manifest: dict) -> list[str]:
-    """Each class's readable name: the devkit's words where the source had them (the
-    manifest's optional "words"), else its WNID."""
-    words = manifest.get("words") or [None] * len(manifest["classes"])
-    return [w or wnid for w, wnid in zip(words, manifest["classes"])]
-
-
 def split_shards(shards_dir: str | Path, split: str) -> list[Shard]:
     manifest = read_manifest(shards_dir)
     if split not in manifest["splits"]:
