@@ -142,8 +142,9 @@ def test_bytes_changed_inside_the_weights_are_caught_by_the_digest(tmp_path, cap
     at = data.index(weights)
     (ckpts / "step-000000002.pt").write_bytes(data[:at] + bytes(4) + data[at + 4:])
     assert torch.load(ckpts / "last.pt", weights_only=False)["step"] == 2   # still "loads"
-    with pytest.raises(CheckpointError, match=r"last\.pt: its bytes do not match last\.pt\.sha256"):
+    with pytest.raises(CheckpointError, match=r"last\.pt: its bytes do not match last\.pt\.sha256") as e:
         checkpoint.load(ckpts / "last.pt")
+    assert "delete" not in str(e.value)          # a digest file is never the thing to remove
     path, state = load_latest(tmp_path)
     assert path == ckpts / "step-000000001.pt" and state["step"] == 1
     assert "do not match" in capsys.readouterr().err
@@ -171,6 +172,39 @@ def test_load_latest_refuses_to_start_over_when_nothing_loads(tmp_path, capsys):
             p.unlink()
     with pytest.raises(CheckpointError, match=r"best.pt: no last.pt or step-\*.pt"):
         load_latest(tmp_path)
+
+
+# ---- reading while the trainer saves -----------------------------------------------------
+SAVING = """
+import sys, time, torch
+from pathlib import Path
+from repro import checkpoint
+
+end, step = time.time() + float(sys.argv[2]), 1
+while time.time() < end:
+    checkpoint.save({"global_step": step, "model": torch.full((20000,), float(step))},
+                    Path(sys.argv[1]), 2, is_best=step % 2 == 1)
+    step += 1
+"""
+
+
+def test_reading_while_the_trainer_saves_never_reports_damage(tmp_path):
+    """`repro eval` of last.pt/best.pt on a live run: each file and its digest are replaced
+    by two renames, and a read between them must not take the pair for damage."""
+    ckpts = tmp_path / "checkpoints"
+    checkpoint.save({"global_step": 0, "model": torch.zeros(20000)}, ckpts, 2, is_best=True)
+    saver = subprocess.Popen([sys.executable, "-c", SAVING, str(ckpts), "3"], cwd=ROOT)
+    loads, errors = 0, []
+    while saver.poll() is None:
+        for name in ("last.pt", "best.pt"):
+            try:
+                state = checkpoint.load(ckpts / name)
+                assert torch.equal(state["model"], torch.full((20000,), float(state["global_step"])))
+            except CheckpointError as e:
+                errors.append(str(e))
+            loads += 1
+    assert saver.returncode == 0 and loads > 100
+    assert errors == [], f"{len(errors)} of {loads} loads: {errors[0]}"
 
 
 # ---- temp files of a killed checkpoint write ----------------------------------------------
@@ -211,6 +245,7 @@ def test_save_removes_the_temp_files_of_killed_writes_only(tmp_path):
 def train(shards, run, *overrides) -> list[str]:
     return ["train", "--config", str(SMOKE), "--data", str(shards), "--out", str(run),
             *SMALL, "schedule.epochs=1", *overrides]
+
 
 
 def test_train_reports_missing_inputs_in_one_line(shards, good, tmp_path, capsys):
