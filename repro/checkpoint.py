@@ -207,6 +207,37 @@ def load(path: Path, map_location="cpu", keys=()) -> dict:
     return _read_checked(path, lambda data: _parse(path, data, map_location, keys))
 
 
+def verify(path: Path) -> None:
+    """CheckpointError unless the bytes at `path` are those its digest file lists (or it
+    has none): the digest check of load() without unpickling."""
+    _read_checked(path)
+
+
+def repair_best(ckpt_dir: Path) -> None:
+    """A best.pt that its digest file does not describe (an earlier version crashed between
+    linking the two): if its bytes are those of a checkpoint this run wrote (another digest
+    file lists them), its digest file is rewritten; else it is left as it is, with a
+    warning (eval, report and figures then take last.pt)."""
+    best = Path(ckpt_dir) / "best.pt"
+    if not best.is_file():
+        return
+    try:
+        verify(best)
+        return
+    except CheckpointError as e:
+        problem = str(e)
+    with open(best, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    known = set().union(*(_digests(p) or set() for p in best.parent.glob("*.pt") if p != best))
+    if digest in known:
+        _write_digests(best, [digest])
+        print(f"repaired {_digest_file(best)}: {best.name} is an intact checkpoint of this run",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"warning: {problem}; it is kept as it is, and the next epoch that improves on "
+              f"the best error replaces it", file=sys.stderr, flush=True)
+
+
 def _newest_first(ckpts: Path) -> list[Path]:
     """The checkpoints a resume tries, in order: last.pt, then the step-*.pt newest first."""
     steps = sorted(ckpts.glob("step-*.pt"), reverse=True)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +47,20 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[
 
 
 def default_checkpoint(run_dir: str | Path) -> Path:
-    """The run's best checkpoint (lowest centre-crop val error), else its last."""
+    """The run's best checkpoint (lowest centre-crop val error), else its last; a best.pt
+    whose bytes its digest file does not list is passed over for last.pt, with a warning."""
     ckpts = Path(run_dir) / "checkpoints"
-    for name in ("best.pt", "last.pt"):
-        if (ckpts / name).is_file():
-            return ckpts / name
+    best, last = ckpts / "best.pt", ckpts / "last.pt"
+    if best.is_file():
+        try:
+            checkpoint.verify(best)
+            return best
+        except checkpoint.CheckpointError as e:
+            if not last.is_file():
+                raise
+            print(f"warning: {e}; using {last} instead", file=sys.stderr, flush=True)
+    if last.is_file():
+        return last
     raise EvalError(f"{ckpts}: no best.pt or last.pt (has `repro train --out {run_dir}` run?)")
 
 

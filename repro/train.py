@@ -187,6 +187,8 @@ def resume(run: Run, data_dir: Path) -> tuple[Path | None, bool]:
     ckpt_path, state = checkpoint.load_latest(run.run_dir, map_location=run.device)
     if ckpt_path is None:
         return None, False
+    if run.dist.is_main:
+        checkpoint.repair_best(run.run_dir / "checkpoints")
     changes = resume_changes(state["config"], run.cfg.to_dict())
     if changes:
         raise SystemExit(f"{ckpt_path} belongs to a run with other settings "

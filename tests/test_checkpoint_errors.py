@@ -207,6 +207,48 @@ def test_reading_while_the_trainer_saves_never_reports_damage(tmp_path):
     assert errors == [], f"{len(errors)} of {loads} loads: {errors[0]}"
 
 
+# ---- best.pt: repaired on resume, passed over by report and figures -----------------------
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory) -> Path:
+    """One epoch of `repro train`: last.pt and best.pt are the same step-000000003.pt."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(train(shards, run)) == 0
+    return run
+
+
+def test_resume_repairs_a_best_pt_left_unmatched_by_a_crash(shards, trained, tmp_path, capsys):
+    """An earlier version crashed between linking best.pt and best.pt.sha256: best.pt held
+    the new checkpoint, its digest file the previous best's digest."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    best = run / "checkpoints" / "best.pt"
+    (run / "checkpoints" / "best.pt.sha256").write_text(f"{'0' * 64}  step-000000001.pt\n")
+    with pytest.raises(CheckpointError, match="do not match best.pt.sha256"):
+        checkpoint.load(best)
+    capsys.readouterr()
+    assert main(train(shards, run)) == 0          # a resume (with no epoch left to train)
+    assert f"repaired {best}.sha256" in capsys.readouterr().err
+    assert checkpoint.load(best)["global_step"] == 3
+
+
+def test_figures_pass_over_a_damaged_best_pt_for_last_pt(shards, trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    best = run / "checkpoints" / "best.pt"
+    data = bytearray(best.read_bytes())
+    best.unlink()                                  # its own file: last.pt stays intact
+    data[-30000] ^= 0xFF                           # inside the weights: torch.load still reads it
+    best.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(train(shards, run)) == 0           # no checkpoint of this run has these bytes
+    assert f"warning: {best}: its bytes do not match best.pt.sha256" in capsys.readouterr().err
+    assert main(["figures", str(run), "--device", "cpu", "--queries", "1", "--scan", "4"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {best}: its bytes do not match best.pt.sha256: damaged after it was " \
+           f"written; use another checkpoint" in err and f"using {best.parent / 'last.pt'}" in err
+    assert "delete" not in err and (run / "figures" / "filters.png").is_file()
+
+
 # ---- temp files of a killed checkpoint write ----------------------------------------------
 KILLED_MID_SAVE = """
 import os, signal, sys, torch
