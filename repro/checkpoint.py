@@ -70,18 +70,28 @@ def lock_run(run_dir: Path):
     return f
 
 
+class NoSpace(Exception):
+    """The disk filled up while a checkpoint was written; the previous checkpoint is intact."""
+
+
+EXIT_NO_SPACE = 74      # EX_IOERR (sysexits.h): the disk is full, a requeue would not help
 READ_TRIES = 5          # reads of a file that a trainer keeps replacing while it is read
 
 
 class _Hashing:
-    """A binary file that hashes what is written through it."""
+    """A binary file that hashes what is written through it, and keeps the write error
+    that torch.save turns into a RuntimeError of its own."""
 
     def __init__(self, f):
-        self.f, self.digest = f, hashlib.sha256()
+        self.f, self.digest, self.error = f, hashlib.sha256(), None
 
     def write(self, data) -> int:
         self.digest.update(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -92,7 +102,12 @@ def atomic_save(obj, path: Path) -> str:
     path = Path(path)
     with atomic_open(path) as f:
         out = _Hashing(f)
-        torch.save(obj, out)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            raise out.error from None            # e.g. ENOSPC, not torch's "unexpected pos"
         digest = out.digest.hexdigest()
         _announce(path, digest)
     _write_digests(path, [digest])                # the rename is done: the new digest only
@@ -142,18 +157,26 @@ def _announce(path: Path, digest: str) -> None:
 
 def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     """Write step-<global step>.pt and its digest, point last.pt (and best.pt) at them,
-    prune old ones."""
+    prune old ones. NoSpace if the disk fills up: what was there before stays loadable."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # Temp files of saves killed mid-way, each as big as a checkpoint. Only the run's main
     # process writes here, one save at a time, so only a live one (a second job on the same
     # run dir, by mistake) can still be writing.
     remove_stale_tmp(ckpt_dir, spare_live=True)
-    path = ckpt_dir / f"step-{state['global_step']:09d}.pt"
-    digest = atomic_save(state, path)         # hashed as written: no second read
-    for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
-        _announce(ckpt_dir / name, digest)
-        _link_or_copy(path, ckpt_dir / name)
-        _write_digests(ckpt_dir / name, [digest])
+    path = writing = ckpt_dir / f"step-{state['global_step']:09d}.pt"
+    try:
+        digest = atomic_save(state, path)         # hashed as written: no second read
+        for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
+            writing = ckpt_dir / name
+            _announce(writing, digest)
+            _link_or_copy(path, writing)
+            _write_digests(writing, [digest])
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = ("the previous checkpoint is kept" if (ckpt_dir / "last.pt").is_file()
+                else "no checkpoint has been written")
+        raise NoSpace(f"no space left on device while writing {writing}; {kept}") from None
     for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep_last]:
         old.unlink()
         _digest_file(old).unlink(missing_ok=True)

@@ -38,11 +38,12 @@ def cmd_train(args) -> int:
 
 def reports_errors(cmd):
     """Bad input to train/eval/report/figures/demo (a missing file, a damaged checkpoint, one
-    that does not fit the shards) is one line on stderr and status 2, not a traceback."""
+    that does not fit the shards) is one line on stderr and status 2, not a traceback; a
+    disk that fills up under a checkpoint is one line and status 74."""
     def run(args) -> int:
         from data_prep.manifest import ShardsError
         from data_prep.tarindex import TarError
-        from repro.checkpoint import CheckpointError, RunLocked
+        from repro.checkpoint import EXIT_NO_SPACE, CheckpointError, NoSpace, RunLocked
         from repro.distributed import DeviceError
         from repro.evaluate import EvalError
 
@@ -52,6 +53,9 @@ def reports_errors(cmd):
                 TarError, RunLocked) as e:
             print(f"error: {error_line(e)}", file=sys.stderr)
             return 2
+        except NoSpace as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_NO_SPACE
     return run
 
 

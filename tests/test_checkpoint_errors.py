@@ -290,6 +290,32 @@ def train(shards, run, *overrides) -> list[str]:
 
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 240 MB tmpfs: room for one checkpoint of these tests' model (161 MB), not for two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=240m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(shards, small_disk, capsys):
+    run = small_disk / "run"
+    assert main(train(shards, run, "schedule.epochs=2")) == checkpoint.EXIT_NO_SPACE == 74
+    err = capsys.readouterr().err
+    ckpts = run / "checkpoints"
+    assert err.splitlines()[-1] == (f"error: no space left on device while writing "
+                                    f"{ckpts / 'step-000000006.pt'}; the previous checkpoint is kept")
+    assert "Traceback" not in err
+    assert checkpoint.load(ckpts / "last.pt")["global_step"] == 3       # epoch 1's, intact
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256", "step-000000003.pt",
+        "step-000000003.pt.sha256"]
+
 def test_train_reports_missing_inputs_in_one_line(shards, good, tmp_path, capsys):
     assert main(train(tmp_path / "nowhere", tmp_path / "run")) == 2
     err = capsys.readouterr().err
