@@ -42,7 +42,7 @@ from repro.schedule import Schedule
 from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
 from repro.tracking import Tracker
 
-EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint is kept
+EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint (if any) is kept
 
 
 class NonFiniteLoss(RuntimeError):
@@ -364,7 +364,9 @@ def stopped(run: Run) -> int:
 
 
 def nonfinite(run: Run, e: NonFiniteLoss) -> int:
-    print(f"error: {e}; the last good checkpoint is kept in {run.run_dir / 'checkpoints'}",
+    kept = checkpoint.latest(run.run_dir)     # every checkpoint written has finite weights
+    print(f"error: {e}; " + (f"the last good checkpoint is kept: {kept}" if kept else
+                             "no checkpoint had been written yet, so there is none to resume"),
           file=sys.stderr, flush=True)
     if run.tracker:
         run.tracker.log({"event": "nonfinite", "message": str(e)})

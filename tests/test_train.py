@@ -159,7 +159,7 @@ def test_resume_refuses_shards_with_other_classes(shards, uninterrupted, tmp_pat
         train(cfg, other, run)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, capsys):
     run = tmp_path / "run"
     good = FAST + ["schedule.epochs=1", "checkpoint.every_minutes=1000"]
     assert train(load_config(SMOKE, good), shards, run) == 0
@@ -172,6 +172,18 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path):
     assert_same_weights(final_weights(run), before)
     assert all(torch.isfinite(v).all() for v in before.values())
     assert read_metrics(run)[-1]["event"] == "nonfinite"
+    assert f"the last good checkpoint is kept: {run / 'checkpoints' / 'last.pt'}" in \
+        capsys.readouterr().err
+
+
+def test_nonfinite_loss_before_any_checkpoint_says_there_is_none(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = load_config(SMOKE, FAST + ["schedule.epochs=1", "checkpoint.every_minutes=1000",
+                                     "optim.lr=1e30"])          # NaN at step 2 of 4
+    assert train(cfg, shards, run) == EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert "no checkpoint had been written yet, so there is none to resume" in err, err
+    assert "kept" not in err and not (run / "checkpoints").exists()
 
 
 def test_offline_wandb_run_holds_the_metrics(shards, tmp_path):
