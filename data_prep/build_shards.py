@@ -43,7 +43,7 @@ import PIL
 from tqdm import tqdm
 
 from . import atomic, image, interactive
-from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
+from .manifest import FORMAT_VERSION, MANIFEST, STATS, file_sha256, shard_name
 from .shardfile import ShardWriter
 from .sources import EXPECTED, SPLITS, Record, Source, SourceError, open_source, read_record
 from .stats import Sums, finalize, save_stats
@@ -443,18 +443,10 @@ def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> d
         for i in range(len(plans["train"])):
             sums += Sums.load(work / "parts" / f"{shard_name('train', i)}.npz")
         save_stats(out / STATS, finalize(sums))       # train has images: checked above
-        manifest["stats"] = {"file": STATS, "sha256": _sha256(out / STATS), "count": sums.count}
+        manifest["stats"] = {"file": STATS, "sha256": file_sha256(out / STATS), "count": sums.count}
     atomic.write_json(out / MANIFEST, manifest)  # last: from now on the build is complete
     _summary(manifest, out, time.time() - t0, total, build_s, workers, log)
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _summary(m: dict, out: Path, seconds: float, built: int, build_s: float, workers: int, log) -> None:

@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
     if args.resume and latest(args.out) is None:
         print(f"--resume: no checkpoint in {args.out}/checkpoints", file=sys.stderr)
         return 2
-    return train(cfg, args.data, args.out)
+    return train(cfg, args.data, args.out, args.allow_other_shards)
 
 
 def reports_errors(cmd):
@@ -182,6 +182,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/checkpoints/last.pt (also automatic when it exists)")
+    p.add_argument("--allow-other-shards", action="store_true",
+                   help="resume on shards (same classes) whose manifest.json or stats.npz differ "
+                        "from those the checkpoint was trained on")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(run=reports_errors(cmd_train))
 

@@ -33,7 +33,7 @@ from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, resume_changes
 from repro.data.loader import device_images, device_loader, empty_batch
 from repro.data.order import EpochPlan, in_order
-from repro.data.shards import Shard, read_manifest, split_shards
+from repro.data.shards import Shard, data_fingerprint, read_manifest, split_shards
 from repro.distributed import DistContext, pick_device
 from repro.evaluate import topk_correct
 from repro.optim import PaperSGD, param_groups
@@ -78,12 +78,15 @@ class Run:
     pos: Position
     progress: str                    # bar | lines | off
     last_save: float = 0.0           # time.monotonic() of the last checkpoint
+    data: dict | None = None         # the shards' data_fingerprint, kept in every checkpoint
 
 
-def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
-    """Train (or resume) into run_dir; returns the process exit status."""
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
+          allow_other_shards: bool = False) -> int:
+    """Train (or resume) into run_dir; returns the process exit status. allow_other_shards:
+    resume on shards whose manifest or stats.npz differ from the checkpoint's."""
     with contextlib.ExitStack() as cleanup:     # the run dir's lock, however train ends
-        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup)
+        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup, allow_other_shards)
         try:
             while run.pos.epoch < cfg.schedule.epochs:
                 if not train_one_epoch(run):
@@ -102,7 +105,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> int:
         return 0
 
 
-def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitStack) -> Run:
+def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitStack,
+              allow_other_shards: bool = False) -> Run:
     """Processes and devices, the shards, the model and its optimizer, the run dir's lock,
     the resumed position, and the tracker: everything the loop needs."""
     dist = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
@@ -115,6 +119,7 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
                          f"world size {dist.world}")
     set_determinism(cfg.train.deterministic)
     classes = read_manifest(data_dir)["classes"]
+    data = data_fingerprint(data_dir)          # before the slow start-up: stats.npz checked
     if len(classes) != cfg.model.num_classes:
         raise SystemExit(f"{data_dir}/manifest.json has {len(classes)} classes but "
                          f"model.num_classes = {cfg.model.num_classes}; set "
@@ -128,15 +133,15 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
               split_shards(data_dir, "val"), placed, build_optimizer(cfg, placed.model),
               Schedule(cfg.schedule, cfg.optim.lr), make_normalizer(cfg, data_dir / STATS, device),
               stream, stop, tracker=None, pos=Position(), progress=progress_mode(cfg, dist),
-              last_save=time.monotonic())
+              last_save=time.monotonic(), data=data)
     lock_run_dir(run, cleanup)
-    resumed_from, restarted = resume(run, data_dir)
+    resumed_from, restarted = resume(run, data_dir, allow_other_shards)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         log = cfg.logging
         run.tracker = Tracker(run_dir, cfg.to_dict(), log.wandb, log.project, log.entity)
-        run.tracker.log({"event": "data", "path": str(data_dir.resolve())})
+        run.tracker.log({"event": "data", "path": str(data_dir.resolve()), **run.data})
         if resumed_from is not None:
             p = run.pos
             run.tracker.log({"event": "resume", "checkpoint": str(resumed_from), "epoch": p.epoch,
@@ -179,7 +184,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
-def resume(run: Run, data_dir: Path) -> tuple[Path | None, bool]:
+def resume(run: Run, data_dir: Path, allow_other_shards: bool = False) -> tuple[Path | None, bool]:
     """Load run_dir's newest usable checkpoint into the model, optimizer, schedule and
     run.pos, after checking that it belongs to this run and these shards. Returns its
     path (None for a new run) and whether the epoch starts again because the data
@@ -194,9 +199,7 @@ def resume(run: Run, data_dir: Path) -> tuple[Path | None, bool]:
         raise SystemExit(f"{ckpt_path} belongs to a run with other settings "
                          f"({'; '.join(changes)}); a resumed run keeps its settings: drop "
                          f"the overrides, or start a new run with another --out")
-    if state["classes"] != run.classes:
-        raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
-                         f"{ckpt_path} was trained on; resume on those shards")
+    check_shards(run, state, ckpt_path, data_dir, allow_other_shards)
     model = run.placed.model
     model.load_state_dict(state["model"])
     if isinstance(model, TowerAlexNet):  # checkpoints hold the single model's layout
@@ -216,6 +219,28 @@ def resume(run: Run, data_dir: Path) -> tuple[Path | None, bool]:
                   f"its first {run.pos.step} steps are trained on twice", file=sys.stderr)
         run.pos.step = 0
     return ckpt_path, restart
+
+
+def check_shards(run: Run, state: dict, ckpt_path: Path, data_dir: Path, allowed: bool) -> None:
+    """Refuse a resume on shards with other classes (the labels would mean other things);
+    on another shard set or other statistics (the checkpoint's data_fingerprint; older
+    checkpoints have none) unless allowed, when it goes on with a warning."""
+    if state["classes"] != run.classes:
+        raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
+                         f"{ckpt_path} was trained on; resume on those shards")
+    theirs = state.get("data") or {}
+    differ = [what for key, what in (("stats_sha256", "stats.npz (mean image and PCA)"),
+                                     ("manifest_sha256", "manifest.json (shard set)"))
+              if key in theirs and theirs[key] != run.data[key]]
+    if not differ:
+        return
+    text = f"{ckpt_path} was trained on shards with another {' and another '.join(differ)}"
+    if not allowed:
+        raise SystemExit(f"{text} than {data_dir}; resume on those shards, or pass "
+                         f"--allow-other-shards to go on with these")
+    if run.dist.is_main:
+        print(f"warning: {text}; going on with {data_dir} (--allow-other-shards)",
+              file=sys.stderr, flush=True)
 
 
 def train_plan(cfg: Config, shards: list[Shard], epoch: int, dist: DistContext = DistContext(),
@@ -346,7 +371,7 @@ def save_checkpoint(run: Run, is_best: bool = False) -> None:
                       else run.optimizer.state_dict()),
         "schedule": run.schedule.state_dict(), "config": run.cfg.to_dict(), "epoch": pos.epoch,
         "step": pos.step, "global_step": pos.global_step, "best_top1_err": pos.best_top1_err,
-        "stream": run.stream, "classes": run.classes,
+        "stream": run.stream, "classes": run.classes, "data": run.data,
     }, run.run_dir / "checkpoints", run.cfg.checkpoint.keep_last, is_best)
     run.tracker.log({"event": "checkpoint", "path": str(path), "epoch": pos.epoch,
                      "step": pos.step, "global_step": pos.global_step})

@@ -18,7 +18,7 @@ from repro.checkpoint import CheckpointError, load_latest
 from repro.cli import main
 from repro.config import load_config, model_kwargs
 from repro.model import build_model
-from shard_helpers import write_shards
+from shard_helpers import other_stats, write_shards
 
 ROOT = Path(__file__).parent.parent
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -247,6 +247,30 @@ def test_figures_pass_over_a_damaged_best_pt_for_last_pt(shards, trained, tmp_pa
     assert f"warning: {best}: its bytes do not match best.pt.sha256: damaged after it was " \
            f"written; use another checkpoint" in err and f"using {best.parent / 'last.pt'}" in err
     assert "delete" not in err and (run / "figures" / "filters.png").is_file()
+
+
+# ---- the shards' statistics: checked against the manifest, and against the checkpoint's ----
+def test_train_and_eval_refuse_a_stats_npz_the_build_did_not_write(shards, trained, tmp_path,
+                                                                    capsys):
+    replaced = other_stats(shards, tmp_path / "replaced", in_manifest=False)
+    says = (f"error: {replaced / 'stats.npz'}: not the file the build wrote (its sha256 differs "
+            f"from manifest.json's); run build_shards with the same arguments again: it "
+            f"rebuilds it\n")
+    assert main(train(replaced, tmp_path / "run")) == 2
+    assert capsys.readouterr().err == says
+    assert main(["eval", "--checkpoint", str(trained / "checkpoints" / "last.pt"),
+                 "--data", str(replaced)]) == 2
+    assert capsys.readouterr().err == says
+
+
+def test_eval_warns_of_a_checkpoint_trained_with_other_stats(shards, trained, tmp_path, capsys):
+    other = other_stats(shards, tmp_path / "other")
+    last = trained / "checkpoints" / "last.pt"
+    assert main(["eval", "--checkpoint", str(last), "--data", str(other), "--device", "cpu"]) == 0
+    assert (f"warning: {last} was trained with another stats.npz than {other / 'stats.npz'}: "
+            f"its input is normalised with another mean image") in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(last), "--data", str(shards), "--device", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 # ---- temp files of a killed checkpoint write ----------------------------------------------
