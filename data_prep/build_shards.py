@@ -115,7 +115,8 @@ def build_shard(task: tuple[str, int, list[Record]]) -> dict:
                 # read that fails is the whole source failing: raised.
                 if r.offset >= 0 or e.errno not in (errno.EACCES, errno.EPERM, errno.ENOENT):
                     raise
-                skipped.append({"key": r.key, "path": r.origin, "reason": f"cannot read: {e.strerror}"})
+                why = "a dangling symbolic link" if os.path.islink(r.path) else f"cannot read: {e.strerror}"
+                skipped.append({"key": r.key, "path": r.origin, "reason": why})
                 continue
             if dec.notes:
                 converted.append({"key": r.key, "path": r.origin, "notes": dec.notes})
@@ -163,6 +164,19 @@ def _same(a: dict, b: dict) -> bool:
     """The same build, wherever the source is mounted now: for an unfinished build, whose
     resume checks the new source's listing against the plan digest."""
     return {**a, "source": None} == {**b, "source": None}
+
+
+def _check_out_place(out: Path, src: Source) -> None:
+    """Refuse an --out that is the source, or inside its image trees (train/, val/, the Kaggle
+    CLS-LOC tree), before anything is written there."""
+    where = next((t for t in src.trees() if out.is_relative_to(t)), None)
+    if out == src.root:
+        raise BuildError(f"--out {out} is --source: the build would write into the ImageNet tree; "
+                         "choose a directory outside it")
+    if where is not None:
+        raise BuildError(f"--out {out} is inside {where}: the build's files would lie among the "
+                         "images (and a folder named like a WNID there is a class); choose a "
+                         "directory outside the source's image folders")
 
 
 def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
@@ -278,6 +292,7 @@ def build(args, log=print) -> dict | None:
     args.splits = splits
     src = open_source(args.source, args.layout, splits)
     log(f"source: {src.root} (layout: {src.layout}, {len(src.wnids)} classes)")
+    _check_out_place(out, src)
     settings = _settings(src, args)
     out.mkdir(parents=True, exist_ok=True)
     part = getattr(args, "part", None)

@@ -115,6 +115,11 @@ class Source:
             return ILSVRC2012_COUNTS[split], "ILSVRC2012 (1000 classes)"
         return None, ""
 
+    def trees(self) -> list[Path]:
+        """The directories that hold the images (none for the tarballs)."""
+        return {"official": [], "folder": [self.root / s for s in SPLITS],
+                "kaggle": [self.root / KAGGLE_DATA]}[self.layout]
+
     # ---- official tarballs -----------------------------------------------------------
     def _official(self, split, cache_dir, imap) -> Iterable[Record]:
         tar = self.root / (TRAIN_TAR if split == "train" else VAL_TAR)
@@ -138,9 +143,9 @@ class Source:
             if e.name.startswith("."):
                 continue
             image = os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
-            if image and e.is_file():
+            if image and (e.is_file() or _dangling(e)):   # a dangling one: skipped when read
                 yield Path(e.path)
-            elif image or not e.is_dir():  # a text file, a dangling link, a folder named x.JPEG
+            elif image or not e.is_dir():  # a text file, a folder named x.JPEG, a FIFO
                 self.ignored[split] += 1
 
     def _class_dirs(self, split: str, top: Path, labels: dict[str, str] | None = None,
@@ -183,6 +188,17 @@ class Source:
         yield from self._labelled_files(split, top, self._kaggle_val_labels, KAGGLE_VAL)
         # val sorted into <wnid>/ folders (valprep.sh)
         yield from self._class_dirs(split, top, self._kaggle_val_labels, KAGGLE_VAL)
+
+
+def _dangling(e: os.DirEntry) -> bool:
+    return e.is_symlink() and not os.path.exists(e.path)
+
+
+def _has_image(directory: Path) -> bool:
+    """Whether `directory` holds an entry named like an image (the listing stops at it)."""
+    with os.scandir(directory) as entries:
+        return any(os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                   for e in entries if not e.name.startswith("."))
 
 
 def _printable_utf8(name: str) -> bool:
@@ -282,6 +298,11 @@ def open_source(root: Path | str, layout: str = "auto", splits: Iterable[str] = 
         classes = dk.wnids if dk else class_dirs(root / "train")
         if not classes:
             raise SourceError(f"{root / 'train'} holds no class folders named like WNIDs (n01440764, ...)\n{EXPECTED}")
+        empty = [] if dk else [w for w in classes if not _has_image(root / "train" / w)]
+        if empty:
+            raise SourceError(f"{root / 'train' / empty[0]}: a class folder with no images ({len(empty)} "
+                              f"such); its class would have nothing to train it and shift every label "
+                              f"after it: remove it, or add its images")
         return Source(root, layout, classes, dk.words if dk else {}, dk)
     # kaggle
     _require(root, layout, [KAGGLE_MAPPING] + [str(KAGGLE_DATA / s) for s in splits]
