@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from . import atomic, image, interactive
 from . import fall2011
-from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
+from .manifest import FORMAT_VERSION, MANIFEST, STATS, file_sha256, shard_name
 from .plan import Plan, read_shard, write_plan
 from .shardfile import ShardWriter
 from .sources import EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, open_source, read_record
@@ -94,7 +94,8 @@ def build_shard(task: tuple[str, int, list[Record]]) -> dict:
                 # read that fails is the whole source failing: raised.
                 if r.offset >= 0 or e.errno not in (errno.EACCES, errno.EPERM, errno.ENOENT):
                     raise
-                skipped.append({"key": r.key, "path": r.origin, "reason": f"cannot read: {e.strerror}"})
+                why = "a dangling symbolic link" if os.path.islink(r.path) else f"cannot read: {e.strerror}"
+                skipped.append({"key": r.key, "path": r.origin, "reason": why})
                 continue
             if dec.notes:
                 converted.append({"key": r.key, "path": r.origin, "notes": dec.notes})
@@ -150,6 +151,19 @@ def _same(a: dict, b: dict) -> bool:
     """The same build, wherever the source is mounted now: for an unfinished build, whose
     resume checks the new source's listing against the plan digest."""
     return {**a, "source": None} == {**b, "source": None}
+
+
+def _check_out_place(out: Path, src: Source) -> None:
+    """Refuse an --out that is the source, or inside its image trees (train/, val/, the Kaggle
+    CLS-LOC tree), before anything is written there."""
+    where = next((t for t in src.trees() if out.is_relative_to(t)), None)
+    if out == src.root:
+        raise BuildError(f"--out {out} is --source: the build would write into the ImageNet tree; "
+                         "choose a directory outside it")
+    if where is not None:
+        raise BuildError(f"--out {out} is inside {where}: the build's files would lie among the "
+                         "images (and a folder named like a WNID there is a class); choose a "
+                         "directory outside the source's image folders")
 
 
 def _claim_out(out: Path, settings: dict, alone: bool) -> dict | None:
@@ -247,12 +261,12 @@ def _count_check(src: Source, split: str, plan: Plan, log) -> dict:
 def build_shards(source, out, *, workers: int = 0, shard_size: int = DEFAULT_SHARD_SIZE,
                  quality: int = DEFAULT_QUALITY, limit: int | None = None, seed: int = DEFAULT_SEED,
                  splits=None, layout: str = "auto", progress: str = "off", part: int | None = None,
-                 parts: int = 1, log=print) -> dict | None:
+                 parts: int = 1, verify: bool = False, log=print) -> dict | None:
     """Python entry point of the CLI; returns the manifest (None from a part that left
     shards of other parts unfinished). Raises SourceError / BuildError."""
     args = argparse.Namespace(source=source, out=out, workers=workers, shard_size=shard_size, quality=quality,
                               limit=limit, seed=seed, splits=splits and list(splits), layout=layout, progress=progress,
-                              part=part, parts=parts)
+                              part=part, parts=parts, verify=verify)
     return build(args, log)
 
 
@@ -262,6 +276,7 @@ def build(args, log=print) -> dict | None:
     src = open_source(args.source, args.layout, args.splits)  # None: every split the layout has
     args.splits = list(src.splits)
     log(f"source: {src.root} (layout: {src.layout}, {len(src.wnids)} classes)\n  found: {src.found}")
+    _check_out_place(out, src)
     settings = _settings(src, args)
     out.mkdir(parents=True, exist_ok=True)
     part = getattr(args, "part", None)
@@ -278,9 +293,8 @@ def build(args, log=print) -> dict | None:
                 done = _claim_out(out, settings, alone=False)
             finally:
                 _unlock(merge_lock)
-        if done is not None:
-            counts = ", ".join(f"{s} {v['count']} images" for s, v in done["splits"].items())
-            log(f"{out} already holds this build, complete ({counts}): nothing to do")
+        damaged = _check_finished(out, done, args, log) if done is not None else {}
+        if done is not None and not damaged:
             return done
         work = out / WORK
         if part is None:  # a part leaves this to the merge: other parts may be writing
@@ -288,23 +302,10 @@ def build(args, log=print) -> dict | None:
                 atomic.remove_stale_tmp(d)
         ctx = {"out": str(out), "quality": args.quality, "labels": {w: i for i, w in enumerate(src.wnids)}}
         workers = args.workers or len(os.sched_getaffinity(0))
-        if workers > 1:
-            # spawn, not fork: callers (repro demo, tests) may have threads that a fork would
-            # copy mid-lock.
-            pool = mp.get_context("spawn").Pool(workers, _init_worker, (ctx, os.getpid()))
-            imap = lambda f, xs: pool.imap_unordered(f, xs, chunksize=1)  # noqa: E731
-            imap_ordered = lambda f, xs: pool.imap(f, xs, chunksize=1)  # noqa: E731
-        else:
-            pool = None
-            _init_worker(ctx)
-            imap = imap_ordered = map
-        try:
-            manifest = _run(args, src, settings, out, workers, imap, imap_ordered, log, t0)
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-        return manifest
+        with _pool(ctx, workers) as (imap, imap_ordered):
+            if damaged:
+                return _repair(args, src, out, done, damaged, imap, imap_ordered, log)
+            return _run(args, src, settings, out, workers, imap, imap_ordered, log, t0)
     finally:
         if (out / MANIFEST).exists():  # complete: the resume state has served its purpose
             if part is not None:  # ... once no other part still runs (the last one removes it)
@@ -319,8 +320,98 @@ def build(args, log=print) -> dict | None:
         os.close(lock)
 
 
-def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict | None:
-    work = out / WORK
+@contextlib.contextmanager
+def _pool(ctx: dict, workers: int):
+    """(imap, imap_ordered) over `workers` processes, or in this one when 1."""
+    if workers == 1:
+        _init_worker(ctx)
+        yield map, map
+        return
+    # spawn, not fork: callers (repro demo, tests) may have threads that a fork would copy
+    # mid-lock.
+    pool = mp.get_context("spawn").Pool(workers, _init_worker, (ctx, os.getpid()))
+    try:
+        yield (lambda f, xs: pool.imap_unordered(f, xs, chunksize=1),
+               lambda f, xs: pool.imap(f, xs, chunksize=1))
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+# ---- a finished build: checked on every rerun, its damaged files rebuilt -------------------
+def _damaged(out: Path, manifest: dict, hashes: bool) -> dict[str, str]:
+    """The files of a finished build that are not as its manifest records them, with why:
+    a shard missing or of another size (with `hashes`, also of another sha256); stats.npz
+    missing or of another sha256 (always hashed: it is small)."""
+    bad = {}
+    for entry in (e for s in manifest["splits"].values() for e in s["shards"]):
+        path = out / entry["name"]
+        if not path.is_file():
+            bad[entry["name"]] = "missing"
+        elif path.stat().st_size != entry["bytes"]:
+            bad[entry["name"]] = f"{path.stat().st_size} bytes, {MANIFEST} says {entry['bytes']}"
+        elif hashes and file_sha256(path) != entry["sha256"]:
+            bad[entry["name"]] = f"sha256 differs from {MANIFEST}'s"
+    if "stats" in manifest:
+        if not (out / STATS).is_file():
+            bad[STATS] = "missing"
+        elif file_sha256(out / STATS) != manifest["stats"]["sha256"]:
+            bad[STATS] = f"sha256 differs from {MANIFEST}'s"
+    return bad
+
+
+def _check_finished(out: Path, done: dict, args, log) -> dict[str, str]:
+    """Check a finished build's files (_damaged) and say what was found; a part refuses to
+    repair them (the whole build does it, alone)."""
+    hashes = getattr(args, "verify", False)
+    damaged = _damaged(out, done, hashes)
+    if not damaged:
+        counts = ", ".join(f"{s} {v['count']} images" for s, v in done["splits"].items())
+        checked = "sizes and sha256" if hashes else "sizes, and stats.npz's sha256"
+        log(f"{out} already holds this build, complete ({counts}; {checked} checked): nothing to do")
+        return {}
+    listing = "; ".join(f"{name}: {why}" for name, why in sorted(damaged.items()))
+    if getattr(args, "part", None) is not None:
+        raise BuildError(f"{out} holds a finished build with damaged files ({listing}); run the "
+                         "same command without --part to rebuild them")
+    log(f"{out} holds a finished build with damaged files ({listing}): rebuilding them")
+    return damaged
+
+
+def _repair(args, src, out, done, damaged, imap, imap_ordered, log) -> dict:
+    """Rebuild the damaged files of a finished build as its manifest records them (the same
+    source and settings give the same bytes; checked). stats.npz is merged from every
+    training shard's sums, so all training shards are rebuilt with it."""
+    (out / WORK / "parts").mkdir(parents=True, exist_ok=True)
+    plans, split_info = _plan(args, src, out / WORK, imap_ordered, log)
+    changed = [s for s in args.splits if split_info[s]["plan_sha256"] != done["splits"][s]["plan_sha256"]]
+    if changed:
+        raise BuildError(f"the {'/'.join(changed)} images under {src.root} changed since {out} was "
+                         "built: its damaged files cannot be rebuilt as they were; use another --out")
+    todo = [(split, i, str(plans[split].path), offset, count) for split in args.splits
+            for i, (offset, count) in enumerate(plans[split].shards)
+            if shard_name(split, i) in damaged or (STATS in damaged and split == "train")]
+    recorded = {e["name"]: e["sha256"] for s in done["splits"].values() for e in s["shards"]}
+    for part in imap(build_planned, todo):
+        if part["sha256"] != recorded[part["name"]]:
+            raise BuildError(f"{out / part['name']}: rebuilt with other bytes than {MANIFEST} records "
+                             "(a source file changed in place?); use another --out")
+    if STATS in damaged:
+        sums = Sums.zeros()
+        for i in range(len(plans["train"].shards)):
+            sums += Sums.load(out / WORK / "parts" / f"{shard_name('train', i)}.npz")
+        save_stats(out / STATS, finalize(sums))
+        if file_sha256(out / STATS) != done["stats"]["sha256"]:
+            raise BuildError(f"{out / STATS}: rebuilt with other bytes than {MANIFEST} records; "
+                             "use another --out")
+    log(f"repaired {out}: {len(todo)} shards rebuilt{' and ' + STATS if STATS in damaged else ''}, "
+        f"as {MANIFEST} records them")
+    return done
+
+
+# ---- a new or unfinished build -------------------------------------------------------------
+def _plan(args, src, work, imap_ordered, log) -> tuple[dict, dict]:
+    """Each split's shards (plan_split), and what the manifest says of its source."""
     plans, split_info = {}, {}
     for split in args.splits:
         t = time.time()
@@ -333,6 +424,12 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
         split_info[split] = info
         log(f"{split}: {info['source_count']} images in the source ({time.time() - t:.1f} s to list and "
             f"plan), {sum(n for _, n in plan.shards)} to build in {len(plan.shards)} shards")
+    return plans, split_info
+
+
+def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict | None:
+    work = out / WORK
+    plans, split_info = _plan(args, src, work, imap_ordered, log)
     plan_file = work / "plan.json"
     digests = {s: split_info[s]["plan_sha256"] for s in args.splits}
     if plan_file.exists() and json.loads(plan_file.read_text()) != digests:
@@ -430,18 +527,10 @@ def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> d
         for i in range(len(plans["train"].shards)):
             sums += Sums.load(work / "parts" / f"{shard_name('train', i)}.npz")
         save_stats(out / STATS, finalize(sums))       # train has images: checked above
-        manifest["stats"] = {"file": STATS, "sha256": _sha256(out / STATS), "count": sums.count}
+        manifest["stats"] = {"file": STATS, "sha256": file_sha256(out / STATS), "count": sums.count}
     atomic.write_json(out / MANIFEST, manifest)  # last: from now on the build is complete
     _summary(manifest, out, time.time() - t0, total, build_s, workers, log)
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _summary(m: dict, out: Path, seconds: float, built: int, build_s: float, workers: int, log) -> None:
@@ -485,6 +574,9 @@ def parser() -> argparse.ArgumentParser:
                    help="build only the shards whose index within their split is I mod --parts "
                         "(a job array task); the part that finds all shards finished writes the manifest")
     p.add_argument("--parts", type=int, default=1, metavar="N", help="the number of parts (with --part)")
+    p.add_argument("--verify", action="store_true",
+                   help="on a finished build, also re-hash every shard (their sizes and stats.npz's "
+                        "sha256 are always checked); damaged or missing files are rebuilt")
     p.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
                    help="tqdm bar; auto = on a terminal and not under SLURM")
     return p

@@ -23,6 +23,7 @@ it) and :func:`class_names` (what to show a person for each class; "words" is op
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -57,3 +58,24 @@ def class_names(manifest: dict) -> list[str]:
     where the manifest has them (a folder tree names no class, and older manifests
     predate the key), else the WNID."""
     return manifest.get("words") or manifest["classes"]
+
+
+def file_sha256(path: Path | str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def stats_digest(directory: Path | str, manifest: dict) -> str:
+    """The sha256 of DIR/stats.npz; ShardsError if it is missing, or is not the file whose
+    sha256 the manifest records (damaged or replaced after the build)."""
+    path = Path(directory) / STATS
+    if not path.is_file():
+        raise ShardsError(f"{path}: missing (the mean image and PCA); run build_shards with "
+                          f"the same arguments again: it rebuilds it")
+    digest = file_sha256(path)
+    recorded = manifest.get("stats", {}).get("sha256")
+    if recorded and digest != recorded:
+        raise ShardsError(f"{path}: not the file the build wrote (its sha256 differs from "
+                          f"{MANIFEST}'s); run build_shards with the same arguments again: "
+                          f"it rebuilds it")
+    return digest

@@ -61,7 +61,13 @@ def printable_utf8(name: str) -> bool:
 
 def image_files(directory) -> tuple[list[os.DirEntry], int]:
     """The image files directly in `directory`, by name, and how many other entries there
-    are (a text file, a dangling link, a folder named x.JPEG; not subfolders or hidden ones)."""
+    are (a text file, a folder named x.JPEG; not subfolders or hidden ones)."""
     entries = sorted((e for e in os.scandir(directory) if not e.name.startswith(".")), key=lambda e: e.name)
-    images = [e for e in entries if is_image(e.name) and e.is_file()]
+    # A dangling link named like an image is listed: reading it fails, and the build lists
+    # it under `skipped` with the reason, rather than counting it as "not an image".
+    images = [e for e in entries if is_image(e.name) and (e.is_file() or _dangling(e))]
     return images, sum(is_image(e.name) or not e.is_dir() for e in entries) - len(images)
+
+
+def _dangling(e: os.DirEntry) -> bool:
+    return e.is_symlink() and not os.path.exists(e.path)

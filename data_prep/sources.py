@@ -97,6 +97,11 @@ class Source:
             return ILSVRC2012_COUNTS[split], "ILSVRC2012 (1000 classes)"
         return None, ""
 
+    def trees(self) -> list[Path]:
+        """The directories that hold the images (none for the tarballs)."""
+        return {"official": [], "ilsvrc2010": [], "folder": [self.root / s for s in SPLITS],
+                "kaggle": [self.root / KAGGLE_DATA], "fall2011": [self.root]}[self.layout]
+
     # ---- official tarballs -----------------------------------------------------------
     def _official(self, split, cache_dir, imap) -> Iterable[Record]:
         release = self.devkit.release
@@ -177,6 +182,12 @@ class Source:
             self.ignored[split] += ignored[0]
 
 
+def _has_image(directory: Path) -> bool:
+    """Whether `directory` holds an entry named like an image (the listing stops at it)."""
+    with os.scandir(directory) as entries:
+        return any(is_image(e.name) for e in entries if not e.name.startswith("."))
+
+
 def class_dirs(top: Path) -> list[str]:
     """The class folders under `top`: those named like WNIDs (lost+found and the like are
     not classes). A class still packed as <wnid>.tar is an error, not a missing class."""
@@ -254,6 +265,11 @@ def _open_folder(root: Path, layout: str, splits: tuple[str, ...]) -> Source:
     classes = dk.wnids if dk else class_dirs(root / "train")
     if not classes:
         raise SourceError(f"{root / 'train'} holds no class folders named like WNIDs (n01440764, ...)\n{EXPECTED}")
+    empty = [] if dk else [w for w in classes if not _has_image(root / "train" / w)]
+    if empty and len(empty) < len(classes):   # all empty: the build says the split is
+        raise SourceError(f"{root / 'train' / empty[0]}: a class folder with no images ({len(empty)} "
+                          f"such); its class would have nothing to train it and shift every label "
+                          f"after it: remove it, or add its images")
     found = ", ".join(f"{s}/" for s in splits) + (f", {DEVKIT_NAME}" if dk else "")
     return Source(root, layout, classes, dk.words if dk else {}, dk, splits, found)
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import interactive
 from .image import DECODE_ERRORS, IMAGE_SIZE, error_text
-from .manifest import STATS, load_manifest
+from .manifest import STATS, file_sha256, load_manifest
 from .stats import STATS_KEYS
 
 EXTS = ("cls", "jpg", "wnid")
@@ -123,7 +123,7 @@ def verify(directory: Path | str, decode: bool = False, progress: bool = False) 
         p = d / STATS
         if not p.is_file():
             problems.append(f"{STATS}: missing")
-        elif hashlib.sha256(p.read_bytes()).hexdigest() != m["stats"]["sha256"]:
+        elif file_sha256(p) != m["stats"]["sha256"]:
             problems.append(f"{STATS}: sha256 differs from the manifest")
         else:
             with np.load(p) as z:

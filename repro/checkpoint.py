@@ -1,7 +1,18 @@
 """Checkpoints: atomic writes (temp file + rename), the last K kept plus the best; a damaged
 file is a CheckpointError naming it (load), skipped for an older one on resume (load_latest).
 Each file has a <name>.sha256 beside it, so that bytes damaged after the write (a bad disk,
-a torn copy between file systems) are caught too; files without one load unchecked."""
+a torn copy between file systems) are caught too; files without one load unchecked.
+
+A file and its digest are two names, replaced one after the other while a reader (`repro
+eval` of a live run) may be reading them. They stay one unit to a reader this way: the
+digest file first lists the old and the new digest (_announce), then the file is renamed
+into place, then the digest file lists the new one only. So whatever file the name holds
+while a reader reads, the digest file lists it; a reader that opened a file which was
+then replaced may find only the newer digest, and reads again when the name no longer
+holds the file it read (load). A crash at any step leaves a pair that matches. (Naming
+the data file by its digest would also do, but last.pt/best.pt must stay checkpoints that
+torch.load and `repro eval` take as they are; a retry alone cannot tell a reader caught
+between the two renames from damage.)"""
 from __future__ import annotations
 
 import contextlib
@@ -59,28 +70,48 @@ def lock_run(run_dir: Path):
     return f
 
 
+class NoSpace(Exception):
+    """The disk filled up while a checkpoint was written; the previous checkpoint is intact."""
+
+
+EXIT_NO_SPACE = 74      # EX_IOERR (sysexits.h): the disk is full, a requeue would not help
+READ_TRIES = 5          # reads of a file that a trainer keeps replacing while it is read
+
+
 class _Hashing:
-    """A binary file that hashes what is written through it."""
+    """A binary file that hashes what is written through it, and keeps the write error
+    that torch.save turns into a RuntimeError of its own."""
 
     def __init__(self, f):
-        self.f, self.digest = f, hashlib.sha256()
+        self.f, self.digest, self.error = f, hashlib.sha256(), None
 
     def write(self, data) -> int:
         self.digest.update(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self.f.flush()
 
 
 def atomic_save(obj, path: Path) -> str:
-    """torch.save, atomically; returns the file's sha256. A digest left beside `path` by an
-    earlier file goes (save() writes the new one)."""
+    """torch.save, atomically, with the digest file beside it; returns the file's sha256."""
+    path = Path(path)
     with atomic_open(path) as f:
         out = _Hashing(f)
-        torch.save(obj, out)
-    _digest_file(Path(path)).unlink(missing_ok=True)
-    return out.digest.hexdigest()
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            raise out.error from None            # e.g. ENOSPC, not torch's "unexpected pos"
+        digest = out.digest.hexdigest()
+        _announce(path, digest)
+    _write_digests(path, [digest])                # the rename is done: the new digest only
+    return digest
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -100,31 +131,60 @@ def _digest_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _digests(path: Path) -> set[str] | None:
+    """The digests listed beside `path`; None when there is no digest file (unchecked)."""
+    try:
+        text = _digest_file(path).read_text()
+    except FileNotFoundError:
+        return None
+    return {line.split()[0] for line in text.splitlines() if line.strip()}
+
+
+def _write_digests(path: Path, digests: list[str]) -> None:
+    write_bytes(_digest_file(path), "".join(f"{d}  {path.name}\n" for d in digests).encode())
+
+
+def _announce(path: Path, digest: str) -> None:
+    """The first step of replacing `path` by bytes with `digest`: its digest file lists the
+    old and the new. A file there without a digest file stays unchecked until the rename,
+    so that none of its readers is told it is damaged."""
+    old = _digests(path) if path.exists() else None
+    if old is None:
+        _digest_file(path).unlink(missing_ok=True)
+    else:
+        _write_digests(path, [*sorted(old - {digest}), digest])
+
+
 def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     """Write step-<global step>.pt and its digest, point last.pt (and best.pt) at them,
-    prune old ones. A crash between linking a file and its digest leaves a pair that does
-    not match: load refuses it and load_latest takes the step file."""
+    prune old ones. NoSpace if the disk fills up: what was there before stays loadable."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # Temp files of saves killed mid-way, each as big as a checkpoint. Only the run's main
     # process writes here, one save at a time, so only a live one (a second job on the same
     # run dir, by mistake) can still be writing.
     remove_stale_tmp(ckpt_dir, spare_live=True)
-    path = ckpt_dir / f"step-{state['global_step']:09d}.pt"
-    digest = atomic_save(state, path)         # hashed as written: no second read
-    write_bytes(_digest_file(path), f"{digest}  {path.name}\n".encode())
-    for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
-        _link_or_copy(path, ckpt_dir / name)
-        _link_or_copy(_digest_file(path), _digest_file(ckpt_dir / name))
+    path = writing = ckpt_dir / f"step-{state['global_step']:09d}.pt"
+    try:
+        digest = atomic_save(state, path)         # hashed as written: no second read
+        for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
+            writing = ckpt_dir / name
+            _announce(writing, digest)
+            _link_or_copy(path, writing)
+            _write_digests(writing, [digest])
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = ("the previous checkpoint is kept" if (ckpt_dir / "last.pt").is_file()
+                else "no checkpoint has been written")
+        raise NoSpace(f"no space left on device while writing {writing}; {kept}") from None
     for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep_last]:
         old.unlink()
         _digest_file(old).unlink(missing_ok=True)
     return path
 
 
-def load(path: Path, map_location="cpu", keys=()) -> dict:
-    """The checkpoint at `path`; CheckpointError if the file cannot be read as one (damaged,
-    not torch.save'd, not a dict, not the bytes its .sha256 says) or lacks any of `keys`."""
-    data = Path(path).read_bytes()       # read once: for the digest and for torch.load
+def _parse(path: Path, data: bytes, map_location, keys) -> dict:
+    """The checkpoint in `data`; CheckpointError if it is none of ours or lacks `keys`."""
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as e:  # a damaged file raises anything: zip, pickle, EOF, import errors
@@ -138,11 +198,67 @@ def load(path: Path, map_location="cpu", keys=()) -> dict:
         raise CheckpointError(f"{path}: not a checkpoint of this project: no "
                               f"{', '.join(missing)} entr{'ies' if len(missing) > 1 else 'y'} "
                               f"(has {', '.join(map(str, state)) or 'nothing'})")
-    digest = _digest_file(Path(path))      # a checkpoint, but are these the bytes written?
-    if digest.is_file() and digest.read_text().split()[:1] != [hashlib.sha256(data).hexdigest()]:
-        raise CheckpointError(f"{path}: its bytes do not match {digest.name}: damaged after it "
-                              f"was written (if it was changed on purpose, delete {digest.name})")
     return state
+
+
+def _read_checked(path: Path, parse=lambda data: None):
+    """parse(the bytes at `path`), once the bytes are known to be the ones written: listed
+    in the digest file, or read again if the name was given another file meanwhile."""
+    path = Path(path)
+    for _ in range(READ_TRIES):
+        with open(path, "rb") as f:          # one opened file: for the digest and for parse
+            data, opened = f.read(), os.fstat(f.fileno())
+        parsed = parse(data)
+        listed = _digests(path)
+        if listed is None or hashlib.sha256(data).hexdigest() in listed:
+            return parsed
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:            # removed while read: reading again says so
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
+            raise CheckpointError(f"{path}: its bytes do not match {_digest_file(path).name}: "
+                                  f"damaged after it was written; use another checkpoint "
+                                  f"(a step-*.pt beside it) or an intact copy")
+    raise CheckpointError(f"{path}: replaced {READ_TRIES} times while it was read (a trainer "
+                          f"saving into it); read it again, or read a step-*.pt")
+
+
+def load(path: Path, map_location="cpu", keys=()) -> dict:
+    """The checkpoint at `path`; CheckpointError if the file cannot be read as one (damaged,
+    not torch.save'd, not a dict, not the bytes its .sha256 says) or lacks any of `keys`."""
+    return _read_checked(path, lambda data: _parse(path, data, map_location, keys))
+
+
+def verify(path: Path) -> None:
+    """CheckpointError unless the bytes at `path` are those its digest file lists (or it
+    has none): the digest check of load() without unpickling."""
+    _read_checked(path)
+
+
+def repair_best(ckpt_dir: Path) -> None:
+    """A best.pt that its digest file does not describe (an earlier version crashed between
+    linking the two): if its bytes are those of a checkpoint this run wrote (another digest
+    file lists them), its digest file is rewritten; else it is left as it is, with a
+    warning (eval, report and figures then take last.pt)."""
+    best = Path(ckpt_dir) / "best.pt"
+    if not best.is_file():
+        return
+    try:
+        verify(best)
+        return
+    except CheckpointError as e:
+        problem = str(e)
+    with open(best, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    known = set().union(*(_digests(p) or set() for p in best.parent.glob("*.pt") if p != best))
+    if digest in known:
+        _write_digests(best, [digest])
+        print(f"repaired {_digest_file(best)}: {best.name} is an intact checkpoint of this run",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"warning: {problem}; it is kept as it is, and the next epoch that improves on "
+              f"the best error replaces it", file=sys.stderr, flush=True)
 
 
 def _newest_first(ckpts: Path) -> list[Path]:

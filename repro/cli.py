@@ -33,16 +33,17 @@ def cmd_train(args) -> int:
     if args.resume and latest(args.out) is None:
         print(f"--resume: no checkpoint in {args.out}/checkpoints", file=sys.stderr)
         return 2
-    return train(cfg, args.data, args.out, init_from=args.init_from)
+    return train(cfg, args.data, args.out, args.init_from, args.allow_other_shards)
 
 
 def reports_errors(cmd):
     """Bad input to train/eval/report/figures/demo (a missing file, a damaged checkpoint, one
-    that does not fit the shards) is one line on stderr and status 2, not a traceback."""
+    that does not fit the shards) is one line on stderr and status 2, not a traceback; a
+    disk that fills up under a checkpoint is one line and status 74."""
     def run(args) -> int:
         from data_prep.manifest import ShardsError
         from data_prep.tarindex import TarError
-        from repro.checkpoint import CheckpointError, RunLocked
+        from repro.checkpoint import EXIT_NO_SPACE, CheckpointError, NoSpace, RunLocked
         from repro.distributed import DeviceError
         from repro.evaluate import EvalError
 
@@ -52,6 +53,9 @@ def reports_errors(cmd):
                 TarError, RunLocked) as e:
             print(f"error: {error_line(e)}", file=sys.stderr)
             return 2
+        except NoSpace as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_NO_SPACE
     return run
 
 
@@ -192,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="a new run starts from this checkpoint's weights where the shapes match "
                         "(fine-tuning; the classifier is re-initialised when the classes differ)")
+    p.add_argument("--allow-other-shards", action="store_true",
+                   help="resume on shards (same classes) whose manifest.json or stats.npz differ "
+                        "from those the checkpoint was trained on")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(run=reports_errors(cmd_train))
 

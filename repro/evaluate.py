@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from repro.augment import Normalizer
 from repro.config import Config, config_from_dict
 from repro.data.loader import loader
 from repro.data.order import in_order
-from repro.data.shards import read_manifest, split_shards
+from repro.data.shards import data_fingerprint, read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.placement import Placed, make_normalizer, place_model
 
@@ -46,18 +47,29 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[
 
 
 def default_checkpoint(run_dir: str | Path) -> Path:
-    """The run's best checkpoint (lowest centre-crop val error), else its last."""
+    """The run's best checkpoint (lowest centre-crop val error), else its last; a best.pt
+    whose bytes its digest file does not list is passed over for last.pt, with a warning."""
     ckpts = Path(run_dir) / "checkpoints"
-    for name in ("best.pt", "last.pt"):
-        if (ckpts / name).is_file():
-            return ckpts / name
+    best, last = ckpts / "best.pt", ckpts / "last.pt"
+    if best.is_file():
+        try:
+            checkpoint.verify(best)
+            return best
+        except checkpoint.CheckpointError as e:
+            if not last.is_file():
+                raise
+            print(f"warning: {e}; using {last} instead", file=sys.stderr, flush=True)
+    if last.is_file():
+        return last
     raise EvalError(f"{ckpts}: no best.pt or last.pt (has `repro train --out {run_dir}` run?)")
 
 
 def stats_path(data_dir: Path) -> Path:
+    """DIR/stats.npz, checked against the sha256 its manifest records (ShardsError)."""
     stats = Path(data_dir) / STATS
     if not stats.is_file():
         raise EvalError(f"{stats}: missing (the mean image is needed to preprocess like training)")
+    data_fingerprint(data_dir)
     return stats
 
 
@@ -69,6 +81,7 @@ class Member:
     placed: Placed                    # in eval mode (repro.placement)
     classes: list | None              # None: a checkpoint that does not say (not one of ours)
     normalizer: Normalizer | None     # None when loaded without the shards' stats.npz
+    data: dict | None = None          # the data_fingerprint of its training shards, if recorded
 
     @property
     def model(self) -> torch.nn.Module:
@@ -100,11 +113,13 @@ def load_member(path: str | Path, stats: Path | None, device: torch.device) -> M
         raise EvalError(f"{path}: its weights do not fit the model its config describes "
                         f"({detail}{' ...' if len(lines) > 2 else ''})") from None
     normalizer = make_normalizer(cfg, stats, device, training=False) if stats is not None else None
-    return Member(path, cfg, placed, state.get("classes"), normalizer)
+    return Member(path, cfg, placed, state.get("classes"), normalizer, state.get("data"))
 
 
-def check_members(members: list[Member], classes: list[str], manifest_path: Path) -> None:
-    """Refuse an ensemble whose members disagree, or a model trained on other classes."""
+def check_members(members: list[Member], data_dir: Path) -> None:
+    """Refuse an ensemble whose members disagree, or a model trained on other classes; warn
+    about a model trained with another mean image and PCA (stats.npz) than these shards'."""
+    classes, manifest_path = read_manifest(data_dir)["classes"], Path(data_dir) / MANIFEST
     counts = {str(m.path): m.cfg.model.num_classes for m in members}
     if len(set(counts.values())) > 1:
         raise EvalError("ensemble members differ in model.num_classes: "
@@ -118,6 +133,12 @@ def check_members(members: list[Member], classes: list[str], manifest_path: Path
             raise EvalError(f"{m.path} was trained on other classes than {manifest_path}: "
                             f"class {i} is {m.classes[i]} in the checkpoint, {classes[i]} "
                             f"in the shards")
+    stats = data_fingerprint(data_dir)["stats_sha256"]
+    for m in members:
+        if (m.data or {}).get("stats_sha256", stats) != stats:
+            print(f"warning: {m.path} was trained with another stats.npz than "
+                  f"{Path(data_dir) / STATS}: its input is normalised with another mean image "
+                  f"than in training", file=sys.stderr, flush=True)
 
 
 def ensemble_probs(members: list[Member], images: torch.Tensor, ten_crop: bool) -> torch.Tensor:
@@ -154,9 +175,10 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     dev = pick_device(device)
-    members = [load_member(p, stats_path(data_dir), dev) for p in checkpoints]
+    stats = stats_path(data_dir)
+    members = [load_member(p, stats, dev) for p in checkpoints]
     classes = manifest["classes"]
-    check_members(members, classes, data_dir / MANIFEST)
+    check_members(members, data_dir)
     first = members[0].cfg.data
     plan = in_order(split_shards(data_dir, split), batch_size or first.val_batch_size,
                     workers or max(1, first.workers), limit=limit)

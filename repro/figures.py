@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from data_prep.manifest import MANIFEST, class_names
+from data_prep.manifest import class_names
 from data_prep.image import IMAGE_SIZE
 from repro.augment import eval_views
 from repro.data.loader import loader
@@ -216,7 +216,7 @@ def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
     member = load_member(checkpoint or default_checkpoint(run_dir), stats, pick_device(device))
     if data_dir is not None:      # refused before anything is written
         data_dir = Path(data_dir)
-        check_members([member], read_manifest(data_dir)["classes"], data_dir / MANIFEST)
+        check_members([member], data_dir)
     out = run_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
     paths = [save_filters(member, out / "filters.png")]

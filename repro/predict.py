@@ -57,7 +57,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], data: str | Path |
     data_dir = shards_for(Path(checkpoint), data)
     manifest = read_manifest(data_dir)
     member = load_member(checkpoint, stats_path(data_dir), pick_device(device))
-    check_members([member], manifest["classes"], data_dir / "manifest.json")
+    check_members([member], data_dir)
     names = class_names(manifest)
     pixels = [read_image(Path(p)) for p in images]               # every file checked first
     out = []

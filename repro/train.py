@@ -33,7 +33,7 @@ from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, resume_changes
 from repro.data.loader import device_images, device_loader, empty_batch
 from repro.data.order import EpochPlan, in_order
-from repro.data.shards import Shard, read_manifest, split_shards
+from repro.data.shards import Shard, data_fingerprint, read_manifest, split_shards
 from repro.distributed import DistContext, pick_device
 from repro.evaluate import topk_correct
 from repro.optim import PaperSGD, param_groups
@@ -42,7 +42,7 @@ from repro.schedule import Schedule
 from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
 from repro.tracking import Tracker
 
-EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint is kept
+EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint (if any) is kept
 
 
 class NonFiniteLoss(RuntimeError):
@@ -78,14 +78,18 @@ class Run:
     pos: Position
     progress: str                    # bar | lines | off
     last_save: float = 0.0           # time.monotonic() of the last checkpoint
+    data: dict | None = None         # the shards' data_fingerprint, kept in every checkpoint
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
-          init_from: str | Path | None = None) -> int:
+          init_from: str | Path | None = None, allow_other_shards: bool = False) -> int:
     """Train (or resume) into run_dir; returns the process exit status. init_from: a new
-    run starts from that checkpoint's weights where they fit (fine-tuning, section 6)."""
+    run starts from that checkpoint's weights where they fit (fine-tuning, section 6).
+    allow_other_shards: resume on shards whose manifest or stats.npz differ from the
+    checkpoint's."""
     with contextlib.ExitStack() as cleanup:     # the run dir's lock, however train ends
-        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup, init_from)
+        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup, init_from,
+                        allow_other_shards)
         try:
             while run.pos.epoch < cfg.schedule.epochs:
                 if not train_one_epoch(run):
@@ -105,7 +109,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
 
 
 def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitStack,
-              init_from: str | Path | None = None) -> Run:
+              init_from: str | Path | None = None, allow_other_shards: bool = False) -> Run:
     """Processes and devices, the shards, the model and its optimizer, the run dir's lock,
     the resumed position, and the tracker: everything the loop needs."""
     dist = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
@@ -118,6 +122,7 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
                          f"world size {dist.world}")
     set_determinism(cfg.train.deterministic)
     classes = read_manifest(data_dir)["classes"]
+    data = data_fingerprint(data_dir)          # before the slow start-up: stats.npz checked
     if len(classes) != cfg.model.num_classes:
         raise SystemExit(f"{data_dir}/manifest.json has {len(classes)} classes but "
                          f"model.num_classes = {cfg.model.num_classes}; set "
@@ -131,16 +136,16 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
               split_shards(data_dir, "val"), placed, build_optimizer(cfg, placed.model),
               Schedule(cfg.schedule, cfg.optim.lr), make_normalizer(cfg, data_dir / STATS, device),
               stream, stop, tracker=None, pos=Position(), progress=progress_mode(cfg, dist),
-              last_save=time.monotonic())
+              last_save=time.monotonic(), data=data)
     lock_run_dir(run, cleanup)
-    resumed_from, restarted = resume(run, data_dir)
+    resumed_from, restarted = resume(run, data_dir, allow_other_shards)
     loaded = load_weights_from(run, Path(init_from)) if init_from and not resumed_from else None
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         log = cfg.logging
         run.tracker = Tracker(run_dir, cfg.to_dict(), log.wandb, log.project, log.entity)
-        run.tracker.log({"event": "data", "path": str(data_dir.resolve())})
+        run.tracker.log({"event": "data", "path": str(data_dir.resolve()), **run.data})
         if resumed_from is not None:
             p = run.pos
             run.tracker.log({"event": "resume", "checkpoint": str(resumed_from), "epoch": p.epoch,
@@ -185,7 +190,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
-def resume(run: Run, data_dir: Path) -> tuple[Path | None, bool]:
+def resume(run: Run, data_dir: Path, allow_other_shards: bool = False) -> tuple[Path | None, bool]:
     """Load run_dir's newest usable checkpoint into the model, optimizer, schedule and
     run.pos, after checking that it belongs to this run and these shards. Returns its
     path (None for a new run) and whether the epoch starts again because the data
@@ -193,14 +198,14 @@ def resume(run: Run, data_dir: Path) -> tuple[Path | None, bool]:
     ckpt_path, state = checkpoint.load_latest(run.run_dir, map_location=run.device)
     if ckpt_path is None:
         return None, False
+    if run.dist.is_main:
+        checkpoint.repair_best(run.run_dir / "checkpoints")
     changes = resume_changes(state["config"], run.cfg.to_dict())
     if changes:
         raise SystemExit(f"{ckpt_path} belongs to a run with other settings "
                          f"({'; '.join(changes)}); a resumed run keeps its settings: drop "
                          f"the overrides, or start a new run with another --out")
-    if state["classes"] != run.classes:
-        raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
-                         f"{ckpt_path} was trained on; resume on those shards")
+    check_shards(run, state, ckpt_path, data_dir, allow_other_shards)
     model = run.placed.model
     model.load_state_dict(state["model"])
     if isinstance(model, TowerAlexNet):  # checkpoints hold the single model's layout
@@ -241,6 +246,28 @@ def load_weights_from(run: Run, path: Path) -> dict:
               f"{', '.join(fresh) or 'no layer'} freshly initialised; "
               f"{', '.join(unused) or 'no layer'} of it unused", flush=True)
     return {"copied": copied, "initialised": fresh, "unused": unused}
+
+
+def check_shards(run: Run, state: dict, ckpt_path: Path, data_dir: Path, allowed: bool) -> None:
+    """Refuse a resume on shards with other classes (the labels would mean other things);
+    on another shard set or other statistics (the checkpoint's data_fingerprint; older
+    checkpoints have none) unless allowed, when it goes on with a warning."""
+    if state["classes"] != run.classes:
+        raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
+                         f"{ckpt_path} was trained on; resume on those shards")
+    theirs = state.get("data") or {}
+    differ = [what for key, what in (("stats_sha256", "stats.npz (mean image and PCA)"),
+                                     ("manifest_sha256", "manifest.json (shard set)"))
+              if key in theirs and theirs[key] != run.data[key]]
+    if not differ:
+        return
+    text = f"{ckpt_path} was trained on shards with another {' and another '.join(differ)}"
+    if not allowed:
+        raise SystemExit(f"{text} than {data_dir}; resume on those shards, or pass "
+                         f"--allow-other-shards to go on with these")
+    if run.dist.is_main:
+        print(f"warning: {text}; going on with {data_dir} (--allow-other-shards)",
+              file=sys.stderr, flush=True)
 
 
 def train_plan(cfg: Config, shards: list[Shard], epoch: int, dist: DistContext = DistContext(),
@@ -371,7 +398,7 @@ def save_checkpoint(run: Run, is_best: bool = False) -> None:
                       else run.optimizer.state_dict()),
         "schedule": run.schedule.state_dict(), "config": run.cfg.to_dict(), "epoch": pos.epoch,
         "step": pos.step, "global_step": pos.global_step, "best_top1_err": pos.best_top1_err,
-        "stream": run.stream, "classes": run.classes,
+        "stream": run.stream, "classes": run.classes, "data": run.data,
     }, run.run_dir / "checkpoints", run.cfg.checkpoint.keep_last, is_best)
     run.tracker.log({"event": "checkpoint", "path": str(path), "epoch": pos.epoch,
                      "step": pos.step, "global_step": pos.global_step})
@@ -389,7 +416,9 @@ def stopped(run: Run) -> int:
 
 
 def nonfinite(run: Run, e: NonFiniteLoss) -> int:
-    print(f"error: {e}; the last good checkpoint is kept in {run.run_dir / 'checkpoints'}",
+    kept = checkpoint.latest(run.run_dir)     # every checkpoint written has finite weights
+    print(f"error: {e}; " + (f"the last good checkpoint is kept: {kept}" if kept else
+                             "no checkpoint had been written yet, so there is none to resume"),
           file=sys.stderr, flush=True)
     if run.tracker:
         run.tracker.log({"event": "nonfinite", "message": str(e)})

@@ -2,8 +2,10 @@
 trainer tests (independent of data_prep, which has its own tests)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +46,32 @@ def write_shards(out: Path, classes=4, train=40, val=12, shard_size=10, seed=0, 
                                 "cls": str(label).encode(), "wnid": manifest["classes"][label].encode()})
             shards.append({"name": name, "count": count})
         manifest["splits"][split] = {"count": n, "shards": shards}
-    (out / "manifest.json").write_text(json.dumps(manifest))
     stack = np.stack(pixels).astype(np.float64)
     flat = stack.reshape(-1, 3)
     cov = np.cov(flat, rowvar=False, bias=True)
     eigval, eigvec = np.linalg.eigh(cov)
     np.savez(out / "stats.npz", mean_image=stack.mean(0).astype(np.float32), rgb_mean=flat.mean(0),
              rgb_cov=cov, eigval=eigval[::-1], eigvec=eigvec[:, ::-1], count=len(pixels))
+    manifest["stats"] = {"file": "stats.npz", "sha256": sha256(out / "stats.npz"), "count": train}
+    (out / "manifest.json").write_text(json.dumps(manifest))      # last, as a build writes it
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def other_stats(shards: Path, out: Path, in_manifest: bool = True) -> Path:
+    """A copy of `shards` whose stats.npz has a mean image one grey level brighter: the same
+    class list, another shard set (in_manifest: recorded in its manifest, as a rebuild would;
+    else a stats.npz replaced after the build)."""
+    shutil.copytree(shards, out)
+    with np.load(out / "stats.npz") as z:
+        stats = dict(z)
+    stats["mean_image"] = stats["mean_image"] + 1
+    np.savez(out / "stats.npz", **stats)
+    if in_manifest:
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["stats"]["sha256"] = sha256(out / "stats.npz")
+        (out / "manifest.json").write_text(json.dumps(manifest))
     return out

@@ -18,7 +18,7 @@ from repro.checkpoint import CheckpointError, load_latest
 from repro.cli import main
 from repro.config import load_config, model_kwargs
 from repro.model import build_model
-from shard_helpers import write_shards
+from shard_helpers import other_stats, write_shards
 
 ROOT = Path(__file__).parent.parent
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -142,8 +142,9 @@ def test_bytes_changed_inside_the_weights_are_caught_by_the_digest(tmp_path, cap
     at = data.index(weights)
     (ckpts / "step-000000002.pt").write_bytes(data[:at] + bytes(4) + data[at + 4:])
     assert torch.load(ckpts / "last.pt", weights_only=False)["step"] == 2   # still "loads"
-    with pytest.raises(CheckpointError, match=r"last\.pt: its bytes do not match last\.pt\.sha256"):
+    with pytest.raises(CheckpointError, match=r"last\.pt: its bytes do not match last\.pt\.sha256") as e:
         checkpoint.load(ckpts / "last.pt")
+    assert "delete" not in str(e.value)          # a digest file is never the thing to remove
     path, state = load_latest(tmp_path)
     assert path == ckpts / "step-000000001.pt" and state["step"] == 1
     assert "do not match" in capsys.readouterr().err
@@ -171,6 +172,105 @@ def test_load_latest_refuses_to_start_over_when_nothing_loads(tmp_path, capsys):
             p.unlink()
     with pytest.raises(CheckpointError, match=r"best.pt: no last.pt or step-\*.pt"):
         load_latest(tmp_path)
+
+
+# ---- reading while the trainer saves -----------------------------------------------------
+SAVING = """
+import sys, time, torch
+from pathlib import Path
+from repro import checkpoint
+
+end, step = time.time() + float(sys.argv[2]), 1
+while time.time() < end:
+    checkpoint.save({"global_step": step, "model": torch.full((20000,), float(step))},
+                    Path(sys.argv[1]), 2, is_best=step % 2 == 1)
+    step += 1
+"""
+
+
+def test_reading_while_the_trainer_saves_never_reports_damage(tmp_path):
+    """`repro eval` of last.pt/best.pt on a live run: each file and its digest are replaced
+    by two renames, and a read between them must not take the pair for damage."""
+    ckpts = tmp_path / "checkpoints"
+    checkpoint.save({"global_step": 0, "model": torch.zeros(20000)}, ckpts, 2, is_best=True)
+    saver = subprocess.Popen([sys.executable, "-c", SAVING, str(ckpts), "3"], cwd=ROOT)
+    loads, errors = 0, []
+    while saver.poll() is None:
+        for name in ("last.pt", "best.pt"):
+            try:
+                state = checkpoint.load(ckpts / name)
+                assert torch.equal(state["model"], torch.full((20000,), float(state["global_step"])))
+            except CheckpointError as e:
+                errors.append(str(e))
+            loads += 1
+    assert saver.returncode == 0 and loads > 100
+    assert errors == [], f"{len(errors)} of {loads} loads: {errors[0]}"
+
+
+# ---- best.pt: repaired on resume, passed over by report and figures -----------------------
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory) -> Path:
+    """One epoch of `repro train`: last.pt and best.pt are the same step-000000003.pt."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(train(shards, run)) == 0
+    return run
+
+
+def test_resume_repairs_a_best_pt_left_unmatched_by_a_crash(shards, trained, tmp_path, capsys):
+    """An earlier version crashed between linking best.pt and best.pt.sha256: best.pt held
+    the new checkpoint, its digest file the previous best's digest."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    best = run / "checkpoints" / "best.pt"
+    (run / "checkpoints" / "best.pt.sha256").write_text(f"{'0' * 64}  step-000000001.pt\n")
+    with pytest.raises(CheckpointError, match="do not match best.pt.sha256"):
+        checkpoint.load(best)
+    capsys.readouterr()
+    assert main(train(shards, run)) == 0          # a resume (with no epoch left to train)
+    assert f"repaired {best}.sha256" in capsys.readouterr().err
+    assert checkpoint.load(best)["global_step"] == 3
+
+
+def test_figures_pass_over_a_damaged_best_pt_for_last_pt(shards, trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    best = run / "checkpoints" / "best.pt"
+    data = bytearray(best.read_bytes())
+    best.unlink()                                  # its own file: last.pt stays intact
+    data[-30000] ^= 0xFF                           # inside the weights: torch.load still reads it
+    best.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(train(shards, run)) == 0           # no checkpoint of this run has these bytes
+    assert f"warning: {best}: its bytes do not match best.pt.sha256" in capsys.readouterr().err
+    assert main(["figures", str(run), "--device", "cpu", "--queries", "1", "--scan", "4"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {best}: its bytes do not match best.pt.sha256: damaged after it was " \
+           f"written; use another checkpoint" in err and f"using {best.parent / 'last.pt'}" in err
+    assert "delete" not in err and (run / "figures" / "filters.png").is_file()
+
+
+# ---- the shards' statistics: checked against the manifest, and against the checkpoint's ----
+def test_train_and_eval_refuse_a_stats_npz_the_build_did_not_write(shards, trained, tmp_path,
+                                                                    capsys):
+    replaced = other_stats(shards, tmp_path / "replaced", in_manifest=False)
+    says = (f"error: {replaced / 'stats.npz'}: not the file the build wrote (its sha256 differs "
+            f"from manifest.json's); run build_shards with the same arguments again: it "
+            f"rebuilds it\n")
+    assert main(train(replaced, tmp_path / "run")) == 2
+    assert capsys.readouterr().err == says
+    assert main(["eval", "--checkpoint", str(trained / "checkpoints" / "last.pt"),
+                 "--data", str(replaced)]) == 2
+    assert capsys.readouterr().err == says
+
+
+def test_eval_warns_of_a_checkpoint_trained_with_other_stats(shards, trained, tmp_path, capsys):
+    other = other_stats(shards, tmp_path / "other")
+    last = trained / "checkpoints" / "last.pt"
+    assert main(["eval", "--checkpoint", str(last), "--data", str(other), "--device", "cpu"]) == 0
+    assert (f"warning: {last} was trained with another stats.npz than {other / 'stats.npz'}: "
+            f"its input is normalised with another mean image") in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(last), "--data", str(shards), "--device", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 # ---- temp files of a killed checkpoint write ----------------------------------------------
@@ -212,6 +312,33 @@ def train(shards, run, *overrides) -> list[str]:
     return ["train", "--config", str(SMOKE), "--data", str(shards), "--out", str(run),
             *SMALL, "schedule.epochs=1", *overrides]
 
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 240 MB tmpfs: room for one checkpoint of these tests' model (161 MB), not for two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=240m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(shards, small_disk, capsys):
+    run = small_disk / "run"
+    assert main(train(shards, run, "schedule.epochs=2")) == checkpoint.EXIT_NO_SPACE == 74
+    err = capsys.readouterr().err
+    ckpts = run / "checkpoints"
+    assert err.splitlines()[-1] == (f"error: no space left on device while writing "
+                                    f"{ckpts / 'step-000000006.pt'}; the previous checkpoint is kept")
+    assert "Traceback" not in err
+    assert checkpoint.load(ckpts / "last.pt")["global_step"] == 3       # epoch 1's, intact
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256", "step-000000003.pt",
+        "step-000000003.pt.sha256"]
 
 def test_train_reports_missing_inputs_in_one_line(shards, good, tmp_path, capsys):
     assert main(train(tmp_path / "nowhere", tmp_path / "run")) == 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 
@@ -125,6 +126,32 @@ def test_rerun_of_a_complete_build_is_a_noop(built):
     assert r.returncode == 0, r.stderr
     assert "nothing to do" in r.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_damaged_finished_build_is_rebuilt_by_the_rerun(built, tmp_path):
+    """stats.npz truncated and a shard deleted after the build: the same command rebuilds
+    them byte for byte. Sizes are always checked; a shard changed in place at the same size
+    only by --verify, which re-hashes every shard."""
+    source, out, _ = built["official"]
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    rerun = ["data_prep.build_shards", "--source", str(source), "--out", str(work),
+             "--shard-size", "8", "--workers", "1"]
+    os.truncate(work / "stats.npz", 1000)
+    (work / "val-000000.tar").unlink()
+    r = cli(*rerun)
+    assert r.returncode == 0, r.stderr
+    assert "stats.npz: sha256 differs from manifest.json's; val-000000.tar: missing" in r.stdout
+    assert "nothing to do" not in r.stdout and "repaired" in r.stdout
+    assert output_digest(work) == output_digest(out) and manifest(work) == manifest(out)
+    data = bytearray((work / "train-000001.tar").read_bytes())
+    data[3000] ^= 0xFF
+    (work / "train-000001.tar").write_bytes(bytes(data))
+    assert "sizes, and stats.npz's sha256 checked): nothing to do" in cli(*rerun).stdout
+    r = cli(*rerun, "--verify")
+    assert r.returncode == 0 and "train-000001.tar: sha256 differs" in r.stdout, r.stdout + r.stderr
+    assert output_digest(work) == output_digest(out) and verify(work) == []
+    assert not (work / ".build").exists()
 
 
 def test_refuses_to_mix_settings(built, tmp_path):

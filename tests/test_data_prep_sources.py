@@ -231,3 +231,40 @@ def test_a_finished_build_that_lacks_a_setting_is_another_build(tmp_path):
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BuildError, match="other settings .*classes_sha256: None there"):
         build(tmp_path / "src", tmp_path / "out")
+
+
+def test_a_dangling_link_named_jpeg_is_listed_as_skipped(tmp_path):
+    """A link to an image that is gone is an image of the source that cannot be read, not a
+    file "without an image suffix"."""
+    desc = fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    wnid = desc["classes"][0]
+    os.symlink(tmp_path / "gone.JPEG", tmp_path / "src" / "train" / wnid / "dangling_link.JPEG")
+    train = build(tmp_path / "src", tmp_path / "out")["splits"]["train"]
+    assert train["skipped"] == [{"key": "dangling_link", "path": f"train/{wnid}/dangling_link.JPEG",
+                                 "reason": "a dangling symbolic link"}]
+    assert train["ignored_files"] == 0 and train["source_count"] == len(desc["labels"]["train"]) + 1
+
+
+def test_a_class_folder_without_images_is_refused(tmp_path):
+    """Without a devkit the class folders are the class list: an empty one would be a class
+    that no image trains (and that shifts every label after it)."""
+    fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    (tmp_path / "src" / "train" / "n00000001").mkdir()
+    (tmp_path / "src" / "train" / "n00000001" / "notes.txt").write_text("not an image")
+    with pytest.raises(SourceError, match=r"train/n00000001: a class folder with no images"):
+        build(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where, says", [
+    ("", "is --source: the build would write into the ImageNet tree"),
+    ("train/shards", r"is inside .*src/train: the build's files would lie among the images "
+                     r"\(and a folder named like a WNID there is a class\)"),
+])
+def test_an_out_in_the_source_tree_is_refused(tmp_path, where, says):
+    fixture(tmp_path / "src", "folder", quirks=False, **TINY)
+    before = sorted(p for p in (tmp_path / "src").rglob("*"))
+    out = tmp_path / "src" / where
+    with pytest.raises(BuildError, match=f"--out {out} {says}; choose a directory outside"):
+        build(tmp_path / "src", out)
+    assert sorted(p for p in (tmp_path / "src").rglob("*")) == before

@@ -95,7 +95,7 @@ def damaged(shards: Path, tmp_path: Path, name: str, data: bytes) -> Path:
 
 @pytest.mark.parametrize("name, data, words", [
     ("manifest.json", b'{"format_version": 1, "classes": [', ["manifest.json", "not a readable manifest"]),
-    ("stats.npz", b"PK\x03\x04 cut short", ["stats.npz", "not a readable stats file"]),
+    ("stats.npz", b"PK\x03\x04 cut short", ["stats.npz", "not the file the build wrote"]),
 ])
 def test_damaged_shard_files_are_one_line_errors(shards, ckpt, tmp_path, capsys, name, data, words):
     copy = damaged(shards, tmp_path, name, data)

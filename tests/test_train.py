@@ -24,7 +24,7 @@ from repro.tracking import read_metrics
 from repro.placement import make_normalizer
 from repro.preempt import EXIT_PREEMPTED
 from repro.train import EXIT_NONFINITE, train, validate
-from shard_helpers import write_shards
+from shard_helpers import other_stats, write_shards
 from wandb_records import history
 
 ROOT = Path(__file__).parent.parent
@@ -159,7 +159,30 @@ def test_resume_refuses_shards_with_other_classes(shards, uninterrupted, tmp_pat
         train(cfg, other, run)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path):
+def test_resume_refuses_shards_with_other_stats_unless_allowed(shards, uninterrupted, tmp_path,
+                                                                capsys):
+    """The same class list but another mean image: the checkpoint's fingerprint of its shards
+    tells; `--allow-other-shards` goes on, saying so."""
+    from repro.cli import main
+    from repro.data.shards import data_fingerprint
+
+    other = other_stats(shards, tmp_path / "other")
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    assert load(run / "checkpoints" / "last.pt")["data"] == data_fingerprint(shards)
+    cfg = load_config(SMOKE, FAST + ["data.workers=2", "schedule.epochs=2"])
+    with pytest.raises(SystemExit, match=r"was trained on shards with another stats.npz \(mean "
+                                         r"image and PCA\) and another manifest.json \(shard "
+                                         r"set\) than .*other; resume on those shards, or pass "
+                                         r"--allow-other-shards"):
+        train(cfg, other, run)
+    capsys.readouterr()
+    assert main(["train", "--config", str(SMOKE), "--data", str(other), "--out", str(run),
+                 "--allow-other-shards", *FAST, "data.workers=2", "schedule.epochs=2"]) == 0
+    assert f"going on with {other} (--allow-other-shards)" in capsys.readouterr().err
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, capsys):
     run = tmp_path / "run"
     good = FAST + ["schedule.epochs=1", "checkpoint.every_minutes=1000"]
     assert train(load_config(SMOKE, good), shards, run) == 0
@@ -172,6 +195,18 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path):
     assert_same_weights(final_weights(run), before)
     assert all(torch.isfinite(v).all() for v in before.values())
     assert read_metrics(run)[-1]["event"] == "nonfinite"
+    assert f"the last good checkpoint is kept: {run / 'checkpoints' / 'last.pt'}" in \
+        capsys.readouterr().err
+
+
+def test_nonfinite_loss_before_any_checkpoint_says_there_is_none(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = load_config(SMOKE, FAST + ["schedule.epochs=1", "checkpoint.every_minutes=1000",
+                                     "optim.lr=1e30"])          # NaN at step 2 of 4
+    assert train(cfg, shards, run) == EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert "no checkpoint had been written yet, so there is none to resume" in err, err
+    assert "kept" not in err and not (run / "checkpoints").exists()
 
 
 def test_offline_wandb_run_holds_the_metrics(shards, tmp_path):

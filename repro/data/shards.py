@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.manifest import MANIFEST, ShardsError, load_manifest
+from data_prep.manifest import MANIFEST, ShardsError, file_sha256, load_manifest, stats_digest
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,12 @@ def split_shards(shards_dir: str | Path, split: str) -> list[Shard]:
     if not entries:
         raise ShardsError(f"{Path(shards_dir) / MANIFEST}: lists no {split} shards")
     return [Shard(str(Path(shards_dir) / e["name"]), int(e["count"])) for e in entries]
+
+
+def data_fingerprint(shards_dir: str | Path) -> dict:
+    """What a checkpoint records of the shards it was trained on: the sha256 of manifest.json
+    (the shard set) and of stats.npz (the mean image and PCA its inputs were normalised with,
+    checked against the manifest: ShardsError if it is not the one the build wrote)."""
+    manifest = read_manifest(shards_dir)
+    return {"manifest_sha256": file_sha256(Path(shards_dir) / MANIFEST),
+            "stats_sha256": stats_digest(shards_dir, manifest)}
