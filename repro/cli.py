@@ -5,16 +5,18 @@ import argparse
 import re
 import sys
 
-from repro.config import ConfigError, load_config
+from repro import preempt     # light: repro.config and the rest import torch (seconds)
 
 
 def cmd_config(args) -> int:
+    from repro.config import load_config
+
     print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 
 
 def cmd_model_summary(args) -> int:
-    from repro.config import model_kwargs
+    from repro.config import load_config, model_kwargs
     from repro.model import build_model
     from repro.summary import format_summary, layer_summary
 
@@ -25,15 +27,16 @@ def cmd_model_summary(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from repro.train import train
-
     from repro.checkpoint import latest
+    from repro.config import load_config
+    from repro.train import train
 
     cfg = load_config(args.config, args.overrides)
     if args.resume and latest(args.out) is None:
         print(f"--resume: no checkpoint in {args.out}/checkpoints", file=sys.stderr)
         return 2
-    return train(cfg, args.data, args.out, args.init_from, args.allow_other_shards)
+    return train(cfg, args.data, args.out, init_from=args.init_from,
+                 allow_other_shards=args.allow_other_shards, stop=args.stop)
 
 
 def reports_errors(cmd):
@@ -271,7 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return cmd_bench(argv[1:])
+    # First of all, before torch loads: from here on SIGUSR1/SIGTERM/Ctrl-C ask the trainer
+    # to stop at its next checkpointable point (exit 75/130), never kill it (138/143/-2).
+    stop = preempt.StopFlag() if argv[:1] == ["train"] else None
+    try:
+        return run_command(argv, stop)
+    finally:
+        if stop is not None:
+            stop.close()
+
+
+def run_command(argv: list[str], stop: preempt.StopFlag | None) -> int:
+    from repro.config import ConfigError
+
     args = parser().parse_args(argv)
+    args.stop = stop
     try:
         return args.run(args)
     except ConfigError as e:

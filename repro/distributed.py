@@ -67,6 +67,11 @@ def all_sum(values: list[float], dist: DistContext, device: torch.device) -> lis
     return t.tolist()
 
 
+def any_rank(flag: bool, dist: DistContext, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank: a decision every rank takes together."""
+    return bool(all_sum([float(flag)], dist, device)[0])
+
+
 def shutdown(dist: DistContext) -> None:
     if dist.world > 1 and tdist.is_initialized():
         tdist.destroy_process_group()

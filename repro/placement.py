@@ -58,13 +58,28 @@ def place_model(cfg: Config, device: torch.device, dist: DistContext = DistConte
     if not training:
         precision = t.precision if device.type == "cuda" else "fp32"
         return Placed(model.eval(), model, precision)
-    net = model
-    if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = _ddp(cfg, model, device) if dist.world > 1 else model
     if t.compile:
         net = torch.compile(net, mode=t.compile_mode)
     return Placed(model, net, t.precision)
+
+
+def _ddp(cfg: Config, model: nn.Module, device: torch.device) -> nn.Module:
+    """The model under DDP, its gradient buckets already in their final layout. DDP reduces
+    a process's first backward in one bucket, then re-buckets the gradients in the order
+    they became ready; with 3 ranks or more the sums depend on the layout, so a resumed
+    process, whose first step is the run's n-th, would step differently from the run it
+    resumes. One backward of zeros before the real steps settles the layout alike in every
+    process: each real step, resumed or not, is reduced the same way."""
+    ddp = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    x = torch.zeros(1, cfg.model.in_channels, cfg.data.crop_size, cfg.data.crop_size,
+                    device=device)
+    with autocast_for(cfg.train.precision, device):
+        out = ddp(x)
+    (out.float().sum() * 0).backward()     # zero gradients, all-reduced; the weights stay
+    model.zero_grad(set_to_none=True)
+    return ddp
 
 
 def _towers(cfg: Config, model: nn.Module, device: torch.device, dist: DistContext) -> TowerAlexNet:

@@ -3,7 +3,8 @@
     train()  =  setup_run()                        devices, shards, model, resume, logging
                 while epochs remain:
                     train_one_epoch()              SGD steps; checkpoint on a stop signal
-                    end_epoch()                    validate, schedule step, checkpoint
+                    end_epoch()                    validate, schedule step, checkpoint;
+                                                   on a stop signal checkpoint at once
 
 Everything random is derived from (seed, epoch, step, rank): the loader's stream
 (repro.data.order), the PCA noise and the dropout masks are re-seeded every step, so
@@ -56,6 +57,7 @@ class Position:
     step: int = 0                    # steps done in `epoch`
     global_step: int = 0
     best_top1_err: float = math.inf
+    val_pending: bool = False        # `epoch`'s steps are all done, its validation is not
 
 
 @dataclass
@@ -82,19 +84,25 @@ class Run:
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
-          init_from: str | Path | None = None, allow_other_shards: bool = False) -> int:
+          init_from: str | Path | None = None, allow_other_shards: bool = False,
+          stop: preempt.StopFlag | None = None) -> int:
     """Train (or resume) into run_dir; returns the process exit status. init_from: a new
     run starts from that checkpoint's weights where they fit (fine-tuning, section 6).
     allow_other_shards: resume on shards whose manifest or stats.npz differ from the
-    checkpoint's."""
+    checkpoint's. `stop`: the stop signals' flag, if the caller installed it earlier
+    (repro.cli does, before torch loads)."""
     with contextlib.ExitStack() as cleanup:     # the run dir's lock, however train ends
-        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup, init_from,
+        stop = stop or preempt.StopFlag()
+        cleanup.callback(stop.close)
+        run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup, stop, init_from,
                         allow_other_shards)
         try:
             while run.pos.epoch < cfg.schedule.epochs:
-                if not train_one_epoch(run):
+                # A stop that came before (start-up, the last save): what is on disk is current.
+                if distributed.any_rank(stop.raised, run.dist, run.device):
+                    return stopped(run, wrote=False)
+                if not (run.pos.val_pending or train_one_epoch(run)) or not end_epoch(run):
                     return stopped(run)
-                end_epoch(run)
         except NonFiniteLoss as e:
             return nonfinite(run, e)
         finally:
@@ -109,13 +117,11 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
 
 
 def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.ExitStack,
-              init_from: str | Path | None = None, allow_other_shards: bool = False) -> Run:
+              stop: preempt.StopFlag, init_from: str | Path | None = None,
+              allow_other_shards: bool = False) -> Run:
     """Processes and devices, the shards, the model and its optimizer, the run dir's lock,
     the resumed position, and the tracker: everything the loop needs."""
     dist = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
-    # Before the slow start-up (checkpoint load, W&B) so that a signal then is honoured too;
-    # after init, so that torchrun can still stop ranks stuck in it.
-    stop = preempt.StopFlag()
     device = pick_device(cfg.train.device, dist.local_rank)
     if cfg.data.batch_size % dist.world:
         raise SystemExit(f"data.batch_size = {cfg.data.batch_size} is not divisible by the "
@@ -213,10 +219,12 @@ def resume(run: Run, data_dir: Path, allow_other_shards: bool = False) -> tuple[
     else:
         run.optimizer.load_state_dict(state["optimizer"])
     run.schedule.load_state_dict(state["schedule"])
-    run.pos = Position(state["epoch"], state["step"], state["global_step"], state["best_top1_err"])
+    run.pos = Position(state["epoch"], state["step"], state["global_step"], state["best_top1_err"],
+                       state.get("val_pending", False))
     if run.dist.is_main:
-        print(f"resuming {ckpt_path} at epoch {run.pos.epoch + 1} step {run.pos.step}", flush=True)
-    restart = state["stream"] != run.stream and run.pos.step > 0
+        print(f"resuming {ckpt_path} at {where(run.pos)}", flush=True)
+    # The order of a finished epoch's samples no longer matters.
+    restart = state["stream"] != run.stream and run.pos.step > 0 and not run.pos.val_pending
     if restart:
         if run.dist.is_main:
             # The epoch's order depends on these; its rest cannot be picked out of a new order.
@@ -298,6 +306,7 @@ def train_one_epoch(run: Run) -> bool:
     for step in range(pos.step, steps):
         loss_sum, correct, n = sgd_step(run, plan, next(batches, None), step, autocast)
         pos.step, pos.global_step = step + 1, pos.global_step + 1
+        pos.val_pending = pos.step == steps
         save_due = run.dist.is_main and (
             time.monotonic() - run.last_save > 60 * cfg.checkpoint.every_minutes)
         log_now = step == steps - 1 or (step + 1) % cfg.train.log_every == 0
@@ -341,42 +350,57 @@ def train_step(net, optimizer, x, labels, world: int, global_n: int, autocast=nu
     return loss_sum.detach(), (logits.argmax(1) == labels).sum().float()
 
 
-def end_epoch(run: Run) -> None:
-    """Validate, step the schedule on the val error, checkpoint (best.pt if the best)."""
+def end_epoch(run: Run) -> bool:
+    """Validate, step the schedule on the val error, checkpoint (best.pt if the best).
+    False if a stop signal came during validation: the checkpoint is then written at
+    once, the epoch trained and its validation pending, which a resume runs first."""
     pos = run.pos
     val = validate(run.placed.net, run.cfg, run.val_shards, run.normalizer, run.dist,
-                   run.device, run.placed.autocast())
+                   run.device, run.placed.autocast(), run.stop)
+    if val is None:
+        save_checkpoint(run)
+        return False
     is_best = val["top1_err"] < pos.best_top1_err
     pos.best_top1_err = min(pos.best_top1_err, val["top1_err"])
     lr_used = run.schedule.lr
     run.schedule.step(pos.epoch, val["top1_err"])
-    pos.epoch, pos.step = pos.epoch + 1, 0
+    pos.epoch, pos.step, pos.val_pending = pos.epoch + 1, 0, False
     if run.tracker:
         run.tracker.log({"event": "val", "epoch": pos.epoch, "global_step": pos.global_step,
                          "lr": lr_used, "next_lr": run.schedule.lr, **val}, step=pos.global_step)
         print(f"epoch {pos.epoch} val top-1 {val['top1_err']:.2f}% top-5 {val['top5_err']:.2f}% "
               f"(n={val['n']}) lr {lr_used:g} -> {run.schedule.lr:g}", flush=True)
     save_checkpoint(run, is_best)
+    return True
 
 
 @torch.no_grad()
 def validate(net, cfg: Config, shards, normalizer: Normalizer, dist: DistContext, device,
-             autocast) -> dict:
+             autocast, stop: preempt.StopFlag | None = None) -> dict | None:
     """Centre-crop top-1/top-5 error over the val split (each rank its slice), the model
-    fed as `repro eval` feeds it (Normalizer.eval_input)."""
-    net.eval()
+    fed as `repro eval` feeds it (Normalizer.eval_input). With `stop`: None as soon as a
+    stop signal has come to any rank (all ranks agree before each batch)."""
     plan = in_order(shards, cfg.data.val_batch_size, max(1, cfg.data.workers),
                     cfg.data.val_limit, dist.rank, dist.world, cfg.data.decode, cfg.data.gpu_share)
-    totals = np.zeros(3)
-    for images, labels, ys, xs, flips in device_loader(plan, device):
-        x = normalizer.eval_input(device_images(images, ys, xs, flips, plan, device),
-                                  cfg.data.crop_size)
-        with autocast:
-            logits = net(x)
-        c1, c5 = topk_correct(logits.float(), labels.to(device), (1, 5))
-        totals += (c1, c5, len(labels))
+    batches, totals = device_loader(plan, device), np.zeros(3)
+    net.eval()
+    try:
+        for _ in range(plan.steps):        # as many on every rank; a short rank's last are None
+            if stop is not None and distributed.any_rank(stop.raised, dist, device):
+                return None
+            batch = next(batches, None)
+            if batch is None:
+                continue
+            images, labels, ys, xs, flips = batch
+            x = normalizer.eval_input(device_images(images, ys, xs, flips, plan, device),
+                                      cfg.data.crop_size)
+            with autocast:
+                logits = net(x)
+            c1, c5 = topk_correct(logits.float(), labels.to(device), (1, 5))
+            totals += (c1, c5, len(labels))
+    finally:
+        net.train()
     c1, c5, n = distributed.all_sum(totals.tolist(), dist, device)
-    net.train()
     return {"top1_err": 100 * (1 - c1 / n), "top5_err": 100 * (1 - c5 / n), "n": int(n)}
 
 
@@ -398,21 +422,35 @@ def save_checkpoint(run: Run, is_best: bool = False) -> None:
                       else run.optimizer.state_dict()),
         "schedule": run.schedule.state_dict(), "config": run.cfg.to_dict(), "epoch": pos.epoch,
         "step": pos.step, "global_step": pos.global_step, "best_top1_err": pos.best_top1_err,
-        "stream": run.stream, "classes": run.classes, "data": run.data,
+        "val_pending": pos.val_pending, "stream": run.stream, "classes": run.classes,
+        "data": run.data,
     }, run.run_dir / "checkpoints", run.cfg.checkpoint.keep_last, is_best)
     run.tracker.log({"event": "checkpoint", "path": str(path), "epoch": pos.epoch,
-                     "step": pos.step, "global_step": pos.global_step})
+                     "step": pos.step, "global_step": pos.global_step,
+                     "val_pending": pos.val_pending})
 
 
-def stopped(run: Run) -> int:
-    """After a stop signal's checkpoint: say so, and exit for the requeue."""
-    pos = run.pos
+def where(pos: Position) -> str:
+    return f"epoch {pos.epoch + 1} step {pos.step}" + (
+        " (validation pending)" if pos.val_pending else "")
+
+
+def stopped(run: Run, wrote: bool = True) -> int:
+    """After a stop signal: say so (one line), and exit for the requeue (75), or 130 on
+    Ctrl-C. `wrote`: a checkpoint was written for it (else the one on disk is current)."""
+    pos, status = run.pos, run.stop.exit_status
     if run.tracker:
-        run.tracker.log({"event": "preempted", "epoch": pos.epoch, "step": pos.step})
-        run.tracker.finish(preempt.EXIT_PREEMPTED)
-    print(f"stop requested: checkpoint written at epoch {pos.epoch + 1} step {pos.step}; "
-          f"exiting with status {preempt.EXIT_PREEMPTED} (run the same command to resume)", flush=True)
-    return preempt.EXIT_PREEMPTED
+        run.tracker.log({"event": "preempted", "epoch": pos.epoch, "step": pos.step,
+                         "val_pending": pos.val_pending, "wrote": wrote, "status": status})
+        run.tracker.finish(status)
+    if run.dist.is_main:
+        what = "interrupted" if status == preempt.EXIT_INTERRUPTED else "stop requested"
+        saved = (f"checkpoint written at {where(pos)}" if wrote else
+                 f"nothing trained since the last checkpoint ({where(pos)})" if pos.global_step
+                 else "before the first step, nothing to save")
+        print(f"{what}: {saved}; exiting with status {status} (run the same command to resume)",
+              flush=True)
+    return status
 
 
 def nonfinite(run: Run, e: NonFiniteLoss) -> int:

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from node_network import NodeNetwork, NodeNetworkUnavailable
+
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue",
            "scancel", "sinfo")
 FAKE_GPUS = [Path("/dev/fakegpu0"), Path("/dev/fakegpu1")]
@@ -58,6 +60,8 @@ class SlurmCluster:
             socket.gethostbyname(self.node)
         except OSError:
             self.node = "localhost"
+        self.nodes = {self.node: "127.0.0.1"}       # name -> NodeAddr
+        self.controller = f"{self.node}(127.0.0.1)"  # SlurmctldHost
         self.procs: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "etc" / "slurm.conf"
         self.munge_dir: Path | None = None
@@ -95,11 +99,17 @@ class SlurmCluster:
         self.munge_socket = self.munge_dir / "munge.socket"
         self.ctld_port, self.slurmd_port = free_port(), free_port()
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
+        memory //= len(self.nodes)
+        node_lines = "\n".join(
+            f"NodeName={name} NodeAddr={addr} CPUs={self.cpus} RealMemory={memory} "
+            f"Gres=gpu:{self.gpus} State=UNKNOWN" for name, addr in self.nodes.items())
+        for name in self.nodes:
+            (r / "spool" / name).mkdir(parents=True, exist_ok=True)
         (r / "etc" / "gres.conf").write_text(
             "AutoDetect=off\n" + f"Name=gpu File=/dev/fakegpu[0-{self.gpus - 1}]\n")
         self.conf.write_text(f"""\
 ClusterName=repro-test
-SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldHost={self.controller}
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.slurmd_port}
 SlurmUser=root
@@ -109,11 +119,11 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket},cred_expire=5
 CredType=cred/munge
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
+SlurmdPidFile={r}/slurmd-%n.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
+SlurmdLogFile={r}/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -135,7 +145,7 @@ MinJobAge=600
 KillWait=10
 InactiveLimit=0
 SchedulerParameters=sched_interval=2,bf_interval=2,sched_min_interval=100000
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory} Gres=gpu:{self.gpus} State=UNKNOWN
+{node_lines}
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """)
 
@@ -183,18 +193,24 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe
                 raise SlurmUnavailable("slurmctld did not answer scontrol ping:\n"
                                        + tail(r / "log" / "slurmctld.log"))
             time.sleep(0.2)
-        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.node])
+        self.start_slurmds()
         while True:
-            state = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.strip()
-            if state in ("idle", "mixed", "allocated"):
+            states = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.split()
+            if len(states) == len(self.nodes) and all(
+                    st in ("idle", "mixed", "allocated") for st in states):
                 break
-            self._alive("slurmd", r / "log" / "slurmd.log")
+            for name in self.nodes:
+                self._alive(f"slurmd-{name}", r / "log" / f"slurmd-{name}.log")
             if time.time() > deadline:
-                raise SlurmUnavailable(f"node {self.node} is {state!r}, not idle:\n"
+                raise SlurmUnavailable(f"nodes {list(self.nodes)} are {states}, not idle:\n"
                                        + self.run(["scontrol", "show", "node"], check=False).stdout
-                                       + tail(r / "log" / "slurmd.log"))
+                                       + "".join(tail(r / "log" / f"slurmd-{n}.log")
+                                                 for n in self.nodes))
             time.sleep(0.2)
         return self
+
+    def start_slurmds(self) -> None:
+        self._spawn(f"slurmd-{self.node}", ["slurmd", "-D", "-f", str(self.conf), "-N", self.node])
 
     # ---- stop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -203,7 +219,8 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe
             deadline = time.time() + 30
             while time.time() < deadline and self.run(["squeue", "-h"], check=False).stdout.strip():
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):     # reverse start order, by pid
+        slurmds = [f"slurmd-{n}" for n in self.nodes]
+        for name in (*slurmds, "slurmctld", "munged"):     # reverse start order, by pid
             p = self.procs.pop(name, None)
             if p is None or p.poll() is not None:
                 continue
@@ -259,6 +276,11 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe
                                    + tail(self.root / "log" / "slurmctld.log"))
             time.sleep(poll)
 
+    def running_step(self, job_id: str) -> str:
+        """The job's running srun step ("<job>.<n>"), or "" before srun has started one."""
+        out = self.run(["squeue", "-h", "-s", "-j", str(job_id), "-o", "%i"], check=False)
+        return next((s for s in out.stdout.split() if s.split(".")[-1].isdigit()), "")
+
     def wait_state(self, job_id: str, states: set[str], timeout: float = 120) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -267,3 +289,58 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe
                 return tasks[0]
             time.sleep(0.2)
         raise TimeoutError(f"job {job_id} never reached {states}: {self.job(job_id)}")
+
+
+class MultiNodeCluster(SlurmCluster):
+    """N compute nodes, each its own host (tests/node_network.py): slurmd runs inside the
+    node's namespaces, so its jobs' tasks see the node's hostname and address; slurmctld
+    stays on the machine (its name is SlurmctldHost) and listens on the bridge.
+
+        with MultiNodeCluster(tmp_dir, nodes=2) as c:      # node1, node2
+            job = c.sbatch("--nodes=2", "slurm/train.sbatch", env={...})
+    """
+
+    def __init__(self, root: Path, nodes: int = 2, cpus: int = 2, gpus: int = 2):
+        super().__init__(root, cpus, gpus)
+        names = [f"node{i}" for i in range(1, nodes + 1)]
+        self.net = NodeNetwork(names, self.root / "etc", controller=self.node)
+        self.nodes = dict.fromkeys(names, "")
+
+    def check(self) -> None:
+        super().check()
+        try:
+            self.net.create()
+        except NodeNetworkUnavailable as e:
+            raise SlurmUnavailable(f"cannot make a host per node: {e}") from None
+        self.nodes = {n: self.net.addr(n) for n in self.nodes}
+        self.controller = f"{self.node}({self.net.bridge_addr})"
+
+    def start_slurmds(self) -> None:
+        for name in self.nodes:
+            self._spawn(f"slurmd-{name}", self.net.enter(
+                name, ["slurmd", "-D", "-f", str(self.conf), "-N", name]))
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            left = self.net.remove()
+            if left:
+                raise RuntimeError(f"test network not removed: {left}")
+
+
+def started_or_skip(cluster: SlurmCluster) -> SlurmCluster:
+    """Start `cluster` for a test module, or skip the module with the reason it cannot run."""
+    import pytest
+
+    t0 = time.time()
+    try:
+        cluster.start()
+    except SlurmUnavailable as e:
+        cluster.stop()
+        print(f"Slurm tests skipped: {e}")
+        pytest.skip(f"cannot start a test Slurm ({type(cluster).__name__}): {e}")
+    version = subprocess.run(["slurmctld", "-V"], capture_output=True, text=True).stdout.strip()
+    print(f"test Slurm ({version}) up in {time.time() - t0:.2f} s: nodes {cluster.nodes}, "
+          f"controller {cluster.controller}, in {cluster.root}")
+    return cluster

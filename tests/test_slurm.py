@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import torch
 from repro.checkpoint import load
 from repro.tracking import read_metrics
 from shard_helpers import write_shards
-from slurm_cluster import SlurmCluster, SlurmUnavailable, free_port
+from slurm_cluster import SlurmCluster, free_port, started_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
@@ -39,15 +40,7 @@ MAX_REQUEUES = 8
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        c.start()
-    except SlurmUnavailable as e:
-        c.stop()
-        print(f"Slurm tests skipped: {e}")
-        pytest.skip(f"cannot start a test Slurm: {e}")
-    print(f"test Slurm: {subprocess.run(['slurmctld', '-V'], capture_output=True, text=True).stdout.strip()}"
-          f" in {c.root}")
+    c = started_or_skip(SlurmCluster(tmp_path_factory.mktemp("slurm")))
     yield c
     c.stop()
 
@@ -170,12 +163,7 @@ def requeued(cluster, shards, tmp_path_factory):
                          f"--output={logs}/%x-%j.out", SLURM / "train.sbatch", *overrides,
                          env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE,
                                      MAX_REQUEUES=MAX_REQUEUES), cwd=ROOT)
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-         f"--master-port={free_port()}", "-m", "repro.cli", "train", "--config", str(SMOKE),
-         "--data", str(shards), "--out", str(ref), *overrides, "train.device=cpu"],
-        cwd=ROOT, env={**os.environ, **job_env()}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    reference = torchrun(2, shards, ref, overrides)
     log = logs / f"alexnet-train-{job}.out"
     wait_for(lambda: any(r["event"] == "train" for r in _metrics(run)), 120, cluster, job)
     cluster.run(["scancel", "--signal=STOP", f"{job}.0"])          # hold the training
@@ -183,12 +171,28 @@ def requeued(cluster, shards, tmp_path_factory):
     wait_for(lambda: "got SIGUSR1" in log.read_text(), 90, cluster, job)   # Slurm's warning
     cluster.run(["scancel", "--signal=CONT", f"{job}.0"])
     warned = time.time()
-    (info,) = cluster.wait(job, timeout=300)
-    out = reference.communicate(timeout=300)[0]
-    assert reference.returncode == 0, out
+    info = wait_both(cluster, job, reference, timeout=300)
     print(f"train.sbatch job {job}: warned {warned - held:.0f} s after the hold, "
           f"{info['JobState']} after {info['Restarts']} requeues, {time.time() - t0:.0f} s")
     return {"job": job, "info": info, "run": run, "ref": ref, "log": log.read_text()}
+
+
+def torchrun(world: int, shards: Path, out: Path, overrides: list[str]) -> subprocess.Popen:
+    """The uninterrupted reference: `repro train` under torchrun, `world` CPU ranks here."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
+         f"--master-port={free_port()}", "-m", "repro.cli", "train", "--config", str(SMOKE),
+         "--data", str(shards), "--out", str(out), *overrides, "train.device=cpu"],
+        cwd=ROOT, env={**os.environ, **job_env()}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
+def wait_both(cluster, job: str, reference: subprocess.Popen, timeout: float) -> dict:
+    """The job's end (its `scontrol show job`), and the reference's, which must succeed."""
+    (info,) = cluster.wait(job, timeout=timeout)
+    out = reference.communicate(timeout=timeout)[0]
+    assert reference.returncode == 0, out
+    return info
 
 
 def wait_for(condition, timeout: float, cluster, job) -> None:
@@ -205,7 +209,8 @@ def test_time_limit_signal_requeues_and_resumes_exactly(requeued):
     restarts = int(info["Restarts"])
     assert restarts >= 1, log                                   # the time limit warned it
     assert "got SIGUSR1: asking the training tasks to checkpoint and stop" in log
-    assert f"requeueing job {requeued['job']} (restart 1 of at most {MAX_REQUEUES})" in log
+    assert (f"requeueing job {requeued['job']} (restart 1; time-limit; time-limit requeues 1 "
+            f"of at most {MAX_REQUEUES})") in log
     assert log.count("] job ") == restarts + 1                  # one header per attempt
     assert "training finished" in log
     metrics = read_metrics(run)
@@ -247,7 +252,7 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
     (info,) = cluster.wait(job, timeout=120)
     log = log_of(logs, "alexnet-train", job)
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "75:0", "0"), log
-    assert "after 0 requeues = MAX_REQUEUES; not requeueing" in log
+    assert "after 0 time-limit requeues = MAX_REQUEUES; not requeueing" in log
     state = load(run / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) < (2, 0)
     assert "preempted" in [r["event"] for r in _metrics(run)]
@@ -259,6 +264,28 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
     assert f"resuming {run}/checkpoints/last.pt at epoch 1 step " in log
     assert load(run / "checkpoints" / "last.pt")["epoch"] == 2
     assert _metrics(run)[-1]["event"] == "done"
+
+
+@pytest.mark.slurm
+def test_scancel_still_cancels_the_job(cluster, shards, tmp_path):
+    """The batch shell traps SIGTERM to checkpoint and requeue (a preemption), but a plain
+    `scancel` must still end the job: its SIGTERM finds the job COMPLETING, and the
+    shell does not requeue it (`scontrol requeue` would bring a cancelled job back)."""
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    job = cluster.sbatch("--cpus-per-task=1", f"--output={logs}/%x-%j.out",
+                         SLURM / "train.sbatch", *TRAIN, "logging.wandb=disabled",
+                         env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE), cwd=ROOT)
+    wait_for(lambda: any(r["event"] == "train" for r in _metrics(run)), 120, cluster, job)
+    cluster.run(["scancel", job])
+    log = logs / f"alexnet-train-{job}.out"
+    wait_for(lambda: "not requeueing" in log.read_text(), 60, cluster, job)
+    time.sleep(2)                    # a requeue, had there been one, would show by now
+    info = cluster.wait(job, timeout=60)[0]
+    text = log.read_text()
+    assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0"), text
+    assert re.search(r"after SIGTERM, and Slurm is ending the job \(JobState=(COMPLETING|"
+                     r"CANCELLED)\): not requeueing", text) and "requeueing job" not in text, text
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -22,7 +22,7 @@ from repro.distributed import DistContext
 from repro.model import build_model
 from repro.tracking import read_metrics
 from repro.placement import make_normalizer
-from repro.preempt import EXIT_PREEMPTED
+from repro.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from repro.train import EXIT_NONFINITE, train, validate
 from shard_helpers import other_stats, write_shards
 from wandb_records import history
@@ -92,12 +92,15 @@ def test_kill_9_then_resume_is_bit_identical(shards, uninterrupted, tmp_path):
     assert "resume" in events and events[-1] == "done"
 
 
-@pytest.mark.parametrize("sig, to_group", [pytest.param(signal.SIGUSR1, False, id="usr1-trainer"),
-                                            pytest.param(signal.SIGTERM, True, id="term-group")])
+@pytest.mark.parametrize("sig, to_group, status", [
+    pytest.param(signal.SIGUSR1, False, EXIT_PREEMPTED, id="usr1-trainer"),
+    pytest.param(signal.SIGTERM, True, EXIT_PREEMPTED, id="term-group"),
+    pytest.param(signal.SIGINT, True, EXIT_INTERRUPTED, id="ctrl-c-group")])
 def test_stop_signal_checkpoints_and_exits_with_documented_status(shards, uninterrupted, tmp_path,
-                                                                  sig, to_group):
-    """SIGUSR1 to the trainer (sbatch --signal=B:USR1), and SIGTERM to every process of the
-    step, its loader workers too (how SLURM preempts or cancels a job step)."""
+                                                                  sig, to_group, status):
+    """SIGUSR1 to the trainer (sbatch --signal=B:USR1), SIGTERM to every process of the
+    step, its loader workers too (how SLURM preempts or cancels a job step), and Ctrl-C
+    (SIGINT to the terminal's foreground group): a checkpoint, one line, no traceback."""
     run = tmp_path / "signalled"
     proc = subprocess.Popen(cli(shards, run, "checkpoint.every_minutes=1000"), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -111,13 +114,66 @@ def test_stop_signal_checkpoints_and_exits_with_documented_status(shards, uninte
     else:
         proc.send_signal(sig)
     out = proc.stdout.read()
-    assert proc.wait() == EXIT_PREEMPTED, out
+    assert proc.wait() == status, out
     assert time.time() - sent < 30
+    assert "Traceback" not in out and re.search(
+        rf"^(stop requested|interrupted): checkpoint written at epoch 1 step \d+"
+        rf"( \(validation pending\))?; exiting with status {status} \(run the same command "
+        rf"to resume\)$", out, re.M), out
     state = load(run / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) < (2, 0)
     assert "preempted" in [r["event"] for r in read_metrics(run)]
     subprocess.run(cli(shards, run), check=True, cwd=ROOT, capture_output=True)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+def test_stop_during_validation_checkpoints_at_once_and_resumes_exactly(shards, uninterrupted,
+                                                                         tmp_path):
+    """A stop signal while the trainer validates: it checkpoints at once, the epoch trained
+    and its validation pending (no waiting for the val pass, no second save), and exits 75
+    within seconds; the resume validates that epoch first and ends on the same weights."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli(shards, run, "checkpoint.every_minutes=1000",
+                                "data.val_batch_size=2"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = ""
+    for line in proc.stdout:        # the epoch's last step is logged, then validation starts
+        out += line
+        if re.match(r"epoch 1 step (\d+)/\1 ", line):
+            break
+    proc.send_signal(signal.SIGUSR1)
+    sent = time.monotonic()
+    out += proc.stdout.read()
+    assert proc.wait() == EXIT_PREEMPTED, out
+    seconds = time.monotonic() - sent
+    print(f"signal during validation -> exit 75 in {seconds:.2f} s")
+    state = load(run / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step"], state["val_pending"]) == (0, 3, True), out
+    assert "epoch 1 val" not in out and "(validation pending); exiting with status 75" in out
+    assert seconds < 10, out
+    again = subprocess.run(cli(shards, run, "data.val_batch_size=2"), cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    assert "at epoch 1 step 3 (validation pending)" in again
+    assert again.index("epoch 1 val top-1") < again.index("epoch 2 step 1/")
+    assert [r["epoch"] for r in read_metrics(run) if r["event"] == "val"] == [1, 2]
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+def test_stop_signal_in_the_first_instant_exits_75(shards, tmp_path):
+    """SIGTERM while Python is still importing torch (the first seconds after launch):
+    the handler is there already, so the trainer exits 75 ("run again"), not 143."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli(shards, run), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text():
+        assert time.time() < deadline and proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == EXIT_PREEMPTED, out
+    assert "stop requested: before the first step, nothing to save; exiting with status 75" in out
+    assert not (run / "checkpoints").exists()
+    assert [r["event"] for r in read_metrics(run)][-1] == "preempted"
 
 
 @pytest.mark.parametrize("override, named", [
@@ -371,8 +427,12 @@ def test_init_from_copies_what_fits_and_initialises_the_classifier(uninterrupted
     source = load(source_path)["model"]
     other = write_shards(tmp_path / "three", classes=3, train=12, val=6, shard_size=6)
     cfg = load_config(SMOKE, FAST + ["model.num_classes=3", "data.workers=1"])
+    from repro.preempt import StopFlag
+
     with contextlib.ExitStack() as stack:
-        run = setup_run(cfg, other, tmp_path / "ft", stack, init_from=source_path)
+        stop = StopFlag()
+        stack.callback(stop.close)
+        run = setup_run(cfg, other, tmp_path / "ft", stack, stop, init_from=source_path)
         run.tracker.finish(0)
     state = run.placed.model.state_dict()
     for key in state:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install Debian's Slurm (slurmctld, slurmd, client) and munge, for tests/test_slurm.py,
-# which starts a real single-node cluster from them (tests/slurm_cluster.py).
+# which starts a real single-node cluster from them (tests/slurm_cluster.py), and iproute2
+# (+ util-linux's nsenter/unshare), with which tests/test_slurm_multinode.py makes each
+# node of a two-node cluster its own host (tests/node_network.py).
 #
 #   sudo bash tools/setup_slurm.sh      # `make test` runs it before pytest
 #
@@ -9,11 +11,12 @@
 # Slurm tests then skip with that reason. It only installs; it starts no daemon.
 set -u
 
-need=(slurmctld slurmd sbatch srun scontrol squeue sacct munged mungekey)
+need=(slurmctld slurmd sbatch srun scontrol squeue sacct munged mungekey ip nsenter unshare)
+packages=(slurmctld slurmd slurm-client munge iproute2 util-linux)
 missing() { for b in "${need[@]}"; do command -v "$b" >/dev/null 2>&1 || { echo "$b"; return; }; done; }
 
 if [ -z "$(missing)" ]; then
-    echo "setup_slurm: $(slurmctld -V) and munge already installed"
+    echo "setup_slurm: $(slurmctld -V), munge and iproute2 already installed"
     exit 0
 fi
 why=""
@@ -23,11 +26,11 @@ elif ! command -v apt-get >/dev/null 2>&1; then
     why="no apt-get (not Debian/Ubuntu)"
 fi
 if [ -n "$why" ]; then
-    echo "setup_slurm: cannot install slurm-wlm + munge: $why; the Slurm tests will skip"
+    echo "setup_slurm: cannot install slurm-wlm + munge + iproute2: $why; the Slurm tests will skip"
     exit 0
 fi
 
-echo "setup_slurm: installing slurmctld slurmd slurm-client munge (apt-get) ..."
+echo "setup_slurm: installing ${packages[*]} (apt-get) ..."
 export DEBIAN_FRONTEND=noninteractive
 # Package scripts must not try to start daemons here: the tests start their own.
 policy=/usr/sbin/policy-rc.d
@@ -37,10 +40,10 @@ if [ ! -e "$policy" ]; then
 fi
 log=$(mktemp)
 ok=0
-if apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >"$log" 2>&1; then
+if apt-get install -y -q --no-install-recommends "${packages[@]}" >"$log" 2>&1; then
     ok=1
 elif apt-get update -q >>"$log" 2>&1 &&
-     apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >>"$log" 2>&1; then
+     apt-get install -y -q --no-install-recommends "${packages[@]}" >>"$log" 2>&1; then
     ok=1
 fi
 [ "$made_policy" = 1 ] && rm -f "$policy"
