@@ -40,10 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from tqdm import tqdm
-
-from . import atomic, image, interactive
+from . import atomic, image
 from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
+from .progress import Progress
 from .shardfile import ShardWriter
 from .sources import EXPECTED, SPLITS, Record, Source, SourceError, open_source, read_record
 from .stats import Sums, finalize, save_stats
@@ -227,8 +226,8 @@ def in_part(index: int, part: int | None, parts: int) -> bool:
 
 
 # ---- the build ---------------------------------------------------------------------------
-def _progress_enabled(choice: str) -> bool:
-    return choice == "on" or (choice == "auto" and interactive())
+def _progress_mode(choice: str) -> str:
+    return "bar" if choice == "on" else choice     # "on": the bar, as before lines existed
 
 
 def _nothing_to_build(src: Source, split: str) -> str:
@@ -374,8 +373,7 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
         log(f"resuming: {len(parts)} shards already done, {len(todo)} to go")
     total = sum(len(t[2]) for t in todo)
     t_build = time.time()
-    with tqdm(total=total, unit="img", desc="shards", disable=not _progress_enabled(args.progress),
-              dynamic_ncols=True, smoothing=0.05) as bar:
+    with Progress(total, "shards", "img", _progress_mode(args.progress)) as bar:
         for part in imap(build_shard, todo):
             split, index = part["name"].split("-")[0], int(part["name"].split("-")[1][:6])
             parts[(split, index)] = part
@@ -497,8 +495,9 @@ def parser() -> argparse.ArgumentParser:
                    help="build only the shards whose index within their split is I mod --parts "
                         "(a job array task); the part that finds all shards finished writes the manifest")
     p.add_argument("--parts", type=int, default=1, metavar="N", help="the number of parts (with --part)")
-    p.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
-                   help="tqdm bar; auto = on a terminal and not under SLURM")
+    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "on", "off"),
+                   help="bar: a tqdm bar; lines: a line every 10%% or minute (count, rate, ETA); "
+                        "auto = the bar on a terminal, lines elsewhere and under SLURM; on = bar")
     return p
 
 

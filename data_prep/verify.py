@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
-
-from . import interactive
 from .image import DECODE_ERRORS, IMAGE_SIZE, error_text
 from .manifest import STATS, load_manifest
+from .progress import Progress
 from .stats import STATS_KEYS
 
 EXTS = ("cls", "jpg", "wnid")
@@ -95,8 +93,9 @@ def _check_shard(path: Path, entry: dict, classes: list[str], decode: bool, size
     return problems
 
 
-def verify(directory: Path | str, decode: bool = False, progress: bool = False) -> list[str]:
-    """Problems found in `directory` (empty if it is exactly what its manifest says)."""
+def verify(directory: Path | str, decode: bool = False, progress: str = "off") -> list[str]:
+    """Problems found in `directory` (empty if it is exactly what its manifest says);
+    progress: a data_prep.progress mode."""
     d = Path(directory)
     try:
         m = load_manifest(d)
@@ -108,13 +107,15 @@ def verify(directory: Path | str, decode: bool = False, progress: bool = False) 
     for split, s in m["splits"].items():
         if sum(e["count"] for e in s["shards"]) != s["count"]:
             problems.append(f"{split}: shard counts do not add up to {s['count']}")
-    for split, e in tqdm(entries, unit="shard", disable=not progress):
-        named.add(e["name"])
-        path = d / e["name"]
-        if not path.is_file():
-            problems.append(f"{e['name']}: missing")
-            continue
-        problems += _check_shard(path, e, m["classes"], decode, size)
+    with Progress(len(entries), "verify", "shards", progress) as bar:
+        for split, e in entries:
+            named.add(e["name"])
+            path = d / e["name"]
+            if path.is_file():
+                problems += _check_shard(path, e, m["classes"], decode, size)
+            else:
+                problems.append(f"{e['name']}: missing")
+            bar.update()
     strays = sorted(p.name for p in d.glob("*.tar") if p.name not in named)
     problems += [f"{n}: not in the manifest" for n in strays]
     if "stats" in m:
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir")
     ap.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     a = ap.parse_args(argv)
-    problems = verify(a.dir, a.decode, progress=interactive())
+    problems = verify(a.dir, a.decode, progress="auto")
     if problems:
         for p in problems:
             print(f"PROBLEM {p}")

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from data_prep import interactive
 from data_prep.atomic import write_set
 from data_prep.manifest import MANIFEST, STATS
+from data_prep.progress import Progress
 from repro import checkpoint
 from repro.augment import Normalizer
 from repro.config import Config, config_from_dict
@@ -146,9 +144,10 @@ class EvalResult:
 
 def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool = False,
              batch_size: int = 0, device: str = "auto", workers: int = 0,
-             limit: int = 0) -> EvalResult:
+             limit: int = 0, progress: str = "auto") -> EvalResult:
     """Evaluate one checkpoint, or several as an averaged ensemble, on the val split.
-    batch_size / workers 0: the first checkpoint's data.val_batch_size / data.workers."""
+    batch_size / workers 0: the first checkpoint's data.val_batch_size / data.workers;
+    progress: a data_prep.progress mode."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     dev = pick_device(device)
@@ -160,15 +159,15 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
                     workers or max(1, first.workers), limit=limit)
     c = len(classes)
     confusion, top5_hits = torch.zeros(c * c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
-    bar = tqdm(total=plan.total, desc="eval", unit="img", disable=not interactive())
-    for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
-        images = images.to(dev, non_blocking=True)
-        probs = ensemble_probs(members, images, ten_crop).cpu()
-        top5 = probs.topk(min(5, c), dim=1).indices
-        confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
-        top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)
-        bar.update(len(labels))
-    bar.close()
+    desc = f"eval ({10 if ten_crop else 1} crop{'s' * ten_crop})"
+    with Progress(plan.total, desc, "img", progress) as bar:
+        for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
+            images = images.to(dev, non_blocking=True)
+            probs = ensemble_probs(members, images, ten_crop).cpu()
+            top5 = probs.topk(min(5, c), dim=1).indices
+            confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
+            top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)
+            bar.update(len(labels))
     return EvalResult([str(p) for p in checkpoints], classes, 10 if ten_crop else 1,
                       confusion.view(c, c).numpy(), top5_hits.numpy())
 

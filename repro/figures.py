@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from data_prep.manifest import MANIFEST
+from data_prep.progress import Progress
 from data_prep.image import IMAGE_SIZE
 from repro.augment import eval_views
 from repro.data.loader import loader
@@ -77,10 +78,12 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
     cfg, dev = member.cfg, member.normalizer.device
     y, x, _ = eval_views(IMAGE_SIZE, cfg.data.crop_size, ten_crop=False)[0]
 
-    def batches(split, limit, batch):
+    def batches(split, limit, batch, progress="off"):
         plan = in_order(split_shards(data_dir, split), batch, max(1, cfg.data.workers), limit)
-        for images, labels, *_ in loader(plan):
-            yield images, images[:, :, y:y + cfg.data.crop_size, x:x + cfg.data.crop_size], labels
+        with Progress(plan.total, "neighbours: training images searched", "img", progress) as bar:
+            for images, labels, *_ in loader(plan):
+                yield images, images[:, :, y:y + cfg.data.crop_size, x:x + cfg.data.crop_size], labels
+                bar.update(len(labels))
 
     q_whole, q_img, q_lab = next(batches("val", queries, queries))
     q_feat = fc7(member, q_whole)
@@ -88,7 +91,7 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
     best_d = torch.full((n, k), math.inf, device=dev)
     best_img = torch.zeros((n, k, *q_img.shape[1:]), dtype=torch.uint8)
     best_lab = torch.full((n, k), -1, dtype=torch.long)
-    for whole, images, labels in batches("train", scan, cfg.data.val_batch_size):
+    for whole, images, labels in batches("train", scan, cfg.data.val_batch_size, "auto"):
         # Direct differences: the matmul shortcut loses the ~1e-2 gaps between fc7 vectors
         # of length ~20 to fp32 cancellation.
         dist = torch.cdist(q_feat, fc7(member, whole), compute_mode="donot_use_mm_for_euclid_dist")
