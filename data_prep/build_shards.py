@@ -41,16 +41,16 @@ from pathlib import Path
 import numpy as np
 import PIL
 from . import atomic, image
-from .manifest import FORMAT_VERSION, MANIFEST, STATS, shard_name
+from .manifest import FORMAT_VERSION, MANIFEST, STATS, WORK, shard_name
 from .progress import Progress
 from .shardfile import ShardWriter
-from .sources import EXPECTED, SPLITS, Record, Source, SourceError, open_source, read_record
+from .sources import (EXPECTED, SPLITS, Record, Source, SourceError, detect_layouts, open_source,
+                      read_record)
 from .stats import Sums, finalize, save_stats
 
 DEFAULT_SHARD_SIZE = 1024
 DEFAULT_QUALITY = 95
 DEFAULT_SEED = 0
-WORK = ".build"  # resume state inside --out; removed when the build completes
 
 
 class BuildError(Exception):
@@ -225,6 +225,51 @@ def in_part(index: int, part: int | None, parts: int) -> bool:
     return part is None or index % parts == part
 
 
+def no_manifest(directory: Path | str) -> str:
+    """Why `directory` (given as shards) has no manifest.json, and what to run: an
+    unfinished build, ImageNet itself given instead of its shards, or nothing built yet.
+    The message starts with "<dir>/manifest.json: no manifest.json"."""
+    d = Path(directory)
+    head = f"{d / MANIFEST}: no manifest.json"
+    settings = d / WORK / "settings.json"
+    if settings.is_file():
+        finished = len(list((d / WORK / "parts").glob("*.json")))
+        try:
+            command = _command(json.loads(settings.read_text()), d)
+        except (ValueError, KeyError):
+            command = f"the build_shards command that wrote {settings}"
+        return (f"{head}: {d} holds an unfinished build ({finished} shards finished): run the "
+                f"same build_shards command to finish it: {command}")
+    layouts = detect_layouts(d) if d.is_dir() else []
+    if layouts:
+        return (f"{head}: {d} is ImageNet itself ({layouts[0]} layout), not its shards: build "
+                f"them with `python -m data_prep.build_shards --source {d} --out SHARDS`, then "
+                f"give SHARDS")
+    missing = "" if d.is_dir() else f" ({d} does not exist)"
+    return (f"{head}{missing}; build shards with `python -m data_prep.build_shards --source "
+            f"IMAGENET --out {d}`")
+
+
+def _command(settings: dict, out: Path) -> str:
+    """The build_shards command line that gives these settings (defaults left out)."""
+    words = ["python -m data_prep.build_shards", f"--source {settings['source']}", f"--out {out}"]
+    options = {"--shard-size": (settings["shard_size"], DEFAULT_SHARD_SIZE),
+               "--quality": (settings["quality"], DEFAULT_QUALITY),
+               "--seed": (settings["seed"], DEFAULT_SEED), "--limit": (settings["limit"], None),
+               "--splits": (",".join(settings["splits"]), ",".join(SPLITS))}
+    words += [f"{flag} {value}" for flag, (value, default) in options.items() if value != default]
+    return "`" + " ".join(words) + "`"
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a directory, or a path where one can be made."""
+    try:
+        atomic.check_output(out, directory=True)
+    except atomic.OutputError as e:
+        raise BuildError(f"--out {out}: {str(e).removeprefix(f'{out}: ')}; give a directory "
+                         "for the shards (it is created if missing)") from None
+
+
 # ---- the build ---------------------------------------------------------------------------
 def _progress_mode(choice: str) -> str:
     return "bar" if choice == "on" else choice     # "on": the bar, as before lines existed
@@ -273,6 +318,7 @@ def build_shards(source, out, *, workers: int = 0, shard_size: int = DEFAULT_SHA
 def build(args, log=print) -> dict | None:
     t0 = time.time()
     out = Path(args.out).resolve()
+    _check_out(out)
     splits = [s for s in SPLITS if s in args.splits]
     args.splits = splits
     src = open_source(args.source, args.layout, splits)

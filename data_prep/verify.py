@@ -4,8 +4,9 @@ Re-hashes every shard and stats.npz, reads every tar header to count samples
 and check that each has jpg/cls/wnid with a class index that matches the
 class list, and flags shard files the manifest does not name. ``--decode``
 also fully decodes every JPEG and checks it is RGB at the manifest's image size
-(256x256). Exit status 0 if all is well, 1 with a list of problems otherwise;
-bad bytes anywhere are reported as problems naming the shard and sample, never
+(256x256). Exit status 0 if all is well, 1 with a list of problems otherwise,
+2 if DIR holds no manifest.json (the message says what it holds instead); bad
+bytes anywhere are reported as problems naming the shard and sample, never
 raised.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from .image import DECODE_ERRORS, IMAGE_SIZE, error_text
-from .manifest import STATS, load_manifest
+from .build_shards import no_manifest
+from .manifest import MANIFEST, STATS, load_manifest
 from .progress import Progress
 from .stats import STATS_KEYS
 
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir")
     ap.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     a = ap.parse_args(argv)
+    if not (Path(a.dir) / MANIFEST).is_file():    # not shards at all: bad input, not a verdict
+        print(f"verify: error: {no_manifest(a.dir)}", file=sys.stderr)
+        return 2
     problems = verify(a.dir, a.decode, progress="auto")
     if problems:
         for p in problems:

@@ -38,20 +38,23 @@ def cmd_train(args) -> int:
 
 def reports_errors(cmd):
     """Bad input to train/eval/report/figures/demo (a missing file, a damaged checkpoint, one
-    that does not fit the shards) is one line on stderr and status 2, not a traceback."""
+    that does not fit the shards, a resume with other settings) is one line on stderr and
+    status 2 (repro.exits), not a traceback."""
     def run(args) -> int:
+        from data_prep.atomic import OutputError
         from data_prep.manifest import ShardsError
         from data_prep.tarindex import TarError
         from repro.checkpoint import CheckpointError, RunLocked
         from repro.distributed import DeviceError
         from repro.evaluate import EvalError
+        from repro.exits import EXIT_BAD_INPUT, Refused
 
         try:
             return cmd(args)
         except (EvalError, CheckpointError, FileNotFoundError, DeviceError, ShardsError,
-                TarError, RunLocked) as e:
+                TarError, RunLocked, OutputError, Refused) as e:
             print(f"error: {error_line(e)}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
     return run
 
 
@@ -67,7 +70,8 @@ def error_line(e: Exception) -> str:
 def cmd_eval(args) -> int:
     import json
 
-    from repro.evaluate import check_output, evaluate, format_result, write_breakdown
+    from data_prep.atomic import check_output
+    from repro.evaluate import evaluate, format_result, write_breakdown
 
     if args.out:
         check_output(args.out, directory=True)
@@ -84,7 +88,8 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from repro.evaluate import EvalError, check_output, default_checkpoint, evaluate
+    from data_prep.atomic import check_output
+    from repro.evaluate import EvalError, default_checkpoint, evaluate
     from repro.report import write_report
     from repro.tracking import run_data_dir
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -75,8 +76,10 @@ def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes)
         f"model.num_classes={len(manifest['classes'])}", f"schedule.epochs={s['epochs']}",
         f"data.steps_per_epoch={s['steps_per_epoch']}", f"train.device={device}"])
     status = train(cfg, shards, run)
-    if status:
-        raise SystemExit(f"demo: training stopped with status {status}; see {run / 'metrics.jsonl'}")
+    if status:               # the trainer's own status (repro.exits): 75 stopped, 3 non-finite
+        print(f"demo: training stopped with status {status}; see {run / 'metrics.jsonl'}",
+              file=sys.stderr)
+        raise SystemExit(status)
 
     stage(4, "eval: 10 crops, softmax averaged")
     ckpt = default_checkpoint(run)

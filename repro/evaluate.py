@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
 from data_prep.atomic import write_set
 from data_prep.manifest import MANIFEST, STATS
 from data_prep.progress import Progress
@@ -208,23 +208,6 @@ def write_breakdown(result: EvalResult, out_dir: str | Path, worst: int = 10,
              out / "worst_confusions.json": json.dumps(rows, indent=1) + "\n"}
     write_outputs({path: text.encode() for path, text in files.items()})
     return list(files)
-
-
-def check_output(path: str | Path, directory: bool) -> Path:
-    """Refuse an output path that cannot be written, before any work is done: an existing
-    file where a directory is wanted or the other way round, or no way to create it."""
-    path = Path(path)
-    if directory and path.exists() and not path.is_dir():
-        raise EvalError(f"{path}: exists and is not a directory")
-    if not directory and path.is_dir():
-        raise EvalError(f"{path}: is a directory; give a file name")
-    parent = path if directory else path.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
-    if not existing.is_dir():
-        raise EvalError(f"{existing}: is not a directory, so {path} cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise EvalError(f"{existing}: not writable, so {path} cannot be written")
-    return path
 
 
 def write_outputs(files: dict[Path, bytes]) -> None:

@@ -4,7 +4,6 @@ in RUN_DIR/figures (and in the run's W&B run when it used one)."""
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from repro.data.order import in_order
 from repro.data.shards import read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
-from repro.tracking import read_metrics
+from repro.tracking import read_metrics, warn
 
 PER_ROW, SCALE, GAP, TOWER_GAP = 16, 4, 2, 8   # Figure 3 layout: pixels are kernel pixels * SCALE
 
@@ -164,7 +163,7 @@ def log_to_wandb(run_dir: Path, member: Member, paths: list[Path]) -> None:
         run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in paths})
         run.finish()
     except Exception as e:  # noqa: BLE001 - the PNGs are written; W&B is a copy
-        warnings.warn(f"figures not logged to W&B: {e}")
+        warn("figures not logged to W&B", e)
 
 
 def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
