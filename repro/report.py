@@ -8,7 +8,7 @@ from pathlib import Path
 from repro.ablations import CLAIMS, ablation_table, config_path
 from repro.config import Config, load_config, packaged_config
 from repro.evaluate import write_outputs
-from repro.tracking import read_metrics
+from repro.tracking import best_val, read_metrics
 
 PAPER_CONFIG = packaged_config("alexnet_paper")
 
@@ -55,7 +55,7 @@ def training_summary(metrics: list[dict]) -> dict:
     steps = [r["global_step"] for r in metrics if "global_step" in r]
     return {"epochs": max((r["epoch"] for r in val), default=0),
             "steps": max(steps, default=0),
-            "best_val": min(val, key=lambda r: r["top1_err"], default=None)}
+            "best_val": best_val(metrics)}
 
 
 def _row(*cells) -> str:
