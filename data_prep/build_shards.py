@@ -464,6 +464,8 @@ def _merge(args, src, settings, out, plans, split_info, parts, log, timing) -> d
     work = out / WORK
     t0, total, build_s, workers = timing
     manifest = {"format_version": FORMAT_VERSION, "settings": settings, "classes": src.wnids, "splits": {}}
+    if any(src.words.get(w) for w in src.wnids):   # the devkit's or Kaggle's names, for people
+        manifest["class_names"] = [src.words.get(w, "") for w in src.wnids]
     for split in args.splits:
         plist = [parts[(split, i)] for i in range(len(plans[split]))]
         if not any(p["count"] for p in plist):

@@ -6,6 +6,8 @@
      "settings": {...everything that changes the bytes: source, layout, quality, shard_size,
                   seed, limit, splits, image pipeline, Pillow version...},
      "classes": ["n01440764", ...],           # index -> wnid, sorted WNID order
+     ["class_names": ["tench, Tinca tinca", ...],]  # index -> the devkit's (or Kaggle's)
+                                              # words; absent when the source has none
      "splits": {"train": {"count": N, "shards": [{"name", "count", "sha256", "bytes"}],
                           "skipped": [{"key", "path", "reason"}],
                           "converted": [{"key", "path", "notes"}],

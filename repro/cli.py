@@ -103,6 +103,10 @@ def cmd_report(args) -> int:
         print(f"no eval: {e}", file=sys.stderr)
         ckpts = []
     if ckpts:
+        print(f"{'10-crop' if not args.centre else 'centre-crop'} eval of "
+              f"{', '.join(map(str, ckpts))} on {data}"
+              f"{'' if args.data else ' (the shards the run trained on, from metrics.jsonl)'}",
+              file=sys.stderr)
         evals.append(evaluate(ckpts, data, not args.centre, args.batch_size, args.device,
                               limit=args.limit).summary())
     path = write_report(args.run_dir, evals, args.out, args.ablations)
@@ -115,9 +119,11 @@ def cmd_figures(args) -> int:
     from repro.figures import make_figures
     from repro.tracking import run_data_dir
 
-    args.data = args.data or run_data_dir(args.run_dir)
     if args.data is None:
-        print("no --data: skipping the nearest-neighbour figure (it needs the shards)",
+        args.data = run_data_dir(args.run_dir)
+        print(f"no --data: the nearest-neighbour figure searches the shards the run trained "
+              f"on, {args.data} (from metrics.jsonl)" if args.data else
+              "no --data: skipping the nearest-neighbour figure (it needs the shards)",
               file=sys.stderr)
     for path in make_figures(args.run_dir, args.data, args.checkpoint, args.queries, args.scan,
                              args.device):
