@@ -85,7 +85,7 @@ def test_a_stage_that_cannot_run_says_why_and_the_others_are_kept(tmp_path, caps
         "the shards give 2 full batches of 4 here, fewer than the 3 this stage needs")
     assert "data.val_batch_size" in skipped["reason"]
     printed = capsys.readouterr().out
-    assert f"d: 10-crop eval          fp32                   skipped: {skipped['reason']}" in printed
+    assert f"{'d: 10-crop eval':<24} {'fp32':<22} skipped: {skipped['reason']}" in printed
     assert f"wrote {out}: 3 results (1 skipped: see above)" in printed
 
 

@@ -378,3 +378,35 @@ def test_steps_left_in_the_epoch_and_the_run():
     assert steps_left(Position(epoch=0, step=1), steps=3, epochs=2) == (2, 2 + 3)
     assert steps_left(Position(epoch=4, step=0), steps=10, epochs=7) == (10, 30)
     assert steps_left(Position(epoch=6, step=10), steps=10, epochs=7) == (0, 0)
+
+
+def test_bias_one_init_with_few_classes_needs_a_smaller_lr():
+    """Why the smoke run's loss once jumped to 30-70 (chance: ln 10 = 2.3), and that the
+    smoke lr keeps it near chance. The bias-1 init makes fc7's output large and about the
+    same for every image, so the loss's curvature along it is ~|fc7|^2 / classes, and SGD
+    with momentum 0.9 is stable only while lr x that < 2(1 + 0.9) = 3.8. Measured on the
+    paper's model (10 classes, batch 16, random images and labels): the paper's lr is
+    past the limit and the loss blows up within 5 steps; the smoke lr is well inside it."""
+    from repro.placement import place_model
+    from repro.train import build_optimizer, train_step
+
+    def run(lr: float) -> tuple[float, list[float]]:
+        cfg = load_config(SMOKE, ["data.crop_size=67", f"optim.lr={lr}", "train.device=cpu"])
+        placed = place_model(cfg, torch.device("cpu"))
+        opt, g = build_optimizer(cfg, placed.model), torch.Generator().manual_seed(0)
+        torch.manual_seed(0)                                # the dropout masks
+        fc7 = []
+        placed.model.fc7.register_forward_hook(
+            lambda m, i, o: fc7.append((torch.relu(o) ** 2).sum(1).mean().item()))
+        losses = []
+        for _ in range(5):
+            x = torch.randn(16, 3, 67, 67, generator=g) * 60
+            y = torch.randint(0, 10, (16,), generator=g)
+            losses.append(train_step(placed.net, opt, x, y, 1, 16)[0].item() / 16)
+        return lr * fc7[0] / cfg.model.num_classes, losses
+
+    smoke_lr = load_config(SMOKE).optim.lr
+    ratio, losses = run(smoke_lr)
+    assert ratio < 1 and max(losses) < 2 * math.log(10), (ratio, losses)
+    ratio, losses = run(load_config(ROOT / "configs" / "alexnet_paper.yaml").optim.lr)
+    assert ratio > 3.8 and max(losses) > 5 * math.log(10), (ratio, losses)
