@@ -17,6 +17,27 @@ from pathlib import Path
 TMP_MARK = ".tmp-"
 
 
+class OutputError(ValueError):
+    """An output path that cannot be written as asked (the message says why)."""
+
+
+def check_output(path: str | Path, directory: bool) -> Path:
+    """Refuse an output path that cannot be written, before any work is done: an existing
+    file where a directory is wanted or the other way round, or no way to create it."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file name")
+    parent = path if directory else path.parent
+    existing = next(p for p in (parent.absolute(), *parent.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{existing}: is not a directory, so {path} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{existing}: not writable, so {path} cannot be written")
+    return path
+
+
 def tmp_name(path: Path) -> Path:
     # Host and pid: array tasks on several nodes may write into one shared directory.
     return path.with_name(f"{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")

@@ -41,20 +41,19 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from tqdm import tqdm
-
-from . import atomic, image, interactive
+from . import atomic, image
 from . import fall2011
-from .manifest import FORMAT_VERSION, MANIFEST, STATS, file_sha256, shard_name
+from .manifest import FORMAT_VERSION, MANIFEST, STATS, WORK, file_sha256, shard_name
 from .plan import Plan, read_shard, write_plan
+from .progress import Progress
 from .shardfile import ShardWriter
-from .sources import EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, open_source, read_record
+from .sources import (EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, detect_layouts,
+                      open_source, read_record)
 from .stats import Sums, finalize, save_stats
 
 DEFAULT_SHARD_SIZE = 1024
 DEFAULT_QUALITY = 95
 DEFAULT_SEED = 0
-WORK = ".build"  # resume state inside --out; removed when the build completes
 
 
 class BuildError(Exception):
@@ -227,9 +226,54 @@ def in_part(index: int, part: int | None, parts: int) -> bool:
     return part is None or index % parts == part
 
 
+def no_manifest(directory: Path | str) -> str:
+    """Why `directory` (given as shards) has no manifest.json, and what to run: an
+    unfinished build, ImageNet itself given instead of its shards, or nothing built yet.
+    The message starts with "<dir>/manifest.json: no manifest.json"."""
+    d = Path(directory)
+    head = f"{d / MANIFEST}: no manifest.json"
+    settings = d / WORK / "settings.json"
+    if settings.is_file():
+        finished = len(list((d / WORK / "parts").glob("*.json")))
+        try:
+            command = _command(json.loads(settings.read_text()), d)
+        except (ValueError, KeyError):
+            command = f"the build_shards command that wrote {settings}"
+        return (f"{head}: {d} holds an unfinished build ({finished} shards finished): run the "
+                f"same build_shards command to finish it: {command}")
+    layouts = detect_layouts(d) if d.is_dir() else []
+    if layouts:
+        return (f"{head}: {d} is ImageNet itself ({layouts[0]} layout), not its shards: build "
+                f"them with `python -m data_prep.build_shards --source {d} --out SHARDS`, then "
+                f"give SHARDS")
+    missing = "" if d.is_dir() else f" ({d} does not exist)"
+    return (f"{head}{missing}; build shards with `python -m data_prep.build_shards --source "
+            f"IMAGENET --out {d}`")
+
+
+def _command(settings: dict, out: Path) -> str:
+    """The build_shards command line that gives these settings (defaults left out)."""
+    words = ["python -m data_prep.build_shards", f"--source {settings['source']}", f"--out {out}"]
+    options = {"--shard-size": (settings["shard_size"], DEFAULT_SHARD_SIZE),
+               "--quality": (settings["quality"], DEFAULT_QUALITY),
+               "--seed": (settings["seed"], DEFAULT_SEED), "--limit": (settings["limit"], None),
+               "--splits": (",".join(settings["splits"]), ",".join(SPLITS))}
+    words += [f"{flag} {value}" for flag, (value, default) in options.items() if value != default]
+    return "`" + " ".join(words) + "`"
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a directory, or a path where one can be made."""
+    try:
+        atomic.check_output(out, directory=True)
+    except atomic.OutputError as e:
+        raise BuildError(f"--out {out}: {str(e).removeprefix(f'{out}: ')}; give a directory "
+                         "for the shards (it is created if missing)") from None
+
+
 # ---- the build ---------------------------------------------------------------------------
-def _progress_enabled(choice: str) -> bool:
-    return choice == "on" or (choice == "auto" and interactive())
+def _progress_mode(choice: str) -> str:
+    return "bar" if choice == "on" else choice     # "on": the bar, as before lines existed
 
 
 def _nothing_to_build(src: Source, split: str) -> str:
@@ -273,6 +317,7 @@ def build_shards(source, out, *, workers: int = 0, shard_size: int = DEFAULT_SHA
 def build(args, log=print) -> dict | None:
     t0 = time.time()
     out = Path(args.out).resolve()
+    _check_out(out)
     src = open_source(args.source, args.layout, args.splits)  # None: every split the layout has
     args.splits = list(src.splits)
     log(f"source: {src.root} (layout: {src.layout}, {len(src.wnids)} classes)\n  found: {src.found}")
@@ -455,8 +500,7 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
         log(f"resuming: {len(parts)} shards already done, {len(todo)} to go")
     total = sum(t[4] for t in todo)
     t_build = time.time()
-    with tqdm(total=total, unit="img", desc="shards", disable=not _progress_enabled(args.progress),
-              dynamic_ncols=True, smoothing=0.05) as bar:
+    with Progress(total, "shards", "img", _progress_mode(args.progress)) as bar:
         for part in imap(build_planned, todo):
             split, index = part["name"].split("-")[0], int(part["name"].split("-")[1][:6])
             parts[(split, index)] = part
@@ -577,8 +621,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="on a finished build, also re-hash every shard (their sizes and stats.npz's "
                         "sha256 are always checked); damaged or missing files are rebuilt")
-    p.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
-                   help="tqdm bar; auto = on a terminal and not under SLURM")
+    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "on", "off"),
+                   help="bar: a tqdm bar; lines: a line every 10%% or minute (count, rate, ETA); "
+                        "auto = the bar on a terminal, lines elsewhere and under SLURM; on = bar")
     return p
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATS = "stats.npz"
+WORK = ".build"  # a build's resume state inside its --out; removed when the build completes
 
 
 def shard_name(split: str, index: int) -> str:

@@ -4,8 +4,9 @@ Re-hashes every shard and stats.npz, reads every tar header to count samples
 and check that each has jpg/cls/wnid with a class index that matches the
 class list, and flags shard files the manifest does not name. ``--decode``
 also fully decodes every JPEG and checks it is RGB at the manifest's image size
-(256x256). Exit status 0 if all is well, 1 with a list of problems otherwise;
-bad bytes anywhere are reported as problems naming the shard and sample, never
+(256x256). Exit status 0 if all is well, 1 with a list of problems otherwise,
+2 if DIR holds no manifest.json (the message says what it holds instead); bad
+bytes anywhere are reported as problems naming the shard and sample, never
 raised.
 """
 from __future__ import annotations
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
-
-from . import interactive
 from .image import DECODE_ERRORS, IMAGE_SIZE, error_text
-from .manifest import STATS, file_sha256, load_manifest
+from .build_shards import no_manifest
+from .manifest import MANIFEST, STATS, file_sha256, load_manifest
+from .progress import Progress
 from .stats import STATS_KEYS
 
 EXTS = ("cls", "jpg", "wnid")
@@ -95,8 +95,9 @@ def _check_shard(path: Path, entry: dict, classes: list[str], decode: bool, size
     return problems
 
 
-def verify(directory: Path | str, decode: bool = False, progress: bool = False) -> list[str]:
-    """Problems found in `directory` (empty if it is exactly what its manifest says)."""
+def verify(directory: Path | str, decode: bool = False, progress: str = "off") -> list[str]:
+    """Problems found in `directory` (empty if it is exactly what its manifest says);
+    progress: a data_prep.progress mode."""
     d = Path(directory)
     try:
         m = load_manifest(d)
@@ -110,13 +111,15 @@ def verify(directory: Path | str, decode: bool = False, progress: bool = False) 
     for split, s in m["splits"].items():
         if sum(e["count"] for e in s["shards"]) != s["count"]:
             problems.append(f"{split}: shard counts do not add up to {s['count']}")
-    for split, e in tqdm(entries, unit="shard", disable=not progress):
-        named.add(e["name"])
-        path = d / e["name"]
-        if not path.is_file():
-            problems.append(f"{e['name']}: missing")
-            continue
-        problems += _check_shard(path, e, m["classes"], decode, size)
+    with Progress(len(entries), "verify", "shards", progress) as bar:
+        for split, e in entries:
+            named.add(e["name"])
+            path = d / e["name"]
+            if path.is_file():
+                problems += _check_shard(path, e, m["classes"], decode, size)
+            else:
+                problems.append(f"{e['name']}: missing")
+            bar.update()
     strays = sorted(p.name for p in d.glob("*.tar") if p.name not in named)
     problems += [f"{n}: not in the manifest" for n in strays]
     if "stats" in m:
@@ -140,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir")
     ap.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     a = ap.parse_args(argv)
-    problems = verify(a.dir, a.decode, progress=interactive())
+    if not (Path(a.dir) / MANIFEST).is_file():    # not shards at all: bad input, not a verdict
+        print(f"verify: error: {no_manifest(a.dir)}", file=sys.stderr)
+        return 2
+    problems = verify(a.dir, a.decode, progress="auto")
     if problems:
         for p in problems:
             print(f"PROBLEM {p}")

@@ -42,14 +42,15 @@ def _num(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def ablation_table(runs: dict[str, tuple[float, float]], baseline: tuple[float, float]) -> str:
+def ablation_table(runs: dict[str, tuple[float, float]], baseline: tuple[float, float],
+                   baseline_label: str = "paper config (baseline run)") -> str:
     """Markdown: each run's top-1/top-5 error (%), its change against `baseline` (the
     paper config's run, same data and schedule), and the paper's claimed change.
     Run names are ablation config names (stem, file name or path); others get no claim."""
     head = ("| run | top-1 err | top-5 err | Δ top-1 | Δ top-5 | claimed Δ top-1 | "
             "claimed Δ top-5 | source |")
     rows = [head, "|" + "---|" * 8,
-            f"| paper config (baseline run) | {_num(baseline[0])} | {_num(baseline[1])} | | | | | |"]
+            f"| {baseline_label} | {_num(baseline[0])} | {_num(baseline[1])} | | | | | |"]
     for name, (top1, top5) in runs.items():
         claim = CLAIMS.get(Path(name).stem, {"top1": None, "top5": None, "source": "—"})
         rows.append(f"| {Path(name).stem} | {_num(top1)} | {_num(top5)} | "

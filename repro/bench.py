@@ -11,7 +11,6 @@ long run. Each figure is images per second after a warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from data_prep.atomic import write_json
 from data_prep.manifest import STATS
 from repro.augment import step_generator
 from repro.config import load_config, model_kwargs, packaged_config
@@ -109,15 +109,21 @@ def profile_step(cfg, device, warmup: int, steps: int, top: int = 20) -> list[di
              "calls_per_step": e.count / steps} for e in ranked]
 
 
-def throughput(batches, step, warmup: int, count: int, device) -> float:
+class Skip(Exception):
+    """A stage that cannot run on this data or device (the message says why); the others go on."""
+
+
+def throughput(batches, step, warmup: int, count: int, device,
+               batch_key: str = "data.batch_size") -> float:
     """Images/s of step(batch) -> images, over `count` batches after `warmup` ones (worker
     start-up, compilation). Only full batches count: a last partial one has a new shape."""
-    n, t, full = 0, None, None
+    n, t, full, seen = 0, None, None, 0
     for i, batch in enumerate(batches):
         size = len(batch[1])
         full = full or size
         if size < full:
             break
+        seen = i + 1
         if i == warmup:
             sync(device)
             n, t = 0, time.perf_counter()
@@ -126,8 +132,9 @@ def throughput(batches, step, warmup: int, count: int, device) -> float:
             break
     sync(device)
     if t is None or n == 0:
-        raise SystemExit(f"bench: the shards hold fewer than {warmup + 1} full batches; "
-                         "give more data or smaller batches")
+        raise Skip(f"the shards give {seen} full batches of {full} here, fewer than the "
+                   f"{warmup + 1} this stage needs ({warmup} to warm up, then 1 or more "
+                   f"timed): lower {batch_key} or give more data")
     return n / (time.perf_counter() - t)
 
 
@@ -209,7 +216,8 @@ def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
     def step(i, batch):
         member.probs(batch[0].to(device, non_blocking=True), ten_crop=True)
         return len(batch[1])
-    ips = throughput(loader(plan, pin_memory=device.type == "cuda"), step, 2, batches, device)
+    ips = throughput(loader(plan, pin_memory=device.type == "cuda"), step, 2, batches, device,
+                     "data.val_batch_size")
     return {"images_per_s": ips, "forward_images_per_s": forward_ips,
             "cost_vs_10_forwards": forward_ips / (10 * ips)}
 
@@ -309,18 +317,35 @@ def variant_config(variant: str, args, extra=()):
 
 
 class Table:
-    """The result rows, each printed as it comes."""
+    """The result rows, each printed and written to the JSON file as it comes, so that
+    what was measured is kept whatever a later stage does; and the stages skipped, why."""
 
-    def __init__(self):
-        self.rows = []
+    def __init__(self, path: str | Path, info: dict):
+        self.path, self.info, self.rows, self.skipped = Path(path), info, [], []
+
+    def measure(self, stage: str, variant: str, fn) -> dict | None:
+        """Run one stage variant; a Skip is printed and recorded, and the bench goes on."""
+        try:
+            result = fn()
+        except Skip as e:
+            self.skipped.append({"stage": stage, "variant": variant, "reason": str(e)})
+            self.write()
+            print(f"{stage:<24} {variant:<22} skipped: {e}", flush=True)
+            return None
+        self.add(stage, variant, result)
+        return result
 
     def add(self, stage: str, variant: str, result: dict) -> None:
         self.rows.append({"stage": stage, "variant": variant, **result})
+        self.write()                   # on disk before it is printed
         ips = result["images_per_s"]
         epochs = "" if stage.startswith("d") else f"   90 epochs: {IMAGENET_TRAIN * 90 / ips / 3600:6.1f} h"
         print(f"{stage:<24} {variant:<22} {ips:>10.0f} img/s{epochs}"
               + (f"   peak {result['peak_gpu_gb']:.2f} GB" if result.get("peak_gpu_gb") else ""),
               flush=True)
+
+    def write(self) -> None:
+        write_json(self.path, {**self.info, "results": self.rows, "skipped": self.skipped})
 
 
 def main(argv=None) -> int:
@@ -338,28 +363,33 @@ def main(argv=None) -> int:
             variant_tokens(v)
     except ValueError as e:
         p.error(str(e))
-    table = Table()
-    if "a" in stages:
-        for v in args.variants.split(","):
-            table.add("a: step (synthetic)", v, bench_step(variant_config(v, args), device, 10,
-                                                           args.steps))
-    profile = []
-    if args.profile:
-        v = args.variants.split(",")[-1]
-        profile = profile_step(variant_config(v, args), device, 10, args.profile)
-        print(f"profile of {v}, per step ({'kernels' if device.type == 'cuda' else 'ops'}, own time):")
-        for e in profile:
-            print(f"  {e['ms_per_step']:8.3f} ms {100 * e['share']:5.1f}%  "
-                  f"{e['calls_per_step']:5.1f}x  {e['name'][:90]}")
-    if args.data:
-        data_stages(args, stages, device, table)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "results": table.rows,
-            "profile": profile}
-    Path(args.json).write_text(json.dumps(info, indent=1))
-    print(f"wrote {args.json}")
+            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv, "profile": []}
+    table = Table(args.json, info)
+    if "a" in stages:
+        for v in args.variants.split(","):
+            table.measure("a: step (synthetic)", v,
+                          lambda: bench_step(variant_config(v, args), device, 10, args.steps))
+    if args.profile:
+        print_profile(args, device, table)
+    if args.data:
+        data_stages(args, stages, device, table)
+    table.write()
+    skipped = f" ({len(table.skipped)} skipped: see above)" if table.skipped else ""
+    print(f"wrote {args.json}: {len(table.rows)} results{skipped}")
     return 0
+
+
+def print_profile(args, device, table: Table) -> None:
+    v = args.variants.split(",")[-1]
+    profile = profile_step(variant_config(v, args), device, 10, args.profile)
+    table.info["profile"] = profile
+    table.write()
+    print(f"profile of {v}, per step ({'kernels' if device.type == 'cuda' else 'ops'}, own time):")
+    for e in profile:
+        print(f"  {e['ms_per_step']:8.3f} ms {100 * e['share']:5.1f}%  "
+              f"{e['calls_per_step']:5.1f}x  {e['name'][:90]}")
 
 
 def data_stages(args, stages: set, device, table: Table) -> None:
@@ -371,27 +401,30 @@ def data_stages(args, stages: set, device, table: Table) -> None:
     shards = split_shards(args.data, "train")
     stats = Path(args.data) / STATS
     for v in args.loaders.split(",") if "b" in stages else []:
-        table.add("b: loader", v, bench_loader(config(v), shards, device, args.batches))
+        table.measure("b: loader", v, lambda: bench_loader(config(v), shards, device, args.batches))
     for v in args.end_to_end.split(",") if "c" in stages else []:
-        table.add("c: end to end", v, bench_end_to_end(config(v), shards, stats, device,
-                                                       args.batches))
+        table.measure("c: end to end", v,
+                      lambda: bench_end_to_end(config(v), shards, stats, device, args.batches))
     if args.soak:
-        result = bench_soak(config(""), shards, stats, device, args.soak)
-        table.add("f: soak (host memory)", f"{args.soak} steps", result)
-        print(f"RSS (MB) by step: {result['rss_mb']}; growth after the first tenth: "
-              f"{result['rss_growth_mb_after_first_tenth']:+.1f} MB over {result['epochs']} epochs")
+        result = table.measure("f: soak (host memory)", f"{args.soak} steps",
+                               lambda: bench_soak(config(""), shards, stats, device, args.soak))
+        if result:
+            print(f"RSS (MB) by step: {result['rss_mb']}; growth after the first tenth: "
+                  f"{result['rss_growth_mb_after_first_tenth']:+.1f} MB over {result['epochs']} "
+                  f"epochs")
     if "d" in stages:
         v = args.end_to_end.split(",")[0]
-        result = bench_eval(config(v), args.data, stats, device, args.batches)
-        table.add("d: 10-crop eval", v, result)
-        print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward passes "
-              f"(forward of a training batch alone {result['forward_images_per_s']:.0f} img/s; "
-              f"target: at most 1.00)")
+        result = table.measure("d: 10-crop eval", v, lambda: bench_eval(
+            config(v), args.data, stats, device, args.batches))
+        if result:
+            print(f"10-crop eval per image = {result['cost_vs_10_forwards']:.2f} x 10 forward "
+                  f"passes (forward of a training batch alone "
+                  f"{result['forward_images_per_s']:.0f} img/s; target: at most 1.00)")
     if "e" in stages:
-        base = bench_baseline(config(""), args.data, device, args.workers, args.batches)
-        table.add("e: baseline (reference)", "fp32 eager, PIL", base)
+        base = table.measure("e: baseline (reference)", "fp32 eager, PIL", lambda: bench_baseline(
+            config(""), args.data, device, args.workers, args.batches))
         ends = [r["images_per_s"] for r in table.rows if r["stage"] == "c: end to end"]
-        if ends:
+        if ends and base:
             table.rows[-1]["speedup_of_best_c"] = max(ends) / base["images_per_s"]
             print(f"best end to end / baseline: {table.rows[-1]['speedup_of_best_c']:.2f}x")
 

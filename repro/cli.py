@@ -41,21 +41,24 @@ def cmd_train(args) -> int:
 
 def reports_errors(cmd):
     """Bad input to train/eval/report/figures/demo (a missing file, a damaged checkpoint, one
-    that does not fit the shards) is one line on stderr and status 2, not a traceback; a
-    disk that fills up under a checkpoint is one line and status 74."""
+    that does not fit the shards, a resume with other settings) is one line on stderr and
+    status 2 (repro.exits), not a traceback; a disk that fills up under a checkpoint is
+    one line and status 74."""
     def run(args) -> int:
+        from data_prep.atomic import OutputError
         from data_prep.manifest import ShardsError
         from data_prep.tarindex import TarError
         from repro.checkpoint import EXIT_NO_SPACE, CheckpointError, NoSpace, RunLocked
         from repro.distributed import DeviceError
         from repro.evaluate import EvalError
+        from repro.exits import EXIT_BAD_INPUT, Refused
 
         try:
             return cmd(args)
         except (EvalError, CheckpointError, FileNotFoundError, DeviceError, ShardsError,
-                TarError, RunLocked) as e:
+                TarError, RunLocked, OutputError, Refused) as e:
             print(f"error: {error_line(e)}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
         except NoSpace as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_NO_SPACE
@@ -74,7 +77,8 @@ def error_line(e: Exception) -> str:
 def cmd_eval(args) -> int:
     import json
 
-    from repro.evaluate import check_output, evaluate, format_result, write_breakdown
+    from data_prep.atomic import check_output
+    from repro.evaluate import evaluate, format_result, write_breakdown
 
     if args.out:
         check_output(args.out, directory=True)
@@ -91,7 +95,8 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from repro.evaluate import EvalError, check_output, default_checkpoint, evaluate
+    from data_prep.atomic import check_output
+    from repro.evaluate import EvalError, default_checkpoint, evaluate
     from repro.report import write_report
     from repro.tracking import run_data_dir
 
@@ -105,6 +110,10 @@ def cmd_report(args) -> int:
         print(f"no eval: {e}", file=sys.stderr)
         ckpts = []
     if ckpts:
+        print(f"{'10-crop' if not args.centre else 'centre-crop'} eval of "
+              f"{', '.join(map(str, ckpts))} on {data}"
+              f"{'' if args.data else ' (the shards the run trained on, from metrics.jsonl)'}",
+              file=sys.stderr)
         evals.append(evaluate(ckpts, data, not args.centre, args.batch_size, args.device,
                               limit=args.limit, split=args.split).summary())
     path = write_report(args.run_dir, evals, args.out, args.ablations)
@@ -117,9 +126,11 @@ def cmd_figures(args) -> int:
     from repro.figures import make_figures
     from repro.tracking import run_data_dir
 
-    args.data = args.data or run_data_dir(args.run_dir)
     if args.data is None:
-        print("no --data: skipping the nearest-neighbour figure (it needs the shards)",
+        args.data = run_data_dir(args.run_dir)
+        print(f"no --data: the nearest-neighbour figure searches the shards the run trained "
+              f"on, {args.data} (from metrics.jsonl)" if args.data else
+              "no --data: skipping the nearest-neighbour figure (it needs the shards)",
               file=sys.stderr)
     for path in make_figures(args.run_dir, args.data, args.checkpoint, args.queries, args.scan,
                              args.device):

@@ -19,7 +19,7 @@ import yaml
 
 from data_prep.image import IMAGE_SIZE  # the shard images' side (paper section 2: 256)
 from repro.lrn import IMPLS
-from repro.model import ACTIVATIONS, INITS, LRN_MODES, REMOVABLE
+from repro.model import ACTIVATIONS, INITS, LAYERS, LRN_MODES, REMOVABLE, feature_size
 from repro.precision import PRECISIONS
 
 
@@ -183,6 +183,27 @@ _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:tru
                               list("tTfF"))
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+def _construct_mapping(loader, node, deep=False):
+    """A mapping that names a key twice is refused: YAML would keep the last value silently."""
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise DuplicateKey(problem=f"duplicate key '{key}' (lines {seen[key] + 1} and "
+                                       f"{key_node.start_mark.line + 1}): YAML would keep only "
+                                       f"the last value")
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                            lambda loader, node: _construct_mapping(loader, node))
+
+
 def _yaml(text: str):
     return yaml.load(text, Loader=_YamlLoader)
 
@@ -232,18 +253,32 @@ def _load_yaml(path: Path, cfg: Config, seen: tuple = ()) -> None:
         raise ConfigError(f"config file not found: {path}")
     try:
         doc = _yaml(path.read_text()) or {}
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}: {e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     base = doc.pop("base", None)
     if base is not None:
-        _load_yaml((path.parent / base).resolve(), cfg, seen + (path,))
+        _load_yaml(_base_path(path, base), cfg, seen + (path,))
     for section_name, body in doc.items():
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: section '{section_name}' must be a mapping")
         for name, value in body.items():
             _apply(cfg, f"{section_name}.{name}", value, str(path))
+
+
+def _base_path(path: Path, base) -> Path:
+    """`base:` is relative to the file that names it, not to the working directory."""
+    found = (path.parent / str(base)).resolve()
+    if not found.is_file():
+        cwd = Path(str(base)).resolve()
+        hint = (f"; {cwd} exists: write it relative to {path.parent}" if cwd.is_file() else "")
+        raise ConfigError(f"{path}: base file '{base}' not found at {found} (a base: path is "
+                          f"relative to the file that names it, not to the working "
+                          f"directory){hint}")
+    return found
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -297,6 +332,25 @@ def validate(cfg: Config, where: str) -> None:
     if cfg.train.parallel == "towers" and (m.removed_convs or m.extra_conv6):
         raise ConfigError(f"{where}: train.parallel = towers runs the paper's five conv layers; "
                           f"model.removed_convs and model.extra_conv6 need train.parallel = ddp")
+    _validate_model_fit(cfg, where)
+
+
+def _validate_model_fit(cfg: Config, where: str) -> None:
+    """Values each valid alone that the model cannot be built or run with: refused here,
+    naming the key, not as a traceback from deep inside the first step."""
+    m, t = cfg.model, cfg.train
+    unknown = [name for name in m.bias_one if name not in LAYERS]
+    if unknown:
+        raise ConfigError(f"{where}: model.bias_one names {unknown}, not layers of the model "
+                          f"({', '.join(LAYERS)})")
+    if 0 < t.pad_input_channels < m.in_channels:
+        raise ConfigError(f"{where}: train.pad_input_channels = {t.pad_input_channels} is fewer "
+                          f"than model.in_channels = {m.in_channels} (0 turns the padding off)")
+    try:
+        feature_size(cfg.data.crop_size, m.conv1_padding, m.pool_kernel, m.pool_stride)
+    except ValueError as e:
+        raise ConfigError(f"{where}: data.crop_size = {cfg.data.crop_size} is too small for "
+                          f"the model ({e})") from None
 
 
 def packaged_config(name: str) -> Path:

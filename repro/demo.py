@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -73,10 +74,15 @@ def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes)
     stage(3, "train: configs/smoke.yaml (the paper's model, briefly)")
     cfg = load_config(packaged_config("smoke"), [
         f"model.num_classes={len(manifest['classes'])}", f"schedule.epochs={s['epochs']}",
-        f"data.steps_per_epoch={s['steps_per_epoch']}", f"train.device={device}"])
+        f"data.steps_per_epoch={s['steps_per_epoch']}", f"train.device={device}",
+        # A checkpoint is ~455 MB: keep last.pt (a rerun's "already finished") and best.pt
+        # (the eval's), no older step files.
+        "checkpoint.keep_last=1"])
     status = train(cfg, shards, run)
-    if status:
-        raise SystemExit(f"demo: training stopped with status {status}; see {run / 'metrics.jsonl'}")
+    if status:               # the trainer's own status (repro.exits): 75 stopped, 3 non-finite
+        print(f"demo: training stopped with status {status}; see {run / 'metrics.jsonl'}",
+              file=sys.stderr)
+        raise SystemExit(status)
 
     stage(4, "eval: 10 crops, softmax averaged")
     ckpt = default_checkpoint(run)

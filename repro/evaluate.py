@@ -11,18 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from data_prep import interactive
 from data_prep.atomic import write_set
 from data_prep.manifest import MANIFEST, STATS
+from data_prep.progress import Progress
 from repro import checkpoint
 from repro.augment import Normalizer
 from repro.config import Config, config_from_dict
@@ -169,9 +167,10 @@ class EvalResult:
 
 def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool = False,
              batch_size: int = 0, device: str = "auto", workers: int = 0,
-             limit: int = 0, split: str = "val") -> EvalResult:
+             limit: int = 0, split: str = "val", progress: str = "auto") -> EvalResult:
     """Evaluate one checkpoint, or several as an averaged ensemble, on the val (or test)
-    split. batch_size / workers 0: the first checkpoint's data.val_batch_size / data.workers."""
+    split. batch_size / workers 0: the first checkpoint's data.val_batch_size / data.workers;
+    progress: a data_prep.progress mode."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     dev = pick_device(device)
@@ -184,15 +183,15 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
                     workers or max(1, first.workers), limit=limit)
     c = len(classes)
     confusion, top5_hits = torch.zeros(c * c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
-    bar = tqdm(total=plan.total, desc="eval", unit="img", disable=not interactive())
-    for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
-        images = images.to(dev, non_blocking=True)
-        probs = ensemble_probs(members, images, ten_crop).cpu()
-        top5 = probs.topk(min(5, c), dim=1).indices
-        confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
-        top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)
-        bar.update(len(labels))
-    bar.close()
+    desc = f"eval ({10 if ten_crop else 1} crop{'s' * ten_crop})"
+    with Progress(plan.total, desc, "img", progress) as bar:
+        for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
+            images = images.to(dev, non_blocking=True)
+            probs = ensemble_probs(members, images, ten_crop).cpu()
+            top5 = probs.topk(min(5, c), dim=1).indices
+            confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
+            top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)
+            bar.update(len(labels))
     return EvalResult([str(p) for p in checkpoints], classes, 10 if ten_crop else 1, split,
                       confusion.view(c, c).numpy(), top5_hits.numpy())
 
@@ -233,23 +232,6 @@ def write_breakdown(result: EvalResult, out_dir: str | Path, worst: int = 10,
              out / "worst_confusions.json": json.dumps(rows, indent=1) + "\n"}
     write_outputs({path: text.encode() for path, text in files.items()})
     return list(files)
-
-
-def check_output(path: str | Path, directory: bool) -> Path:
-    """Refuse an output path that cannot be written, before any work is done: an existing
-    file where a directory is wanted or the other way round, or no way to create it."""
-    path = Path(path)
-    if directory and path.exists() and not path.is_dir():
-        raise EvalError(f"{path}: exists and is not a directory")
-    if not directory and path.is_dir():
-        raise EvalError(f"{path}: is a directory; give a file name")
-    parent = path if directory else path.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
-    if not existing.is_dir():
-        raise EvalError(f"{existing}: is not a directory, so {path} cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise EvalError(f"{existing}: not writable, so {path} cannot be written")
-    return path
 
 
 def write_outputs(files: dict[Path, bytes]) -> None:

@@ -4,7 +4,7 @@ in RUN_DIR/figures (and in the run's W&B run when it used one)."""
 from __future__ import annotations
 
 import math
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +12,20 @@ import torch
 import torch.nn.functional as F
 # Figure objects without pyplot: no global backend or GUI, PNGs are drawn by Agg.
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 
-from data_prep.manifest import class_names
+from data_prep.manifest import MANIFEST, class_names
+from data_prep.progress import Progress
 from data_prep.image import IMAGE_SIZE
 from repro.augment import eval_views
 from repro.data.loader import loader
 from repro.data.order import in_order
 from repro.data.shards import read_manifest, split_shards
 from repro.distributed import pick_device
-from repro.evaluate import Member, check_members, default_checkpoint, load_member, stats_path
-from repro.tracking import read_metrics
+from repro.evaluate import (EvalError, Member, check_members, default_checkpoint, load_member,
+                            stats_path)
+from repro.tracking import read_metrics, warn
 
 PER_ROW, SCALE, GAP, TOWER_GAP = 16, 4, 2, 8   # Figure 3 layout: pixels are kernel pixels * SCALE
 
@@ -79,10 +82,12 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
     cfg, dev = member.cfg, member.normalizer.device
     y, x, _ = eval_views(IMAGE_SIZE, cfg.data.crop_size, ten_crop=False)[0]
 
-    def batches(split, limit, batch):
+    def batches(split, limit, batch, progress="off"):
         plan = in_order(split_shards(data_dir, split), batch, max(1, cfg.data.workers), limit)
-        for images, labels, *_ in loader(plan):
-            yield images, images[:, :, y:y + cfg.data.crop_size, x:x + cfg.data.crop_size], labels
+        with Progress(plan.total, "neighbours: training images searched", "img", progress) as bar:
+            for images, labels, *_ in loader(plan):
+                yield images, images[:, :, y:y + cfg.data.crop_size, x:x + cfg.data.crop_size], labels
+                bar.update(len(labels))
 
     q_whole, q_img, q_lab = next(batches("val", queries, queries))
     q_feat = fc7(member, q_whole)
@@ -90,7 +95,7 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
     best_d = torch.full((n, k), math.inf, device=dev)
     best_img = torch.zeros((n, k, *q_img.shape[1:]), dtype=torch.uint8)
     best_lab = torch.full((n, k), -1, dtype=torch.long)
-    for whole, images, labels in batches("train", scan, cfg.data.val_batch_size):
+    for whole, images, labels in batches("train", scan, cfg.data.val_batch_size, "auto"):
         # Direct differences: the matmul shortcut loses the ~1e-2 gaps between fc7 vectors
         # of length ~20 to fp32 cancellation.
         dist = torch.cdist(q_feat, fc7(member, whole), compute_mode="donot_use_mm_for_euclid_dist")
@@ -143,23 +148,45 @@ def save_predictions(member: Member, data_dir: Path, path: Path, count: int = 8)
     return path
 
 
+def class_labels(manifest: dict) -> list[tuple[str, str]]:
+    """(name, WNID) of each class: the manifest's first word for it ("tench"), or "" for
+    shards built before the manifest kept the names, or from a source without them."""
+    names = manifest.get("words") or [""] * len(manifest["classes"])
+    return [(name.split(",")[0].strip(), wnid) for name, wnid in zip(names, manifest["classes"])]
+
+
+def row_labels(labels: list[tuple[str, str]], query: int, neighbours, dists) -> list[tuple]:
+    """(title, WNID, same class as the query) for a row of Figure 4: the val image, then
+    each neighbour with its distance."""
+    def title(head: str, c: int) -> str:
+        return f"{head}\n{labels[c][0] or labels[c][1]}"
+    row = [(title("val", query), labels[query][1], False)]
+    row += [(title(f"d={d:.3g}", int(c)), labels[c][1], int(c) == query)
+            for c, d in zip(neighbours, dists) if c >= 0]
+    return row
+
+
 def save_neighbours(member: Member, data_dir: Path, path: Path, queries: int, scan: int) -> Path:
-    classes = read_manifest(data_dir)["classes"]
+    labels = class_labels(read_manifest(data_dir))
     (q_img, q_lab), (n_img, n_lab, n_dist) = nearest_neighbours(member, data_dir, queries, scan)
     rows, cols = len(q_img), 1 + n_img.shape[1]
-    fig = Figure(figsize=(1.6 * cols, 1.75 * rows))
+    fig = Figure(figsize=(1.6 * cols, 1.9 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
-        cells = [(q_img[r], f"val\n{classes[q_lab[r]]}")]
-        cells += [(n_img[r, j], f"d={n_dist[r, j]:.3g}\n{classes[n_lab[r, j]]}")
-                  for j in range(n_img.shape[1]) if n_lab[r, j] >= 0]
+        images = [q_img[r], *n_img[r]]
         for ax in axes[r]:
             ax.axis("off")
-        for ax, (img, title) in zip(axes[r], cells):
+        for ax, img, (title, wnid, same) in zip(axes[r], images, row_labels(
+                labels, int(q_lab[r]), n_lab[r].tolist(), n_dist[r].tolist())):
             ax.imshow(img.permute(1, 2, 0).numpy())
-            ax.set_title(title, fontsize=7)
-    fig.suptitle("Val images (left) and the training images nearest in fc7 (Figure 4)", fontsize=9)
-    fig.tight_layout()
+            ax.set_title(title, fontsize=7, color="green" if same else "black", pad=8)
+            ax.text(0.5, 1.01, wnid, fontsize=5, color="0.4", ha="center", va="bottom",
+                    transform=ax.transAxes)         # small, between the name and the image
+            if same:           # a frame: readable without colour too
+                ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
+                                       edgecolor="green", linewidth=3, clip_on=False))
+    fig.suptitle("Val images (left) and the training images nearest in fc7 (Figure 4); "
+                 "framed in green: the val image's class", fontsize=9)
     fig.savefig(path, dpi=100)
     return path
 
@@ -203,15 +230,26 @@ def log_to_wandb(run_dir: Path, member: Member, paths: list[Path]) -> None:
         run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in paths})
         run.finish()
     except Exception as e:  # noqa: BLE001 - the PNGs are written; W&B is a copy
-        warnings.warn(f"figures not logged to W&B: {e}")
+        warn("figures not logged to W&B", e)
 
 
 def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
                  checkpoint: str | Path | None = None, queries: int = 5, scan: int = 0,
                  device: str = "auto") -> list[Path]:
     """Write RUN_DIR/figures/{filters,predictions,neighbours,curves}.png; predictions and
-    neighbours need the shards."""
+    neighbours need the shards. A run without a checkpoint yet gets its curves, and is
+    told what needs one."""
     run_dir = Path(run_dir)
+    if checkpoint is None and (run_dir / "metrics.jsonl").is_file():
+        try:
+            checkpoint = default_checkpoint(run_dir)
+        except EvalError as e:
+            print(f"no checkpoint ({e}): drawing the curves only; filters.png and "
+                  f"neighbours.png need a checkpoint (--checkpoint, or once the run has "
+                  f"saved one)", file=sys.stderr)
+            out = run_dir / "figures"
+            out.mkdir(parents=True, exist_ok=True)
+            return [save_curves(read_metrics(run_dir), out / "curves.png")]
     stats = stats_path(Path(data_dir)) if data_dir is not None else None
     member = load_member(checkpoint or default_checkpoint(run_dir), stats, pick_device(device))
     if data_dir is not None:      # refused before anything is written

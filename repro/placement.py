@@ -17,6 +17,7 @@ from torch import nn
 from repro.augment import Normalizer
 from repro.config import Config, model_kwargs
 from repro.distributed import DistContext
+from repro.exits import Refused
 from repro.model import build_model, set_impls
 from repro.precision import autocast_for
 from repro.towers import TowerAlexNet
@@ -85,10 +86,10 @@ def _ddp(cfg: Config, model: nn.Module, device: torch.device) -> nn.Module:
 def _towers(cfg: Config, model: nn.Module, device: torch.device, dist: DistContext) -> TowerAlexNet:
     """The paper's two towers: one process driving two GPUs, or one device twice."""
     if cfg.train.split_groups or cfg.train.pad_input_channels:
-        raise SystemExit("train.split_groups and train.pad_input_channels apply to the "
+        raise Refused("train.split_groups and train.pad_input_channels apply to the "
                          "one-device model; the towers run their own convolutions")
     if dist.world > 1:
-        raise SystemExit("train.parallel = towers is one process driving two devices: "
+        raise Refused("train.parallel = towers is one process driving two devices: "
                          "launch a single process (no torchrun or srun tasks)")
     two = device.type == "cuda" and torch.cuda.device_count() > 1
     return TowerAlexNet(model, (torch.device("cuda", 0), torch.device("cuda", 1))

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.ablations import CLAIMS, ablation_table, config_path
-from repro.config import Config, load_config, packaged_config
+from repro.config import (KEPT_ON_RESUME, MAY_CHANGE_ON_RESUME, Config, load_config,
+                          packaged_config)
 from repro.evaluate import write_outputs
-from repro.tracking import read_metrics
+from repro.tracking import best_val, read_metrics
 
 PAPER_CONFIG = packaged_config("alexnet_paper")
 
@@ -63,7 +64,7 @@ def training_summary(metrics: list[dict]) -> dict:
     steps = [r["global_step"] for r in metrics if "global_step" in r]
     return {"epochs": max((r["epoch"] for r in val), default=0),
             "steps": max(steps, default=0),
-            "best_val": min(val, key=lambda r: r["top1_err"], default=None)}
+            "best_val": best_val(metrics)}
 
 
 def _row(*cells) -> str:
@@ -151,7 +152,21 @@ def ablation_section(base_dir: Path, run_dirs: list[Path]) -> str:
             raise FileNotFoundError(f"{d}: no validation in metrics.jsonl yet")
         runs[ablation_of(cfg, base_cfg, paper) or Path(d).name] = (best["top1_err"], best["top5_err"])
     return ("\n## Ablations: best centre-crop val error beside the paper's claims\n\n"
-            + ablation_table(runs, (base["top1_err"], base["top5_err"])))
+            + ablation_table(runs, (base["top1_err"], base["top5_err"]),
+                             baseline_label(base_dir, base_cfg, paper)))
+
+
+def baseline_label(run_dir: Path, cfg: Config, paper: Config, most: int = 4) -> str:
+    """The baseline run as what it is: its name, and where it differs from the paper's
+    config in what defines a run and how long it is (not devices, loader or logging:
+    repro.config.MAY_CHANGE_ON_RESUME)."""
+    length = ("schedule.epochs", "data.steps_per_epoch", "data.val_limit")
+    changed = [f"{key}={value!r}" for key, value, _ in differences(cfg, paper)
+               if key in length or key in KEPT_ON_RESUME
+               or not key.startswith(MAY_CHANGE_ON_RESUME)]
+    more = f", and {len(changed) - most} more" if len(changed) > most else ""
+    config = f"paper config with {', '.join(changed[:most])}{more}" if changed else "paper config"
+    return f"{Path(run_dir).resolve().name} (baseline run): {config}"
 
 
 def write_report(run_dir: str | Path, evals: list[dict] = (), out: str | Path | None = None,

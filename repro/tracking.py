@@ -12,8 +12,14 @@ import secrets
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
+
+
+def warn(message: str, error: Exception) -> None:
+    """One plain line on stderr, with the first line of `error` (W&B's run over many):
+    warnings.warn would prefix the source location, which tells a user nothing."""
+    why = (str(error).strip().splitlines() or [""])[0]
+    print(f"warning: {message}: {type(error).__name__}: {why}", file=sys.stderr, flush=True)
 
 
 def git_commit() -> str:
@@ -53,7 +59,7 @@ class Tracker:
             self.wandb.summary["restart_count"] = context["restart_count"]
             self.log({"event": "wandb", "id": run_id, "mode": mode})
         except Exception as e:  # noqa: BLE001 - any failure here must not stop training
-            warnings.warn(f"W&B logging disabled for this run: {e}")
+            warn("W&B logging disabled for this run (metrics.jsonl has every record)", e)
             self.log({"event": "wandb", "error": str(e)})
             self.wandb = None
 
@@ -67,14 +73,14 @@ class Tracker:
             try:
                 self.wandb.log(metrics, step=step)
             except Exception as e:  # noqa: BLE001
-                warnings.warn(f"W&B log failed, continuing: {e}")
+                warn("W&B log failed, continuing", e)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.wandb is not None:
             try:
                 self.wandb.finish(exit_code=exit_code)
             except Exception as e:  # noqa: BLE001
-                warnings.warn(f"W&B finish failed: {e}")
+                warn("W&B finish failed", e)
 
 
 def cut_torn_tail(path: Path) -> None:
@@ -92,6 +98,12 @@ def run_data_dir(run_dir: Path) -> str | None:
         return None
     paths = [r["path"] for r in read_metrics(run_dir) if r.get("event") == "data"]
     return paths[-1] if paths and Path(paths[-1]).is_dir() else None
+
+
+def best_val(records: list[dict]) -> dict | None:
+    """The val record with the lowest top-1 error (None before the first validation)."""
+    return min((r for r in records if r.get("event") == "val"), key=lambda r: r["top1_err"],
+               default=None)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +28,23 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data_prep import interactive
+from data_prep.atomic import check_output
+from data_prep.progress import duration
 from data_prep.manifest import STATS
 from repro import checkpoint, distributed, preempt
 from repro.augment import Normalizer, derived_seed, step_generator
-from repro.config import Config, resume_changes
+from repro.config import Config, ConfigError, resume_changes
 from repro.data.loader import device_images, device_loader, empty_batch
 from repro.data.order import EpochPlan, in_order
 from repro.data.shards import Shard, data_fingerprint, read_manifest, split_shards
 from repro.distributed import DistContext, pick_device
 from repro.evaluate import topk_correct
+from repro.exits import Refused
 from repro.optim import PaperSGD, param_groups
 from repro.placement import Placed, make_normalizer, place_model
 from repro.schedule import Schedule
 from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
-from repro.tracking import Tracker
+from repro.tracking import Tracker, best_val, read_metrics
 
 EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint (if any) is kept
 
@@ -58,6 +61,23 @@ class Position:
     global_step: int = 0
     best_top1_err: float = math.inf
     val_pending: bool = False        # `epoch`'s steps are all done, its validation is not
+
+
+@dataclass
+class Pace:
+    """Seconds a step, for the ETAs: averaged from this process's first log line on, so
+    that start-up (loader workers, compilation) is left out, while validation and
+    checkpoints, which the rest of the run has too, are in."""
+    since: float | None = None       # time.perf_counter() at the first log line
+    step0: int = 0                   # the global step then
+
+    def seconds_per_step(self, global_step: int, averages: dict, batch_size: int) -> float:
+        now = time.perf_counter()
+        if self.since is None:
+            self.since, self.step0 = now, global_step
+        if global_step > self.step0:
+            return (now - self.since) / (global_step - self.step0)
+        return batch_size / averages["images_per_s"]     # the first line: its own steps' rate
 
 
 @dataclass
@@ -81,6 +101,8 @@ class Run:
     progress: str                    # bar | lines | off
     last_save: float = 0.0           # time.monotonic() of the last checkpoint
     data: dict | None = None         # the shards' data_fingerprint, kept in every checkpoint
+    first_step: int = 0              # the global step this process started from
+    pace: Pace = field(default_factory=Pace)
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
@@ -96,6 +118,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
         cleanup.callback(stop.close)
         run = setup_run(cfg, Path(data_dir), Path(run_dir), cleanup, stop, init_from,
                         allow_other_shards)
+        already = run.pos.epoch >= cfg.schedule.epochs and not run.pos.val_pending
         try:
             while run.pos.epoch < cfg.schedule.epochs:
                 # A stop that came before (start-up, the last save): what is on disk is current.
@@ -113,6 +136,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
                              "global_step": run.pos.global_step,
                              "best_top1_err": run.pos.best_top1_err})
             run.tracker.finish(0)
+        finished(run, Path(data_dir), already)
         return 0
 
 
@@ -121,16 +145,17 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
               allow_other_shards: bool = False) -> Run:
     """Processes and devices, the shards, the model and its optimizer, the run dir's lock,
     the resumed position, and the tracker: everything the loop needs."""
+    refuse_before_start(cfg, run_dir)
     dist = distributed.init("cuda" if pick_device(cfg.train.device).type == "cuda" else "cpu")
     device = pick_device(cfg.train.device, dist.local_rank)
     if cfg.data.batch_size % dist.world:
-        raise SystemExit(f"data.batch_size = {cfg.data.batch_size} is not divisible by the "
+        raise Refused(f"data.batch_size = {cfg.data.batch_size} is not divisible by the "
                          f"world size {dist.world}")
     set_determinism(cfg.train.deterministic)
     classes = read_manifest(data_dir)["classes"]
     data = data_fingerprint(data_dir)          # before the slow start-up: stats.npz checked
     if len(classes) != cfg.model.num_classes:
-        raise SystemExit(f"{data_dir}/manifest.json has {len(classes)} classes but "
+        raise Refused(f"{data_dir}/manifest.json has {len(classes)} classes but "
                          f"model.num_classes = {cfg.model.num_classes}; set "
                          f"model.num_classes={len(classes)}")
     placed = place_model(cfg, device, dist)
@@ -145,6 +170,9 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
               last_save=time.monotonic(), data=data)
     lock_run_dir(run, cleanup)
     resumed_from, restarted = resume(run, data_dir, allow_other_shards)
+    run.first_step = run.pos.global_step
+    if run.pos.epoch >= cfg.schedule.epochs and not run.pos.val_pending:
+        return run                   # finished already: nothing to write (train() says so)
     loaded = load_weights_from(run, Path(init_from)) if init_from and not resumed_from else None
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +187,17 @@ def setup_run(cfg: Config, data_dir: Path, run_dir: Path, cleanup: contextlib.Ex
                              **({"epoch_restarted": True, "stream": stream} if restarted else {})})
         if loaded is not None:
             run.tracker.log({"event": "init_from", "checkpoint": str(init_from), **loaded})
+        banner(run, data_dir, resumed_from)
     return run
+
+
+def refuse_before_start(cfg: Config, run_dir: Path) -> None:
+    """What would otherwise fail only after the run dir is made, or at the first step."""
+    check_output(run_dir, directory=True)
+    if cfg.model.in_channels != 3:
+        raise ConfigError(f"model.in_channels = {cfg.model.in_channels}, but the shards hold "
+                          f"RGB images: repro train needs 3 (the greyscale d2l variant trains "
+                          f"with python -m repro.d2l)")
 
 
 def set_determinism(deterministic: bool) -> None:
@@ -208,7 +246,7 @@ def resume(run: Run, data_dir: Path, allow_other_shards: bool = False) -> tuple[
         checkpoint.repair_best(run.run_dir / "checkpoints")
     changes = resume_changes(state["config"], run.cfg.to_dict())
     if changes:
-        raise SystemExit(f"{ckpt_path} belongs to a run with other settings "
+        raise Refused(f"{ckpt_path} belongs to a run with other settings "
                          f"({'; '.join(changes)}); a resumed run keeps its settings: drop "
                          f"the overrides, or start a new run with another --out")
     check_shards(run, state, ckpt_path, data_dir, allow_other_shards)
@@ -261,7 +299,7 @@ def check_shards(run: Run, state: dict, ckpt_path: Path, data_dir: Path, allowed
     on another shard set or other statistics (the checkpoint's data_fingerprint; older
     checkpoints have none) unless allowed, when it goes on with a warning."""
     if state["classes"] != run.classes:
-        raise SystemExit(f"{data_dir}/manifest.json lists other classes than the shards "
+        raise Refused(f"{data_dir}/manifest.json lists other classes than the shards "
                          f"{ckpt_path} was trained on; resume on those shards")
     theirs = state.get("data") or {}
     differ = [what for key, what in (("stats_sha256", "stats.npz (mean image and PCA)"),
@@ -271,7 +309,7 @@ def check_shards(run: Run, state: dict, ckpt_path: Path, data_dir: Path, allowed
         return
     text = f"{ckpt_path} was trained on shards with another {' and another '.join(differ)}"
     if not allowed:
-        raise SystemExit(f"{text} than {data_dir}; resume on those shards, or pass "
+        raise Refused(f"{text} than {data_dir}; resume on those shards, or pass "
                          f"--allow-other-shards to go on with these")
     if run.dist.is_main:
         print(f"warning: {text}; going on with {data_dir} (--allow-other-shards)",
@@ -290,12 +328,17 @@ def train_plan(cfg: Config, shards: list[Shard], epoch: int, dist: DistContext =
                      decode=cfg.data.decode, gpu_share=cfg.data.gpu_share)
 
 
+def epoch_steps(cfg: Config, plan: EpochPlan) -> int:
+    """Steps an epoch: a full pass, or data.steps_per_epoch if fewer."""
+    return min(plan.steps, cfg.data.steps_per_epoch or plan.steps)
+
+
 def train_one_epoch(run: Run) -> bool:
     """The rest of the current epoch's steps; False if a stop signal ended it early (a
     checkpoint is then written)."""
     cfg, pos = run.cfg, run.pos
     plan = train_plan(cfg, run.train_shards, pos.epoch, run.dist, skip=pos.step)
-    steps = min(plan.steps, cfg.data.steps_per_epoch or plan.steps)
+    steps = epoch_steps(cfg, plan)
     batches = device_loader(plan, run.device)
     for group in run.optimizer.param_groups:
         group["lr"] = run.schedule.lr
@@ -309,7 +352,10 @@ def train_one_epoch(run: Run) -> bool:
         pos.val_pending = pos.step == steps
         save_due = run.dist.is_main and (
             time.monotonic() - run.last_save > 60 * cfg.checkpoint.every_minutes)
-        log_now = step == steps - 1 or (step + 1) % cfg.train.log_every == 0
+        # The first step this process takes is logged too: a log shows the run alive and its
+        # pace within a minute, not after log_every steps.
+        log_now = (step == steps - 1 or (step + 1) % cfg.train.log_every == 0
+                   or pos.global_step == run.first_step + 1)
         stop, save = stats.record(loss_sum, correct, n, run.stop.raised, save_due, pos,
                                   settle_now=log_now)
         if log_now or stop:      # a stop logs the steps since the last log line
@@ -534,7 +580,7 @@ def settle(pending: tuple, tally: np.ndarray, epoch: int, step: int) -> np.ndarr
 
 def log_train(run: Run, averages: dict | None, bar, steps: int) -> None:
     """A train record (metrics.jsonl, W&B) for the steps since the last one; a progress
-    line or the bar's postfix."""
+    line or the bar's postfix, with the ETAs of the epoch and the run."""
     if not (run.dist.is_main and averages):
         return
     pos, lr = run.pos, run.schedule.lr
@@ -543,7 +589,90 @@ def log_train(run: Run, averages: dict | None, bar, steps: int) -> None:
     if run.device.type == "cuda":
         record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
     run.tracker.log(record, step=pos.global_step)
-    bar.set_postfix(loss=f"{averages['loss']:.3f}", img_s=f"{averages['images_per_s']:.0f}")
+    per_step = run.pace.seconds_per_step(pos.global_step, averages, run.cfg.data.batch_size)
+    epoch_left, run_left = steps_left(pos, steps, run.cfg.schedule.epochs)
+    bar.set_postfix(loss=f"{averages['loss']:.3f}", img_s=f"{averages['images_per_s']:.0f}",
+                    run_eta=duration(run_left * per_step))
     if run.progress == "lines":
         print(f"epoch {pos.epoch + 1} step {pos.step}/{steps} loss {averages['loss']:.4f} "
-              f"lr {lr:g} {averages['images_per_s']:.0f} img/s", flush=True)
+              f"lr {lr:g} {averages['images_per_s']:.0f} img/s, ETA epoch "
+              f"{duration(epoch_left * per_step)}, run {duration(run_left * per_step)}", flush=True)
+
+
+def steps_left(pos: Position, steps: int, epochs: int) -> tuple[int, int]:
+    """Steps left in this epoch and in the whole run (each epoch has `steps`)."""
+    in_epoch = steps - pos.step
+    return in_epoch, in_epoch + (epochs - pos.epoch - 1) * steps
+
+
+def banner(run: Run, data_dir: Path, resumed_from: Path | None) -> None:
+    """Once, at the start (main rank): what this run is and where everything goes."""
+    cfg, pos, t, d = run.cfg, run.pos, run.cfg.train, run.cfg.data
+    steps = epoch_steps(cfg, train_plan(cfg, run.train_shards, pos.epoch, run.dist))
+    n_train, n_val = (sum(s.count for s in shards) for shards in (run.train_shards, run.val_shards))
+    head = (f"resuming {resumed_from} at epoch {pos.epoch + 1} step {pos.step}"
+            if resumed_from else f"new run: {run.run_dir}")
+    ckpts = run.run_dir / "checkpoints"
+    lines = [
+        head,
+        f"  devices: {devices_text(run)}",
+        f"  precision {t.precision}; channels_last {t.channels_last}, compile "
+        f"{t.compile_mode if t.compile else False}, LRN {t.lrn_impl}, split_groups "
+        f"{t.split_groups}, pad_input_channels {t.pad_input_channels}, deterministic "
+        f"{t.deterministic}; JPEG decode {d.decode}, loader workers {max(1, d.workers)} a process",
+        f"  run dir: {run.run_dir} (config.yaml, metrics.jsonl)",
+        f"  data: {data_dir}: {n_train} train images, {n_val} val images"
+        f"{f' (validating on the first {d.val_limit})' if d.val_limit else ''}, "
+        f"{len(run.classes)} classes",
+        f"  steps: {steps} an epoch (batches of {d.batch_size} images), "
+        f"{steps * cfg.schedule.epochs} in {plural(cfg.schedule.epochs, 'epoch')} "
+        f"({pos.global_step} done)",
+        f"  checkpoints: {ckpts} at every epoch's end and every {cfg.checkpoint.every_minutes:g} "
+        f"min; the last {cfg.checkpoint.keep_last} kept, and best.pt",
+        f"  W&B: {wandb_text(run)}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def devices_text(run: Run) -> str:
+    model, dist = run.placed.model, run.dist
+    if isinstance(model, TowerAlexNet):
+        where = f"the paper's two towers on {' and '.join(map(str, model.devices))}"
+    else:
+        where = str(run.device)
+    if run.device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(run.device)})"
+    elif run.device.type == "cpu":
+        where += f" ({torch.get_num_threads()} threads)"
+    return f"{where}; world size {dist.world}" + (" (DDP)" if dist.world > 1 else "")
+
+
+def wandb_text(run: Run) -> str:
+    log = run.cfg.logging
+    if log.wandb == "disabled":
+        return "disabled (logging.wandb); metrics.jsonl only"
+    if run.tracker is None or run.tracker.wandb is None:
+        return f"{log.wandb}, but it did not start (the warning above says why); metrics.jsonl only"
+    return f"{log.wandb}, project {log.project}, run {run.tracker.wandb.id}"
+
+
+def finished(run: Run, data_dir: Path, already: bool) -> None:
+    """The last lines of a run (or of a command run again on a finished one): the best
+    val error, where the best checkpoint is, and the command that evaluates it."""
+    if not run.dist.is_main:
+        return
+    pos = run.pos
+    metrics = run.run_dir / "metrics.jsonl"
+    best = best_val(read_metrics(run.run_dir)) if metrics.is_file() else None
+    if best is None:              # a run dir without its metrics: the checkpoint's number
+        best = {"top1_err": pos.best_top1_err, "top5_err": math.nan, "epoch": "?"}
+    ckpt = run.run_dir / "checkpoints" / "best.pt"
+    ckpt = ckpt if ckpt.is_file() else ckpt.with_name("last.pt")
+    print(f"{'already finished' if already else 'done'}: {plural(pos.epoch, 'epoch')}, best top-1 "
+          f"{best['top1_err']:.2f}%, top-5 {best['top5_err']:.2f}% (val, centre crop, epoch "
+          f"{best['epoch']})\nbest checkpoint: {ckpt}\nevaluate it with ten crops: repro eval "
+          f"--checkpoint {ckpt} --data {data_dir} --ten-crop", flush=True)

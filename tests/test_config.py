@@ -1,4 +1,5 @@
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,11 @@ def test_overrides_and_base_inheritance():
     (["optim.momentum=5"], ["optim.momentum", "[0, 1)"]),
     (["train.compile_mode=fastest"], ["train.compile_mode", "reduce-overhead"]),
     (["lr"], ["section.key=value"]),
+    # valid alone, but the model cannot be built or run with them (a traceback before)
+    (["model.bias_one=[fc9]"], ["model.bias_one", "fc9", "conv1, conv2"]),
+    (["train.pad_input_channels=2"], ["train.pad_input_channels = 2", "model.in_channels = 3"]),
+    (["data.crop_size=10"], ["data.crop_size = 10", "too small", "conv1's 11x11"]),
+    (["data.crop_size=40", "model.pool_kernel=7"], ["data.crop_size = 40", "pool_kernel=7"]),
 ])
 def test_bad_overrides_name_the_key(override, words):
     with pytest.raises(ConfigError) as e:
@@ -130,3 +136,31 @@ def test_resume_changes_counts_a_missing_setting_as_changed():
                                           "optim.decay_biases: missing -> True"]
     assert resume_changes(now, saved) == ["model.extra: 3 -> missing",
                                           "optim.decay_biases: True -> missing"]
+
+
+def test_a_duplicate_key_is_refused_naming_it_and_the_file(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text(f"base: {PAPER}\noptim:\n  lr: 0.1\n  momentum: 0.5\n  lr: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == (f"{f}: duplicate key 'lr' (lines 3 and 5): YAML would keep only "
+                            f"the last value")
+    f.write_text("optim:\n  lr: 0.1\nmodel:\n  groups: 1\noptim:\n  momentum: 0.5\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'optim' \(lines 1 and 5\)"):
+        load_config(f)
+
+
+def test_a_missing_base_says_it_is_relative_to_the_file(tmp_path, monkeypatch):
+    sub = tmp_path / "mine"
+    sub.mkdir()
+    f = sub / "run.yaml"
+    f.write_text("base: configs/alexnet_paper.yaml\noptim:\n  lr: 0.02\n")
+    monkeypatch.chdir(CONFIGS.parent)      # where configs/alexnet_paper.yaml does exist
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value).startswith(f"{f}: base file 'configs/alexnet_paper.yaml' not found at "
+                                   f"{sub / 'configs' / 'alexnet_paper.yaml'} (a base: path is "
+                                   f"relative to the file that names it, not to the working "
+                                   f"directory); {PAPER.resolve()} exists: write it relative to {sub}")
+    f.write_text(f"base: {os.path.relpath(PAPER, sub)}\noptim:\n  lr: 0.02\n")
+    assert load_config(f).optim.lr == 0.02

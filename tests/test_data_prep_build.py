@@ -112,6 +112,16 @@ def test_three_layouts_give_identical_shards_and_stats(built):
         assert ms[0]["splits"][split]["shards"] == ms[1]["splits"][split]["shards"] == ms[2]["splits"][split]["shards"]
 
 
+def test_the_manifest_names_the_classes_for_people(built):
+    """The devkit's words (official), the Kaggle synset mapping's; by class index."""
+    from data_prep.make_fixture import REAL_WNIDS
+
+    for layout in ("official", "kaggle"):
+        m = manifest(built[layout][1])
+        assert m["words"] == [REAL_WNIDS.get(w, f"synthetic class {w}") for w in m["classes"]]
+        assert m["words"][m["classes"].index("n01440764")] == "tench, Tinca tinca"
+
+
 def test_worker_count_does_not_change_the_output(built, tmp_path):
     source, out2, _ = built["folder"]
     build(source, tmp_path / "w1", workers=1)

@@ -2,6 +2,7 @@
 brute-force search on fc7 computed layer by layer, the curves, and the W&B copy."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -128,3 +129,38 @@ def test_figure_4_left_is_the_ten_crop_top5(shards, run_dir):
         run_dir / "checkpoints" / "last.pt", shards, val_images[:8]).topk(5, dim=1)
     assert torch.equal(indices, expect_indices)
     torch.testing.assert_close(values, expect_values, rtol=1e-4, atol=1e-6)
+
+
+def test_neighbour_labels_name_the_class_and_mark_the_query_class():
+    from repro.figures import class_labels, row_labels
+
+    labels = class_labels({"classes": ["n01440764", "n02102040", "n09999999"],
+                           "words": ["tench, Tinca tinca", "English springer", ""]})
+    assert labels == [("tench", "n01440764"), ("English springer", "n02102040"),
+                      ("", "n09999999")]
+    assert row_labels(labels, 0, [0, 2, 1, -1], [0.5, 1.25, 2.0, float("inf")]) == [
+        ("val\ntench", "n01440764", False), ("d=0.5\ntench", "n01440764", True),
+        ("d=1.25\nn09999999", "n09999999", False),       # no name: the WNID says which
+        ("d=2\nEnglish springer", "n02102040", False)]
+    assert class_labels({"classes": ["n01440764"]}) == [("", "n01440764")]   # older manifests
+
+
+def test_a_run_without_a_checkpoint_gets_its_curves(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "metrics.jsonl", run)
+    assert main(["figures", str(run), "--device", "cpu"]) == 0
+    assert [p.name for p in (run / "figures").iterdir()] == ["curves.png"]
+    assert "filters.png and neighbours.png need a checkpoint" in capsys.readouterr().err
+
+
+def test_figures_say_which_shards_the_neighbours_come_from(shards, run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("figures"))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"event": "data", "path": str(shards)}) + "\n")
+    assert main(["figures", str(run), "--queries", "1", "--scan", "5", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert (f"no --data: the nearest-neighbour figure searches the shards the run trained on, "
+            f"{shards} (from metrics.jsonl)") in err
+    assert (run / "figures" / "neighbours.png").is_file()

@@ -1,5 +1,6 @@
 """repro report: the run's numbers beside the paper's, and exactly the settings that differ."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from repro.report import ANCHORS, PAPER_CONFIG, differences
 from shard_helpers import write_shards
 from test_evaluate import CLASSES, make_checkpoint
 
+SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
 CHANGED = {"model.num_classes": (CLASSES, 1000), "data.crop_size": (68, 227), "optim.lr": (0.02, 0.01),
            "model.lrn": ("none", "paper"), "logging.wandb": ("disabled", "online")}
 
@@ -96,6 +98,17 @@ def test_ablation_runs_beside_the_claims(tmp_path, capsys):
     assert "| no_lrn | 41.50 | 19.00 | +1.50 | +1.00 | +1.40 | +1.20 |" in text
     assert "| no_overlap_pool | 40.25 | 18.50 | +0.25 | +0.50 | +0.40 | +0.30 |" in text
     assert "| c | 39.00 | 17.00 | -1.00 | -1.00 | — | — |" in text    # not an ablation
+    # the baseline by its config, not as "paper config": the settings that define the run
+    assert ("| base (baseline run): paper config with model.num_classes=10, schedule.epochs=5 | "
+            "40.00 | 18.00 | | | | | |") in text
+    smoke = fake_run(tmp_path / "smoke", [], 80.0, 50.0)
+    (smoke / "config.yaml").write_text(load_config(SMOKE).to_yaml())
+    assert main(["report", str(smoke), "--ablations", str(no_lrn)]) == 0
+    row = next(line for line in (smoke / "report.md").read_text().splitlines()
+               if "(baseline run)" in line)
+    assert row.startswith("| smoke (baseline run): paper config with model.num_classes=10, "
+                          "optim.lr=0.0005, schedule.kind='constant', schedule.epochs=3, and 2 "
+                          "more | 80.00 | 50.00 |"), row
 
 
 def test_a_test_split_run_is_reported_as_such(run_dir, tmp_path, capsys):

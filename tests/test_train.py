@@ -444,3 +444,91 @@ def test_init_from_copies_what_fits_and_initialises_the_classifier(uninterrupted
     record = next(r for r in read_metrics(tmp_path / "ft") if r["event"] == "init_from")
     assert (record["initialised"], record["unused"]) == (["fc8"], ["fc8"])
     assert len(record["copied"]) == 7 and record["checkpoint"] == str(source_path)
+
+
+def test_the_run_says_what_it_is_how_far_and_where_its_best_checkpoint_is(shards, tmp_path,
+                                                                           capsys):
+    """The banner (once), the first step's line at once with log_every 50 (then on the
+    interval and at the epoch's end), with img/s and ETAs; the final lines, whose eval
+    command works; and the same command on the finished run: 'already finished',
+    nothing written."""
+    from repro.cli import main
+
+    run = tmp_path / "run"
+    cfg = load_config(SMOKE, FAST + ["schedule.epochs=2", "train.log_every=50",
+                                     "checkpoint.every_minutes=1000"])
+    assert train(cfg, shards, run) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"new run: {run}"
+    assert out[1].startswith("  devices: cpu (") and out[1].endswith("; world size 1")
+    assert f"  data: {shards}: 44 train images, 12 val images, 4 classes" in out
+    assert "  steps: 3 an epoch (batches of 16 images), 6 in 2 epochs (0 done)" in out  # 44/16
+    assert f"  checkpoints: {run / 'checkpoints'} at every epoch's end and every 1000 min; " \
+           "the last 2 kept, and best.pt" in out
+    assert "  W&B: disabled (logging.wandb); metrics.jsonl only" in out
+    steps = [re.match(r"epoch (\d) step (\d)/3 loss [\d.]+ lr [\d.e-]+ \d+ img/s, "
+                      r"ETA epoch (\d+)s, run (\d+)s$", line) for line in out
+             if line.startswith("epoch") and " step " in line]
+    assert [(m[1], m[2]) for m in steps] == [("1", "1"), ("1", "3"), ("2", "3")]
+    assert int(steps[0][4]) >= int(steps[0][3]) and steps[-1][4] == "0"
+    best = min((r for r in read_metrics(run) if r["event"] == "val"), key=lambda r: r["top1_err"])
+    ckpt = run / "checkpoints" / "best.pt"
+    assert out[-3:] == [
+        f"done: 2 epochs, best top-1 {best['top1_err']:.2f}%, top-5 {best['top5_err']:.2f}% "
+        f"(val, centre crop, epoch {best['epoch']})", f"best checkpoint: {ckpt}",
+        f"evaluate it with ten crops: repro eval --checkpoint {ckpt} --data {shards} --ten-crop"]
+    assert main(out[-1].split("repro ")[1].split() + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["crops"] == 10
+
+    before = (run / "metrics.jsonl").read_bytes()
+    assert train(cfg, shards, run) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "already finished: " + out[-3].removeprefix("done: "), *out[-2:]]
+    assert (run / "metrics.jsonl").read_bytes() == before
+    assert train(load_config(SMOKE, FAST + ["schedule.epochs=3", "train.log_every=50"]),
+                 shards, run) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[0] == f"resuming {run}/checkpoints/last.pt at epoch 3 step 0"
+    assert "  steps: 3 an epoch (batches of 16 images), 9 in 3 epochs (6 done)" in again
+    assert [line[:16] for line in again if line.startswith("epoch 3 step")] == [
+        "epoch 3 step 1/3", "epoch 3 step 3/3"]
+
+
+def test_steps_left_in_the_epoch_and_the_run():
+    from repro.train import Position, steps_left
+
+    assert steps_left(Position(epoch=0, step=1), steps=3, epochs=2) == (2, 2 + 3)
+    assert steps_left(Position(epoch=4, step=0), steps=10, epochs=7) == (10, 30)
+    assert steps_left(Position(epoch=6, step=10), steps=10, epochs=7) == (0, 0)
+
+
+def test_bias_one_init_with_few_classes_needs_a_smaller_lr():
+    """Why the smoke run's loss once jumped to 30-70 (chance: ln 10 = 2.3), and that the
+    smoke lr keeps it near chance. The bias-1 init makes fc7's output large and about the
+    same for every image, so the loss's curvature along it is ~|fc7|^2 / classes, and SGD
+    with momentum 0.9 is stable only while lr x that < 2(1 + 0.9) = 3.8. Measured on the
+    paper's model (10 classes, batch 16, random images and labels): the paper's lr is
+    past the limit and the loss blows up within 5 steps; the smoke lr is well inside it."""
+    from repro.placement import place_model
+    from repro.train import build_optimizer, train_step
+
+    def run(lr: float) -> tuple[float, list[float]]:
+        cfg = load_config(SMOKE, ["data.crop_size=67", f"optim.lr={lr}", "train.device=cpu"])
+        placed = place_model(cfg, torch.device("cpu"))
+        opt, g = build_optimizer(cfg, placed.model), torch.Generator().manual_seed(0)
+        torch.manual_seed(0)                                # the dropout masks
+        fc7 = []
+        placed.model.fc7.register_forward_hook(
+            lambda m, i, o: fc7.append((torch.relu(o) ** 2).sum(1).mean().item()))
+        losses = []
+        for _ in range(5):
+            x = torch.randn(16, 3, 67, 67, generator=g) * 60
+            y = torch.randint(0, 10, (16,), generator=g)
+            losses.append(train_step(placed.net, opt, x, y, 1, 16)[0].item() / 16)
+        return lr * fc7[0] / cfg.model.num_classes, losses
+
+    smoke_lr = load_config(SMOKE).optim.lr
+    ratio, losses = run(smoke_lr)
+    assert ratio < 1 and max(losses) < 2 * math.log(10), (ratio, losses)
+    ratio, losses = run(load_config(ROOT / "configs" / "alexnet_paper.yaml").optim.lr)
+    assert ratio > 3.8 and max(losses) > 5 * math.log(10), (ratio, losses)

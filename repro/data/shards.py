@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.build_shards import no_manifest
 from data_prep.manifest import MANIFEST, ShardsError, file_sha256, load_manifest, stats_digest
 
 
@@ -16,8 +17,7 @@ class Shard:
 def read_manifest(shards_dir: str | Path) -> dict:
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest.json; build shards with "
-                                f"`python -m data_prep.build_shards --source ... --out {shards_dir}`")
+        raise FileNotFoundError(no_manifest(shards_dir))
     return load_manifest(shards_dir)
 
 
