@@ -259,7 +259,8 @@ def resume(run: Run, data_dir: Path, allow_other_shards: bool = False) -> tuple[
     run.schedule.load_state_dict(state["schedule"])
     run.pos = Position(state["epoch"], state["step"], state["global_step"], state["best_top1_err"],
                        state.get("val_pending", False))
-    if run.dist.is_main:
+    finished = run.pos.epoch >= run.cfg.schedule.epochs and not run.pos.val_pending
+    if run.dist.is_main and not finished:             # a finished run: train() says so
         print(f"resuming {ckpt_path} at {where(run.pos)}", flush=True)
     # The order of a finished epoch's samples no longer matters.
     restart = state["stream"] != run.stream and run.pos.step > 0 and not run.pos.val_pending

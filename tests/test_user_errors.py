@@ -53,7 +53,7 @@ def test_an_unfinished_build_says_run_the_same_command_and_that_command_finishes
     code, err = train(capsys, out, tmp_path / "run")
     m = re.search(r"run the same build_shards command to finish it: `(.*)`$", err.strip())
     assert code == 2 and one_line(err, f"{out} holds an unfinished build (3 shards finished)"), err
-    assert m[1] == f"python -m data_prep.build_shards --source {src} --out {out} --shard-size 8"
+    assert m[1] == f"python -m data_prep.build_shards --source {src} --out {out} --shard-size 8 --splits train,val"
     v = subprocess.run([sys.executable, "-m", "data_prep.verify", str(out)], cwd=ROOT,
                        capture_output=True, text=True)
     assert v.returncode == 2 and "unfinished build" in v.stderr, v.stderr
