@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from data_prep.manifest import MANIFEST, class_names
 from data_prep.progress import Progress
 from data_prep.image import IMAGE_SIZE
 from repro.augment import eval_views
@@ -122,7 +121,7 @@ def top5_predictions(member: Member, data_dir: Path, count: int = 8, split: str 
 def save_predictions(member: Member, data_dir: Path, path: Path, count: int = 8) -> Path:
     """Figure 4, left: each image over its five most probable labels as bars (the true
     label's bar in red, as the paper marks it), its true label under the image."""
-    names = class_names(read_manifest(data_dir))
+    names = [name or wnid for name, wnid in class_labels(read_manifest(data_dir))]
     images, labels, values, indices = top5_predictions(member, data_dir, count)
     cols = min(4, len(images))
     rows = -(-len(images) // cols)
