@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from repro import cifar
-from repro.cifar_train import lr_factor
+from repro.cifar import experiments as cifar
+from repro.cifar.train import lr_factor
 
 FAST = ["--device", "cpu", "--progress", "off", "--batch-size", "8"]
 

@@ -1,4 +1,4 @@
-"""CIFAR-10's python batches (repro.cifar_data): read from files written here with pickle
+"""CIFAR-10's python batches (repro.cifar.data): read from files written here with pickle
 alone, refused with an error naming the file when missing or damaged, generated in the
 same format, and fed as cuda-convnet's cropped provider fed them."""
 import pickle
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from repro import cifar, cifar_data
-from repro.cifar_data import CifarDataError, DeviceImages, read_batch
+from repro.cifar import data as cifar_data, experiments as cifar
+from repro.cifar.data import CifarDataError, DeviceImages, read_batch
 
 
 def official_batch(path, images, labels, numpy1=False):

@@ -1,11 +1,11 @@
-"""The author's CIFAR-10 nets (repro.cifar_nets) as his cuda-convnet layer files define
+"""The author's CIFAR-10 nets (repro.cifar.nets) as his cuda-convnet layer files define
 them: sizes, pooling over the edge, cmrnorm, the tanh switch, per-layer rates and the
 update rule, each against numbers or code written out here."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from repro.cifar_nets import NETS, CifarNet, param_groups
+from repro.cifar.nets import NETS, CifarNet, param_groups
 from repro.optim import PaperSGD
 
 

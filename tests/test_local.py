@@ -1,10 +1,10 @@
-"""repro.local.LocallyConnected2d, cuda-convnet's type=local layer: against a loop over
+"""repro.cifar.local.LocallyConnected2d, cuda-convnet's type=local layer: against a loop over
 positions, and against a convolution when every position holds the same filters."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from repro.local import LocallyConnected2d
+from repro.cifar.local import LocallyConnected2d
 
 
 @pytest.mark.parametrize("padding, stride", [(1, 1), (0, 2), (2, 1)])

@@ -20,7 +20,7 @@ OUT/lrn/lrn.json and a table on stdout.
 
 Every run is a run directory (metrics.jsonl, checkpoints/, W&B with --wandb): the same
 command again resumes where it stopped, and re-tests what is done. CIFAR-10 is read from
-the python batches under --root (repro.cifar_data); --download fetches them,
+the python batches under --root (repro.cifar.data); --download fetches them,
 --generate writes a learnable stand-in of that format first (for timing, and tests).
 """
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from repro.cifar_data import CifarDataError, download, generate, load
-from repro.cifar_nets import NETS
-from repro.cifar_train import Logging, RunSpec, feeds, train_run
+from repro.cifar.data import CifarDataError, download, generate, load
+from repro.cifar.nets import NETS
+from repro.cifar.train import Logging, RunSpec, feeds, train_run
 from repro.distributed import pick_device
 from repro.train import NonFiniteLoss
 
@@ -241,5 +241,4 @@ def prepare(args, parser) -> None:
         download(args.root)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+

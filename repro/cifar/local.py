@@ -4,7 +4,7 @@ cuda-convnet's `type=local` layer (LayerParams wiki, "Locally-connected layer wi
 weights"): at every output position (y, x) its own `out_channels` filters of
 in_channels x k x k, and its own bias for each of them (cuda-convnet's local layer has
 modules x filters biases). The author's CIFAR-10 nets of the paper's section 3.3 end in
-two of them (local3, local4: repro.cifar_nets).
+two of them (local3, local4: repro.cifar.nets).
 
 Computed as unfold + one batched matrix product over positions: the input patches
 (N, C*k*k, L) meet the weight (L, out, C*k*k) position by position.

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from repro.local import LocallyConnected2d
+from repro.cifar.local import LocallyConnected2d
 from repro.lrn import LocalResponseNorm
 
 IMAGE_SIDE, CLASSES = 32, 10

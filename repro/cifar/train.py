@@ -1,4 +1,4 @@
-"""One training run of a CIFAR-10 net (repro.cifar_nets) the way cuda-convnet trained it,
+"""One training run of a CIFAR-10 net (repro.cifar.nets) the way cuda-convnet trained it,
 with this project's pieces: the paper's update rule (repro.optim.PaperSGD, one group per
 weight and bias with the params file's rates), its train step (repro.train.train_step),
 checkpoints (repro.checkpoint, at every epoch's end: running the same run again resumes
@@ -23,8 +23,8 @@ from tqdm import tqdm
 from data_prep import interactive
 from repro import checkpoint
 from repro.augment import step_generator
-from repro.cifar_data import Cifar10, DeviceImages, mean_image
-from repro.cifar_nets import NETS, CifarNet, param_groups
+from repro.cifar.data import Cifar10, DeviceImages, mean_image
+from repro.cifar.nets import NETS, CifarNet, param_groups
 from repro.optim import PaperSGD
 from repro.precision import autocast_for
 from repro.tracking import Tracker
@@ -34,7 +34,7 @@ from repro.train import NonFiniteLoss, set_determinism, train_step
 @dataclass(frozen=True)
 class RunSpec:
     """What one run is; a run directory holds one, and refuses another on resume."""
-    net: str                        # a key of repro.cifar_nets.NETS
+    net: str                        # a key of repro.cifar.nets.NETS
     neuron: str = "relu"            # relu | tanh (Figure 1)
     lrn: bool = True                # False: the net without its rnorm layers
     lr_scale: float = 1.0           # times every epsW, epsB of the params file

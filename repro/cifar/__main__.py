@@ -1,0 +1,5 @@
+import sys
+
+from repro.cifar.experiments import main
+
+sys.exit(main())
