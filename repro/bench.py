@@ -31,7 +31,8 @@ from repro.data.shards import read_manifest, split_shards
 from repro.distributed import pick_device
 from repro.model import build_model
 from repro.placement import make_normalizer, place_model
-from repro.train import build_optimizer, train_plan, train_step
+from repro.imagenet import train_plan
+from repro.step import build_optimizer, train_step
 
 IMAGENET_TRAIN = 1_281_167
 CONFIG = packaged_config("alexnet_paper")

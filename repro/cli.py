@@ -29,7 +29,7 @@ def cmd_model_summary(args) -> int:
 def cmd_train(args) -> int:
     from repro.checkpoint import latest
     from repro.config import load_config
-    from repro.train import train
+    from repro.imagenet import train
 
     cfg = load_config(args.config, args.overrides)
     if args.resume and latest(args.out) is None:

@@ -23,7 +23,7 @@ from repro.config import load_config, packaged_config
 from repro.evaluate import default_checkpoint, evaluate, format_result, write_breakdown
 from repro.figures import make_figures
 from repro.report import write_report
-from repro.train import train
+from repro.imagenet import train
 
 SIZES = {  # --fast: the test suite's end-to-end run
     "default": {"classes": 10, "train_per_class": 20, "val_per_class": 5, "epochs": 3,

@@ -20,7 +20,7 @@ from repro.distributed import DistContext
 from repro.exits import Refused
 from repro.model import build_model, set_impls
 from repro.precision import autocast_for
-from repro.towers import TowerAlexNet
+from repro.towers import TowerAlexNet, load_single_optimizer_state, single_optimizer_state
 
 
 @dataclass
@@ -37,6 +37,28 @@ class Placed:
         of an ensemble may each have their own."""
         device = next(self.model.parameters()).device
         return autocast_for(self.precision, device)
+
+    # Checkpoints hold the one-device model's layout, however it ran.
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        if isinstance(self.model, TowerAlexNet):
+            return single_optimizer_state(optimizer, self.model)
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        if isinstance(self.model, TowerAlexNet):
+            load_single_optimizer_state(optimizer, self.model, state)
+        else:
+            optimizer.load_state_dict(state)
+
+    def devices(self, device: torch.device) -> str:
+        """Where it runs, for the banner."""
+        if isinstance(self.model, TowerAlexNet):
+            where = f"the paper's two towers on {' and '.join(map(str, self.model.devices))}"
+        else:
+            where = str(device)
+        if device.type == "cuda":
+            return where + f" ({torch.cuda.get_device_name(device)})"
+        return where + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
 
 
 def place_model(cfg: Config, device: torch.device, dist: DistContext = DistContext(),

@@ -35,6 +35,11 @@ class Schedule:
                 self._drop()
         return self.lr
 
+    def apply(self, optimizer) -> None:
+        """Every parameter group at the current lr (at each epoch's start)."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
+
     def _drop(self) -> None:
         self.lr *= self.cfg.factor
         self.drops += 1

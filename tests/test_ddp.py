@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from repro.model import AlexNet
 from repro.optim import PaperSGD, param_groups
-from repro.train import train_step
+from repro.step import train_step
 
 # (rank 0 size, rank 1 size) per step: full halves, then an uneven last batch, then empty.
 SPLITS = [(4, 4), (4, 4), (3, 2), (1, 0)]
@@ -71,7 +71,7 @@ def resume_worker(rank, port, out):
     from repro.config import load_config
     from repro.distributed import DistContext
     from repro.placement import place_model
-    from repro.train import build_optimizer
+    from repro.step import build_optimizer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=4)

@@ -23,7 +23,8 @@ from repro.model import build_model
 from repro.tracking import read_metrics
 from repro.placement import make_normalizer
 from repro.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from repro.train import EXIT_NONFINITE, train, validate
+from repro.imagenet import train, validate
+from repro.train import EXIT_NONFINITE
 from shard_helpers import other_stats, write_shards
 from wandb_records import history
 
@@ -332,7 +333,7 @@ def test_step_stats_reach_the_host_and_a_nonfinite_loss_stops(device):
     adds the stats to the window, returns the flags, and raises on a non-finite loss."""
     import numpy as np
 
-    from repro.train import NonFiniteLoss, settle, to_host
+    from repro.step import NonFiniteLoss, settle, to_host
 
     stats = torch.tensor([12.5, 7.0, 16.0, 0.0, 1.0], device=device)
     host, done = to_host(stats)
@@ -421,6 +422,7 @@ def test_init_from_copies_what_fits_and_initialises_the_classifier(uninterrupted
     it (the same draw as a fresh model of this config: N(0, 0.01), bias 0)."""
     import contextlib
 
+    from repro.imagenet import ImageNetTask
     from repro.train import setup_run
 
     source_path = uninterrupted / "checkpoints" / "last.pt"
@@ -432,9 +434,10 @@ def test_init_from_copies_what_fits_and_initialises_the_classifier(uninterrupted
     with contextlib.ExitStack() as stack:
         stop = StopFlag()
         stack.callback(stop.close)
-        run = setup_run(cfg, other, tmp_path / "ft", stack, stop, init_from=source_path)
+        run = setup_run(lambda dist, device: ImageNetTask(cfg, other, dist, device), cfg,
+                        tmp_path / "ft", stack, stop, events=lambda run: [run.task.init_from(source_path)])
         run.tracker.finish(0)
-    state = run.placed.model.state_dict()
+    state = run.task.placed.model.state_dict()
     for key in state:
         if not key.startswith("fc8."):
             assert torch.equal(state[key], source[key]), key
@@ -495,7 +498,8 @@ def test_the_run_says_what_it_is_how_far_and_where_its_best_checkpoint_is(shards
 
 
 def test_steps_left_in_the_epoch_and_the_run():
-    from repro.train import Position, steps_left
+    from repro.console import steps_left
+    from repro.resume import Position
 
     assert steps_left(Position(epoch=0, step=1), steps=3, epochs=2) == (2, 2 + 3)
     assert steps_left(Position(epoch=4, step=0), steps=10, epochs=7) == (10, 30)
@@ -510,7 +514,7 @@ def test_bias_one_init_with_few_classes_needs_a_smaller_lr():
     paper's model (10 classes, batch 16, random images and labels): the paper's lr is
     past the limit and the loss blows up within 5 steps; the smoke lr is well inside it."""
     from repro.placement import place_model
-    from repro.train import build_optimizer, train_step
+    from repro.step import build_optimizer, train_step
 
     def run(lr: float) -> tuple[float, list[float]]:
         cfg = load_config(SMOKE, ["data.crop_size=67", f"optim.lr={lr}", "train.device=cpu"])

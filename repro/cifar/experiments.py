@@ -36,7 +36,7 @@ from repro.cifar.data import CifarDataError, download, generate, load
 from repro.cifar.nets import NETS
 from repro.cifar.train import Logging, RunSpec, feeds, train_run
 from repro.distributed import pick_device
-from repro.train import NonFiniteLoss
+from repro.step import NonFiniteLoss
 
 PAPER = {"figure1_ratio": 6.0, "target_err": 25.0, "lrn_with": 11.0, "lrn_without": 13.0}
 FIGURE1_NET = "80sec"

@@ -28,7 +28,7 @@ from repro.cifar.nets import NETS, CifarNet, param_groups
 from repro.optim import PaperSGD
 from repro.precision import autocast_for
 from repro.tracking import Tracker
-from repro.train import NonFiniteLoss, set_determinism, train_step
+from repro.step import NonFiniteLoss, set_determinism, train_step
 
 
 @dataclass(frozen=True)
