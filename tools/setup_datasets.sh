@@ -9,6 +9,7 @@
 # cannot install (not root, no apt-get, no network) it says why and exits 0, and the
 # tests that need the real set then skip with that reason.
 set -u
+. "$(dirname "$0")/apt.sh"
 
 dir=/usr/share/datasets/fashion-mnist
 package=dataset-fashion-mnist
@@ -18,28 +19,15 @@ if present; then
     echo "setup_datasets: Fashion-MNIST already in $dir"
     exit 0
 fi
-why=""
-if [ "$(id -u)" != 0 ]; then
-    why="not root (uid $(id -u))"
-elif ! command -v apt-get >/dev/null 2>&1; then
-    why="no apt-get (not Debian/Ubuntu)"
-fi
+why=$(cannot_install)
 if [ -n "$why" ]; then
     echo "setup_datasets: warning: cannot install $package: $why; the tests on the real Fashion-MNIST will skip"
     exit 0
 fi
 
 echo "setup_datasets: installing $package (apt-get) ..."
-export DEBIAN_FRONTEND=noninteractive
 log=$(mktemp)
-if apt-get install -y -q --no-install-recommends "$package" >"$log" 2>&1 ||
-   { apt-get update -q >>"$log" 2>&1 &&
-     apt-get install -y -q --no-install-recommends "$package" >>"$log" 2>&1; }; then
-    ok=1
-else
-    ok=0
-fi
-if [ "$ok" != 1 ] || ! present; then
+if ! apt_install "$log" "$package" || ! present; then
     echo "setup_datasets: warning: could not install $package; the tests on the real Fashion-MNIST will skip. Last lines:"
     tail -5 "$log" | sed 's/^/    /'
     rm -f "$log"
