@@ -145,11 +145,7 @@ def generate(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> Path
     """Files of Fashion-MNIST's names and shapes (28x28 greyscale, labels 0-9) under
     root/FashionMNIST/raw, uncompressed, marked as generated: noise with a bright band
     whose rows give the class. Refuses to write where files are."""
-    raw = Path(root) / RAW
-    if raw.exists() and any(raw.iterdir()):
-        raise FashionMnistError(f"{raw} is not empty: --generate writes only where no data set "
-                                f"is (it would overwrite the files there)")
-    raw.mkdir(parents=True, exist_ok=True)
+    raw = prov.fresh_folder(Path(root) / RAW, FashionMnistError)
     rng = np.random.default_rng(seed)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % CLASSES

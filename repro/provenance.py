@@ -23,6 +23,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fresh_folder(folder: Path, refuse: type[Exception]) -> Path:
+    """folder, created, for a generator to write into; `refuse` raised when it holds
+    files, which the stand-in would overwrite."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise refuse(f"{folder} is not empty: --generate writes only where no data set is "
+                     f"(it would overwrite the files there)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def mark_generated(folder: Path, what: str) -> None:
     """Leave the marker in folder, saying what wrote the files there."""
     (Path(folder) / MARKER).write_text(what.rstrip("\n") + "\n")

@@ -161,10 +161,12 @@ def test_the_generated_set_is_marked_and_readable_by_torchvision(tmp_path):
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
 @pytest.mark.parametrize("size", [224, 67, 20])
-def test_d2l_input_is_torchvisions_resize_then_to_tensor(size):
+def test_d2l_input_is_torchvisions_resize_then_to_tensor(size, device):
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8))
-    ours = fm.d2l_input(images, size)
+    ours = fm.d2l_input(images.to(device), size).cpu()
     assert ours.shape == (6, 1, size, size) and ours.dtype == torch.float32
     pipeline = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
     # Resize on the uint8 tensor (bilinear, antialias), ToTensor on its HxWx1 pixels
