@@ -12,4 +12,5 @@ demo: $(VENV)/.ready
 
 test: $(VENV)/.ready
 	bash tools/setup_slurm.sh
+	bash tools/setup_datasets.sh
 	$(PY) -m pytest -q

@@ -1,6 +1,8 @@
 """CIFAR-10's python batches (repro.cifar.data): read from files written here with pickle
 alone, refused with an error naming the file when missing or damaged, generated in the
-same format, and fed as cuda-convnet's cropped provider fed them."""
+same format and marked as generated, and fed as cuda-convnet's cropped provider fed them:
+its training order, crops, mirrors and multiview tests."""
+import hashlib
 import pickle
 
 import numpy as np
@@ -45,6 +47,7 @@ def test_load_concatenates_the_five_batches_in_order(tmp_path):
     assert data.train_labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert data.train_images[:, 0, 0, 0].tolist() == data.train_labels.tolist()
     assert data.test_labels.tolist() == [5, 5] and data.folder == folder
+    assert data.train_file_counts == (2, 2, 2, 2, 2)
     assert cifar_data.load(folder).train_images.shape == (10, 3, 32, 32)   # ROOT may be the folder
 
 
@@ -143,8 +146,59 @@ def test_training_crops_and_mirrors_like_the_cropped_provider():
             seen.add(found[0][:2])
             flips += found[0][2]
     assert len(seen) > 60 and 120 < flips < 280
-    views = feed.views(torch.arange(2), multiview=True)
+
+
+def test_multiview_tests_are_cuda_convnets():
+    """The 11% result's 10 views (corners and centre, then the same mirrored) and the 13%
+    result's 9 (a 3x3 grid, no mirrors), each a crop minus the mean image's centre crop."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    mean = torch.rand(3, 32, 32) * 255
+    centre_mean = mean[:, 4:28, 4:28].numpy()
+    corners = DeviceImages(images, np.arange(3), mean, 4, torch.device("cpu"))
+    views = corners.views(torch.arange(3), multiview=True)
+    assert len(views) == 10
+    for i, (y, x) in enumerate([(0, 0), (0, 8), (4, 4), (8, 0), (8, 8)]):
+        crop = images[:, :, y:y + 24, x:x + 24].astype(np.float32)
+        np.testing.assert_allclose(views[i].numpy(), crop - centre_mean, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(views[5 + i].numpy(), crop[..., ::-1] - centre_mean, rtol=0, atol=1e-4)
+    torch.testing.assert_close(views[2], corners.views(torch.arange(3), multiview=False)[0])
+    grid = DeviceImages(images, np.arange(3), mean, 4, torch.device("cpu"), test_views="grid")
+    views = grid.views(torch.arange(2), multiview=True)
     assert len(views) == 9
-    torch.testing.assert_close(views[4], feed.views(torch.arange(2), multiview=False)[0])
+    torch.testing.assert_close(views[4], grid.views(torch.arange(2), multiview=False)[0])
     torch.testing.assert_close(views[2] + mean[:, 4:28, 4:28],
                                torch.from_numpy(images[:2, :, 0:24, 8:32]).float())
+    whole = DeviceImages(images, np.arange(3), mean, 0, torch.device("cpu"))
+    assert len(whole.views(torch.arange(3), multiview=True)) == 1          # no crops, one view
+    with pytest.raises(ValueError, match="test_views must be one of"):
+        DeviceImages(images, np.arange(3), mean, 4, torch.device("cpu"), test_views="ten")
+
+
+def test_training_order_is_the_batch_files_in_turn():
+    """convnet.py trains on data_batch_1, then 2, ..., each file cut into minibatches in
+    file order; a minibatch never spans two files (10,000 = 78 x 128 + 16)."""
+    ranges = cifar_data.file_minibatches((10000,) * 5, 128)
+    assert len(ranges) == 5 * 79
+    assert ranges[:2] == [(0, 128), (128, 256)] and ranges[77:80] == [(9856, 9984), (9984, 10000), (10000, 10128)]
+    assert ranges[-1] == (49984, 50000)
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))          # in order, no gaps
+    assert cifar_data.file_minibatches((5, 0, 3), 2) == [(0, 2), (2, 4), (4, 5), (5, 7), (7, 8)]
+
+
+def test_provenance_says_generated_or_real_with_checksums(tmp_path):
+    folder = cifar_data.generate(tmp_path / "gen", 10, 5, seed=4)
+    record = cifar_data.provenance(tmp_path / "gen")
+    assert record["data"] == "generated" and "seed=4" in record["generated_by"]
+    assert sorted(record["files"]) == sorted([*cifar_data.TRAIN_FILES, "test_batch"])
+    assert record["files"]["data_batch_2"] == hashlib.sha256((folder / "data_batch_2").read_bytes()).hexdigest()
+    official = tmp_path / "official"
+    official.mkdir()
+    for i, name in enumerate([*cifar_data.TRAIN_FILES, "test_batch"]):
+        official_batch(official / name, np.full((2, 3, 32, 32), i, np.uint8), [i, i])
+    record = cifar_data.provenance(official)
+    assert record["data"] == "real" and "generated_by" not in record
+    assert record["files"]["test_batch"] == hashlib.sha256((official / "test_batch").read_bytes()).hexdigest()
+    (official / "data_batch_4").unlink()
+    with pytest.raises(CifarDataError, match="lacks data_batch_4"):
+        cifar_data.provenance(official)

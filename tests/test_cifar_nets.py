@@ -101,6 +101,8 @@ def test_param_groups_follow_the_params_files_and_update_as_cuda_convnet():
     assert (groups["local3.weight"]["weight_decay"], groups["fc10.weight"]["weight_decay"]) == (0.004, 0.01)
     assert (groups["fc10.bias"]["lr"], groups["fc10.bias"]["weight_decay"]) == (0.002, 0.0)
     assert len(groups) == 10 and all(g["momentum"] == 0.9 for g in groups.values())
+    # a drop lowers epsW only (the 11pct params file): weights drop, biases keep epsB
+    assert all(g["lr_drops"] == name.endswith(".weight") for name, g in groups.items())
     none = param_groups(net, lr_scale=3.0, regularise=False)
     assert all(g["weight_decay"] == 0 for g in none) and none[0]["lr"] == pytest.approx(0.003)
     # Weights.update(): inc = mom inc - eps grad - wc eps w; w += inc (eps inside the momentum)
@@ -113,3 +115,9 @@ def test_param_groups_follow_the_params_files_and_update_as_cuda_convnet():
         inc = 0.9 * inc - 0.01 * 0.001 * w - 0.001 * grad
         w = w + inc
     torch.testing.assert_close(net.fc10.weight.detach(), w)
+
+
+def test_each_result_is_tested_on_its_own_views():
+    """convdata.py tested 9 crops when the 13pct files were added and 10 (corners, centre,
+    mirrors) from the revision that added the 11pct files."""
+    assert (NETS["11pct"].test_views, NETS["13pct"].test_views) == ("corners", "grid")

@@ -10,6 +10,7 @@
 # cannot install (not root, no apt-get, no network) it says why and exits 0, and the
 # Slurm tests then skip with that reason. It only installs; it starts no daemon.
 set -u
+. "$(dirname "$0")/apt.sh"
 
 need=(slurmctld slurmd sbatch srun scontrol squeue sacct munged mungekey ip nsenter unshare)
 packages=(slurmctld slurmd slurm-client munge iproute2 util-linux)
@@ -19,19 +20,13 @@ if [ -z "$(missing)" ]; then
     echo "setup_slurm: $(slurmctld -V), munge and iproute2 already installed"
     exit 0
 fi
-why=""
-if [ "$(id -u)" != 0 ]; then
-    why="not root (uid $(id -u))"
-elif ! command -v apt-get >/dev/null 2>&1; then
-    why="no apt-get (not Debian/Ubuntu)"
-fi
+why=$(cannot_install)
 if [ -n "$why" ]; then
     echo "setup_slurm: cannot install slurm-wlm + munge + iproute2: $why; the Slurm tests will skip"
     exit 0
 fi
 
 echo "setup_slurm: installing ${packages[*]} (apt-get) ..."
-export DEBIAN_FRONTEND=noninteractive
 # Package scripts must not try to start daemons here: the tests start their own.
 policy=/usr/sbin/policy-rc.d
 made_policy=0
@@ -40,12 +35,7 @@ if [ ! -e "$policy" ]; then
 fi
 log=$(mktemp)
 ok=0
-if apt-get install -y -q --no-install-recommends "${packages[@]}" >"$log" 2>&1; then
-    ok=1
-elif apt-get update -q >>"$log" 2>&1 &&
-     apt-get install -y -q --no-install-recommends "${packages[@]}" >>"$log" 2>&1; then
-    ok=1
-fi
+apt_install "$log" "${packages[@]}" && ok=1
 [ "$made_policy" = 1 ] && rm -f "$policy"
 if [ "$ok" != 1 ]; then
     echo "setup_slurm: apt-get install failed; the Slurm tests will skip. Last lines:"

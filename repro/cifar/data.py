@@ -8,10 +8,15 @@ green, then 1024 blue values, rows of 32 left to right; 'labels' N ints in 0..9;
 restricted unpickler that builds only those types (numpy arrays, lists, strings), so a
 damaged or foreign file is an error naming it, never code run.
 
-Feeding (cuda-convnet's convdata.py): whole images minus the training set's mean image,
-in 0-255 units; or, for the cropped nets, random (32-2b)^2 crops, mirrored with
-probability 1/2, minus the mean image's centre crop, tested on the centre crop or on the
-mean softmax of 9 crops (a 3x3 grid of offsets 0, b, 2b; no mirrors): its multiview test.
+Feeding (cuda-convnet's convdata.py and data.py): whole images minus the training set's
+mean image, in 0-255 units; or, for the cropped nets, random (32-2b)^2 crops, mirrored
+with probability 1/2, minus the mean image's centre crop, tested on the centre crop or on
+the mean softmax of several views (its --multiview-test; VIEWS). Training order: the
+batch files in turn (data_batch_1..5), each one's images in file order, in minibatches
+that never span two files (`file_minibatches`).
+
+`generate` marks what it writes as generated (repro.provenance); `provenance` says
+which kind a folder holds.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from repro import provenance as prov
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -114,6 +121,7 @@ class Cifar10:
     test_images: np.ndarray
     test_labels: np.ndarray
     folder: Path
+    train_file_counts: tuple = ()   # images in data_batch_1..5, in that order
 
 
 def load(root: str | Path) -> Cifar10:
@@ -130,7 +138,28 @@ def load(root: str | Path) -> Cifar10:
     train = [read_batch(folder / n) for n in TRAIN_FILES]
     test_images, test_labels = read_batch(folder / TEST_FILE)
     return Cifar10(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                   test_images, test_labels, folder)
+                   test_images, test_labels, folder, tuple(len(y) for _, y in train))
+
+
+def provenance(root: str | Path) -> dict:
+    """What a run records about its data: real or generated, and each batch file's sha256."""
+    missing = missing_files(root)
+    if missing:
+        raise CifarDataError(f"no CIFAR-10 python batches under {root}: lacks {', '.join(missing)}")
+    folder = batches_folder(root)
+    return prov.record(folder, [folder / n for n in (*TRAIN_FILES, TEST_FILE)])
+
+
+def file_minibatches(file_counts: tuple, batch_size: int) -> list[tuple[int, int]]:
+    """cuda-convnet's training order as (start, stop) ranges into the concatenated training
+    images: each batch file in turn, its images in file order, cut into minibatches of
+    batch_size with a shorter last one per file (10,000 = 78 x 128 + 16): its data
+    provider hands the net one file at a time, and the net steps through it in order."""
+    ranges, start = [], 0
+    for count in file_counts:
+        ranges += [(s, min(s + batch_size, start + count)) for s in range(start, start + count, batch_size)]
+        start += count
+    return ranges
 
 
 def download(root: str | Path) -> None:
@@ -160,11 +189,7 @@ def generate(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> Path
     """A learnable stand-in of CIFAR-10 in the python batches' format under
     root/cifar-10-batches-py (n_train split over the five training batches): noise with
     a bright band whose rows and colour give the class. Refuses to overwrite a set."""
-    folder = Path(root) / FOLDER
-    if folder.exists() and any(folder.iterdir()):
-        raise CifarDataError(f"{folder} is not empty: --generate writes only where no data "
-                             f"set is (it would overwrite the files there)")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = prov.fresh_folder(Path(root) / FOLDER, CifarDataError)
     rng = np.random.default_rng(seed)
 
     def images(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,19 +206,36 @@ def generate(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> Path
     (folder / META_FILE).write_bytes(pickle.dumps(
         {"label_names": list(LABEL_NAMES), "num_cases_per_batch": n_train // 5,
          "num_vis": PIXELS}, protocol=2))
+    prov.mark_generated(folder, f"repro.cifar.data.generate(n_train={n_train}, n_test={n_test}, "
+                                f"seed={seed}): a stand-in (a class band in noise), not CIFAR-10")
     return folder
+
+
+# cuda-convnet's --multiview-test: the views whose softmax it averaged, as (y, x, mirrored)
+# offsets of a (32-2b)^2 crop. "corners": the four corners and the centre, each also
+# mirrored (convdata.py since the revision that completed the 11pct files: its 11%).
+# "grid": a 3x3 grid of offsets 0, b, 2b, no mirrors (convdata.py when the 13pct net was
+# added: its 13% result; cuda-convnet2's CIFAR provider kept it).
+VIEWS = {
+    "corners": lambda b: [(y, x, m) for m in (False, True)
+                          for y, x in ((0, 0), (0, 2 * b), (b, b), (2 * b, 0), (2 * b, 2 * b))],
+    "grid": lambda b: [(y, x, False) for y in (0, b, 2 * b) for x in (0, b, 2 * b)],
+}
 
 
 class DeviceImages:
     """A split's images and labels on the device, fed as cuda-convnet fed them: minus the
     training mean image (its centre crop for the cropped nets), cropped and mirrored at
-    random in training (border > 0)."""
+    random in training (border > 0); tested on the centre crop or on `test_views` (a key
+    of VIEWS)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean: torch.Tensor,
-                 border: int, device: torch.device):
+                 border: int, device: torch.device, test_views: str = "corners"):
+        if test_views not in VIEWS:
+            raise ValueError(f"test_views must be one of {list(VIEWS)}, got {test_views!r}")
         self.images = torch.from_numpy(images).to(device)
         self.labels = torch.from_numpy(labels).to(device)
-        self.border, self.side = border, SIDE - 2 * border
+        self.border, self.side, self.test_views = border, SIDE - 2 * border, test_views
         b = border
         self.mean = mean.to(device)[:, b:SIDE - b, b:SIDE - b].contiguous()
 
@@ -216,11 +258,16 @@ class DeviceImages:
         return x.float() - self.mean, self.labels[index]
 
     def views(self, index: torch.Tensor, multiview: bool) -> list[torch.Tensor]:
-        """Test inputs: the centre crop (whole image when border is 0), or the 9 crops."""
+        """Test inputs: the centre crop (whole image when border is 0), or every view of
+        test_views; a mirrored view is the crop mirrored, minus the unmirrored mean."""
         x = self.images[index]
         b = self.border
-        offsets = [(y, x0) for y in (0, b, 2 * b) for x0 in (0, b, 2 * b)] if multiview and b else [(b, b)]
-        return [x[:, :, y:y + self.side, x0:x0 + self.side].float() - self.mean for y, x0 in offsets]
+        offsets = VIEWS[self.test_views](b) if multiview and b else [(b, b, False)]
+        out = []
+        for y, x0, mirrored in offsets:
+            crop = x[:, :, y:y + self.side, x0:x0 + self.side]
+            out.append((crop.flip(-1) if mirrored else crop).float() - self.mean)
+        return out
 
 
 def mean_image(images: np.ndarray) -> torch.Tensor:
