@@ -1,190 +1,181 @@
 """`python -m repro.d2l`: d2l.ai's simplified AlexNet on Fashion-MNIST, trained the way
-the book's train_ch6 trains it, with this project's model, optimizer and train step.
+the book's train_ch6 trains it, by the project's one training loop (repro.train): the
+same run dir, lock, checkpoints, exact resume, stop signals and exit statuses as
+`repro train`.
 
-    python -m repro.d2l --config configs/d2l_fashion_mnist.yaml --root DIR [--download]
-                        [--generate N_TRAIN,N_TEST] [--out RUN_DIR] [section.key=value ...]
+    python -m repro.d2l [--config NAME_OR_FILE] --root DIR [--out RUN_DIR]
+                        [--download | --generate N_TRAIN,N_TEST] [section.key=value ...]
 
-Data as d2l.load_data_fashion_mnist(batch_size, resize=224): torchvision's
-FashionMNIST under DIR (DIR/FashionMNIST/raw/*-ubyte; fetched only with --download),
-Resize(data.crop_size) then ToTensor (values 0..1, no mean subtraction, no
-augmentation), shuffled training batches. The model is repro.model.build_model from the
-config (repro.placement.place_model, as every entry point builds it), whose
-model.init: xavier re-draws conv and linear weights with xavier_uniform_
-as train_ch6 does (biases keep PyTorch's default). Each epoch prints
-train loss, train accuracy, test accuracy and training examples/s (time inside the
-training steps, as d2l's Timer counts it); RUN_DIR gets config.yaml and metrics.jsonl.
---generate writes a learnable stand-in of Fashion-MNIST's shapes under DIR first, for
-machines that cannot download the real set (throughput, tests).
+Data as d2l.load_data_fashion_mnist(batch_size, resize=224): the four IDX files under DIR
+(repro.fashion_mnist: DIR itself, as Debian's dataset-fashion-mnist installs them, or
+DIR/FashionMNIST/raw), Resize(data.crop_size) then ToTensor (0..1, no mean subtraction,
+no augmentation), shuffled training batches (the order drawn from (seed, epoch)). The
+model is repro.model.build_model from the config, placed by repro.placement; its
+model.init: xavier re-draws conv and linear weights with xavier_uniform_ as train_ch6
+does. Each epoch prints train loss, train accuracy, test accuracy and training
+examples/s. --generate writes a learnable stand-in of Fashion-MNIST's shapes under DIR
+first, marked as generated (every run records which kind of data it read).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
-import struct
+import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import repro.train as loop
+from repro import exits, fashion_mnist, preempt
+from repro.augment import step_generator
+from repro.checkpoint import CheckpointError, RunLocked
 from repro.config import Config, ConfigError, load_config
-from repro.distributed import pick_device
+from repro.evaluate import topk_correct
+from repro.exits import Refused
 from repro.placement import place_model
-from repro.tracking import Tracker
-from repro.train import build_optimizer, train_step
+from repro.schedule import Schedule
+from repro.step import build_optimizer
+from repro.tracking import read_metrics
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX (big-endian, unsigned bytes): magic 0x0000 08 <ndim>, the dims as uint32, data."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+class D2LTask:
+    """Fashion-MNIST held on the device, and the config's net."""
+
+    def __init__(self, cfg: Config, root: str | Path, dist, device: torch.device):
+        if dist.world > 1:
+            raise Refused("python -m repro.d2l runs in one process (no torchrun or srun tasks)")
+        data = fashion_mnist.load(root)
+        self.cfg, self.device, self.dist = cfg, device, dist
+        self.data_path, self.data = data.folder.resolve(), fashion_mnist.provenance(root)
+        self.train_images = torch.tensor(data.train_images, device=device)
+        self.train_labels = torch.tensor(data.train_labels, device=device)
+        n_test = min(cfg.data.val_limit or len(data.test_labels), len(data.test_labels))
+        self.test_images = torch.tensor(data.test_images[:n_test], device=device)
+        self.test_labels = torch.tensor(data.test_labels[:n_test], device=device)
+        self.placed = place_model(cfg, device, dist)
+        self.optimizer = build_optimizer(cfg, self.placed.model)
+        self.schedule = Schedule(cfg.schedule, cfg.optim.lr)
+        self.epochs, self.batch_size = cfg.schedule.epochs, cfg.data.batch_size
+        self.stream = {"seed": cfg.train.seed, "batch_size": cfg.data.batch_size}
+
+    def input(self, images: torch.Tensor) -> torch.Tensor:
+        x = fashion_mnist.d2l_input(images, self.cfg.data.crop_size)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def epoch_steps(self, epoch: int) -> int:
+        steps = math.ceil(len(self.train_labels) / self.batch_size)
+        return min(steps, self.cfg.data.steps_per_epoch or steps)
+
+    def batches(self, epoch: int, skip: int):
+        order = torch.randperm(len(self.train_labels), device=self.device,
+                               generator=step_generator(self.device, self.cfg.train.seed, epoch))
+        for step in range(skip, self.epoch_steps(epoch)):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield self.input(self.train_images[index]), self.train_labels[index], len(index)
+
+    @torch.no_grad()
+    def validate(self, stop: preempt.StopFlag) -> dict | None:
+        net, totals = self.placed.net, np.zeros(3)
+        net.eval()
+        try:
+            for start in range(0, len(self.test_labels), self.cfg.data.val_batch_size):
+                if stop.raised:
+                    return None
+                end = start + self.cfg.data.val_batch_size
+                with self.placed.autocast():
+                    logits = net(self.input(self.test_images[start:end]))
+                labels = self.test_labels[start:end]
+                totals += (*topk_correct(logits.float(), labels, (1, 5)), len(labels))
+        finally:
+            net.train()
+        c1, c5, n = totals
+        return {"top1_err": 100 * (1 - c1 / n), "top5_err": 100 * (1 - c5 / n), "n": int(n),
+                "test_acc": c1 / n}
+
+    def state(self) -> dict:
+        return {}
+
+    def check_resume(self, state: dict, ckpt_path: Path) -> None:
+        if state["data"] != self.data:
+            raise Refused(f"{ckpt_path} was trained on other Fashion-MNIST files than those "
+                          f"in {self.data_path}; resume on those")
+
+    def describe(self) -> list[str]:
+        return [f"  data: {self.data_path}: {self.data['data']} Fashion-MNIST, "
+                f"{len(self.train_labels)} train and {len(self.test_labels)} test examples, "
+                f"resized to {self.cfg.data.crop_size}; precision {self.cfg.train.precision}"]
+
+    def epoch_line(self, run, val: dict) -> str:
+        """d2l's line: loss, train acc, test acc, examples/s in training."""
+        t = run.epoch_train
+        trained = (f"loss {t['loss']:.3f}, train acc {1 - t['top1_err'] / 100:.3f}, "
+                   if t else "")
+        rate = f", {t['images_per_s']:.1f} examples/sec on {run.device}" if t else ""
+        return f"epoch {run.pos.epoch}/{self.epochs}: {trained}test acc {val['test_acc']:.3f}{rate}"
+
+    def done(self, run) -> bool:
+        return False
+
+    def next_steps(self, ckpt: Path) -> list[str]:
+        return []
 
 
-def generate(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> None:
-    """Files of Fashion-MNIST's names and shapes (28x28 greyscale, labels 0-9) under
-    root/FashionMNIST/raw: noise with a bright band whose row gives the class."""
-    raw = Path(root) / "FashionMNIST" / "raw"
-    if raw.exists() and any(raw.iterdir()):
-        raise SystemExit(f"{raw} is not empty: --generate writes only where no data set is "
-                         f"(it would overwrite the files there)")
-    raw.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 40, (n, 28, 28))
-        rows = 2 * labels[:, None] + np.arange(5)                    # (n, 5) rows of each band
-        images[np.arange(n)[:, None], rows] += 200
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+def summary(run_dir: Path) -> dict:
+    """d2l's final lines from the run's records: the last epoch's loss and accuracies,
+    and examples/s over every epoch's training time."""
+    vals = [r for r in read_metrics(run_dir) if r["event"] == "val" and "train_loss" in r]
+    if not vals:
+        return {}
+    last = vals[-1]
+    seconds = sum(r["train_images"] / r["train_images_per_s"] for r in vals)
+    return {"loss": last["train_loss"], "train_acc": 1 - last["train_top1_err"] / 100,
+            "test_acc": last["test_acc"], "examples_per_s": sum(r["train_images"] for r in vals) / seconds}
 
 
-def fashion_mnist(root: str | Path, size: int, download: bool):
-    """(train, test) torchvision FashionMNIST datasets, Resize(size) then ToTensor."""
-    from torchvision import datasets, transforms
-
-    trans = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
-    try:
-        return tuple(datasets.FashionMNIST(root=str(root), train=train, transform=trans, download=download)
-                     for train in (True, False))
-    except RuntimeError as e:
-        raise SystemExit(f"Fashion-MNIST not found under {root}/FashionMNIST/raw ({e}); "
-                         f"pass --download to fetch it") from None
+def run(cfg: Config, root, out: str | Path, stop: preempt.StopFlag | None = None) -> int:
+    """Train (or resume) into `out`; returns the exit status, and prints d2l's last lines."""
+    status = loop.train(lambda dist, device: D2LTask(cfg, root, dist, device), cfg, out, stop=stop)
+    result = summary(Path(out)) if status == 0 else {}
+    if result:
+        print(f"loss {result['loss']:.3f}, train acc {result['train_acc']:.3f}, test acc "
+              f"{result['test_acc']:.3f}\n{result['examples_per_s']:.1f} examples/sec", flush=True)
+    return status
 
 
-def loaders(cfg: Config, root, download: bool, device: torch.device):
-    train_set, test_set = fashion_mnist(root, cfg.data.crop_size, download)
-    if cfg.data.val_limit:
-        test_set = torch.utils.data.Subset(test_set, range(min(cfg.data.val_limit, len(test_set))))
-    common = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda")
-    train = torch.utils.data.DataLoader(train_set, cfg.data.batch_size, shuffle=True,
-                                        generator=torch.Generator().manual_seed(cfg.train.seed), **common)
-    test = torch.utils.data.DataLoader(test_set, cfg.data.val_batch_size, shuffle=False, **common)
-    return train, test
-
-
-@torch.no_grad()
-def accuracy(net, batches, device, autocast, channels_last: bool) -> float:
-    net.eval()
-    correct = total = 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            correct += (net(x).argmax(1) == y).sum().item()
-        total += len(y)
-    net.train()
-    return correct / max(total, 1)
-
-
-def train_epoch(cfg: Config, net, optimizer, batches, device, autocast, steps: int) -> tuple:
-    """One epoch as train_ch6 runs it: (loss sum, correct, examples, seconds in the steps)."""
-    loss_sum = correct = n = seconds = 0.0
-    net.train()
-    for x, y in itertools.islice(batches, steps):
-        t0 = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss, right = train_step(net, optimizer, x, y, world=1, global_n=len(y), autocast=autocast)
-        loss_sum += loss.item()                  # waits for the step, as d2l's metric.add does
-        correct += right.item()
-        seconds += time.perf_counter() - t0
-        n += len(y)
-    return loss_sum, correct, n, seconds
-
-
-def run(cfg: Config, root, *, download: bool = False, out: str | Path | None = None) -> dict:
-    """Train and evaluate; returns the last epoch's metrics."""
-    if cfg.schedule.epochs < 1:
-        raise SystemExit("schedule.epochs must be at least 1")
-    device = pick_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)               # dropout masks
-    train_batches, test_batches = loaders(cfg, root, download, device)
-    placed = place_model(cfg, device)
-    net, optimizer, autocast = placed.net, build_optimizer(cfg, placed.model), placed.autocast()
-    tracker = None
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
-        tracker = Tracker(out, cfg.to_dict(), cfg.logging.wandb, cfg.logging.project, cfg.logging.entity)
-        tracker.log({"event": "d2l", "root": str(root), "init": cfg.model.init, "device": str(device),
-                     "train_examples": len(train_batches.dataset),
-                     "test_examples": len(test_batches.dataset)})
-    print(f"training on {device}", flush=True)
-    steps = min(len(train_batches), cfg.data.steps_per_epoch or len(train_batches))
-    total_examples, total_time, step = 0, 0.0, 0
-    for epoch in range(cfg.schedule.epochs):
-        loss_sum, correct, n, seconds = train_epoch(cfg, net, optimizer, train_batches, device,
-                                                    autocast, steps)
-        step, total_examples, total_time = step + steps, total_examples + n, total_time + seconds
-        test_acc = accuracy(net, test_batches, device, autocast, cfg.train.channels_last)
-        record = {"event": "epoch", "epoch": epoch + 1, "step": step, "loss": loss_sum / n,
-                  "train_acc": correct / n, "test_acc": test_acc,
-                  "examples_per_s": n / seconds, "examples": int(n)}
-        print(f"epoch {epoch + 1}/{cfg.schedule.epochs}: loss {record['loss']:.3f}, train acc "
-              f"{record['train_acc']:.3f}, test acc {test_acc:.3f}, "
-              f"{record['examples_per_s']:.1f} examples/sec on {device}", flush=True)
-        if tracker:
-            tracker.log(record, step=step)
-    # d2l's final lines: the last epoch's metrics; examples/s over all epochs' training time
-    overall = total_examples / total_time
-    print(f"loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, test acc "
-          f"{record['test_acc']:.3f}")
-    print(f"{overall:.1f} examples/sec on {device}", flush=True)
-    if tracker:
-        tracker.log({"event": "done", **{k: v for k, v in record.items() if k != "event"},
-                     "examples_per_s_overall": overall}, step=step)
-        tracker.finish(0)
-    return record | {"examples_per_s_overall": overall}
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m repro.d2l", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="d2l_fashion_mnist",
+                   help="a config file, or the name of a shipped one")
+    p.add_argument("--root", required=True,
+                   help="the four IDX files (.gz or not) in DIR or DIR/FashionMNIST/raw, "
+                        f"e.g. {fashion_mnist.SYSTEM_DIR}")
+    p.add_argument("--out", default="d2l_run", help="the run directory (default d2l_run)")
+    p.add_argument("--download", action="store_true", help="fetch Fashion-MNIST into --root first")
+    p.add_argument("--generate", metavar="N_TRAIN,N_TEST",
+                   help="first write a generated stand-in of that many images under --root")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    return p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repro.d2l", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="d2l_fashion_mnist",
-                        help="a config file, or the name of a shipped one")
-    parser.add_argument("--root", required=True, help="torchvision root: ROOT/FashionMNIST/raw/*-ubyte")
-    parser.add_argument("--download", action="store_true", help="fetch Fashion-MNIST into --root")
-    parser.add_argument("--generate", metavar="N_TRAIN,N_TEST",
-                        help="first write a generated stand-in of that many images under --root")
-    parser.add_argument("--out", help="run directory for config.yaml and metrics.jsonl")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
-    args = parser.parse_args(argv)
+    stop = preempt.StopFlag()      # before anything slow: a stop in the first instant counts
+    args = parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        parser.error(str(e))
-    if args.generate:
-        try:
-            n_train, n_test = (int(n) for n in args.generate.split(","))
-        except ValueError:
-            parser.error(f"--generate takes N_TRAIN,N_TEST (two counts), got {args.generate!r}")
-        generate(args.root, n_train, n_test, cfg.train.seed)
-    run(cfg, args.root, download=args.download, out=args.out)
-    return 0
+        if args.generate:
+            counts = args.generate.split(",")
+            if len(counts) != 2 or not all(c.strip().isdigit() for c in counts):
+                raise Refused(f"--generate takes N_TRAIN,N_TEST (two counts), got {args.generate!r}")
+            fashion_mnist.generate(args.root, *map(int, counts), cfg.train.seed)
+        if args.download:
+            from torchvision.datasets import FashionMNIST
+            FashionMNIST(root=str(args.root), download=True)
+        return run(cfg, args.root, args.out, stop)
+    except (exits.Refused, ConfigError, CheckpointError, RunLocked) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exits.EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

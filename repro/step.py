@@ -64,7 +64,7 @@ class StepStats:
         self.pending = None          # (to_host's pair, epoch, step) of the previous step
         self.tally = np.zeros(3)     # loss sum, correct, images since the last take()
         self.epoch = np.zeros(3)     # the same since this object was made
-        self.since = time.perf_counter()
+        self.start = self.since = time.perf_counter()
 
     def record(self, loss_sum, correct, n: int, stop: bool, save_due: bool, epoch: int,
                step: int, settle_now: bool) -> tuple[bool, bool]:
@@ -94,6 +94,11 @@ class StepStats:
         now = time.perf_counter()
         seconds, self.since, self.tally = now - self.since, now, np.zeros(3)
         return averages(loss_sum, correct, n, seconds)
+
+
+    def epoch_averages(self) -> dict | None:
+        """The same over every settled step since this object was made."""
+        return averages(*self.epoch, time.perf_counter() - self.start)
 
 
 def averages(loss_sum: float, correct: float, n: float, seconds: float) -> dict | None:

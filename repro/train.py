@@ -79,7 +79,7 @@ class Run:
     last_save: float = field(default_factory=time.monotonic)
     first_step: int = 0                  # the global step this process started from
     pace: console.Pace = field(default_factory=console.Pace)
-    stats: StepStats | None = None       # the current epoch's, as this process trained it
+    epoch_train: dict | None = None      # the last epoch's training averages, as this process trained it
 
     @property
     def cfg(self):
@@ -178,7 +178,7 @@ def train_one_epoch(run: Run) -> bool:
     task, cfg, pos = run.task, run.cfg, run.pos
     steps = task.epoch_steps(pos.epoch)
     task.schedule.apply(task.optimizer)
-    run.stats = stats = StepStats(run.device, run.dist.world)
+    stats = StepStats(run.device, run.dist.world)
     bar = tqdm(total=steps, initial=pos.step, desc=f"epoch {pos.epoch + 1}",
                disable=run.progress != "bar", dynamic_ncols=True)
     autocast = task.placed.autocast()
@@ -206,6 +206,7 @@ def train_one_epoch(run: Run) -> bool:
         if stop:
             return False
     bar.close()
+    run.epoch_train = stats.epoch_averages()
     return True
 
 
@@ -240,8 +241,10 @@ def end_epoch(run: Run) -> bool:
     task.schedule.step(pos.epoch, err)
     pos.epoch, pos.step, pos.val_pending = pos.epoch + 1, 0, False
     if run.tracker:
+        trained = {f"train_{k}": v for k, v in (run.epoch_train or {}).items()}
         run.tracker.log({"event": "val", "epoch": pos.epoch, "global_step": pos.global_step,
-                         "lr": lr_used, "next_lr": task.schedule.lr, **val}, step=pos.global_step)
+                         "lr": lr_used, "next_lr": task.schedule.lr, **val, **trained},
+                        step=pos.global_step)
         print(task.epoch_line(run, val | {"lr": lr_used}), flush=True)
     save_checkpoint(run, is_best)
     return True

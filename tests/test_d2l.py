@@ -1,18 +1,27 @@
 """The d2l.ai variant: its config builds the book's net, and `python -m repro.d2l` trains
-it on Fashion-MNIST files in torchvision's raw IDX layout (a tiny generated set here)."""
+it on Fashion-MNIST's IDX files (a tiny generated set here; tests/test_fashion_mnist.py
+reads the real one) through the project's one training loop."""
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from repro import d2l
+from repro import d2l, fashion_mnist
 from repro.config import load_config, model_kwargs
 from repro.lrn import LocalResponseNorm
 from repro.model import build_model
+from repro.tracking import read_metrics
+from stops import StopAfter
 
 CONFIG = Path(__file__).parent.parent / "configs" / "d2l_fashion_mnist.yaml"
+TINY = ["data.crop_size=67", "data.batch_size=8", "data.workers=0", "train.device=cpu",
+        "logging.progress=off"]
 
 
 def test_config_is_the_books_net():
@@ -42,56 +51,87 @@ def test_xavier_is_d2ls_init():
     assert torch.equal(model.fc7.bias, bias)
 
 
-def test_generated_files_load_with_torchvision(tmp_path):
-    d2l.generate(tmp_path, 24, 12)
-    train, test = d2l.fashion_mnist(tmp_path, 32, download=False)
-    x, y = train[3]
-    assert (len(train), len(test), x.shape, y) == (24, 12, (1, 32, 32), 3)
-    assert 0.0 <= x.min() and x.max() <= 1.0
-    train, _ = d2l.fashion_mnist(tmp_path, 28, download=False)   # 28: no resize
+def test_generated_bands_reach_the_net_as_d2l_feeds_them(tmp_path):
+    fashion_mnist.generate(tmp_path, 24, 12)
+    data = fashion_mnist.load(tmp_path)
+    x = fashion_mnist.d2l_input(torch.from_numpy(data.train_images), 28)   # 28: no resize
+    assert x.shape == (24, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0
     for i in (0, 7, 13):
-        x, y = train[i]
-        bright = (x[0].mean(1) > 0.5).nonzero().flatten().tolist()
+        bright = (x[i, 0].mean(1) > 0.5).nonzero().flatten().tolist()
+        y = int(data.train_labels[i])
         assert bright == list(range(2 * y, 2 * y + 5))           # the band's rows give the class
 
 
-def test_missing_data_says_download(tmp_path):
-    with pytest.raises(SystemExit, match="--download"):
-        d2l.main(["--config", str(CONFIG), "--root", str(tmp_path)])
+def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys):
+    assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path), "--out",
+                     str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_runner_trains_one_epoch_and_writes_metrics(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "run"
     assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path / "data"), "--out", str(out),
-                     "--generate", "24,12",
-                     "data.crop_size=67", "data.batch_size=8", "data.workers=0",
-                     "schedule.epochs=1", "train.device=cpu"]) == 0
+                     "--generate", "24,12", *TINY, "schedule.epochs=1"]) == 0
     printed = capsys.readouterr().out
     assert "epoch 1/1: loss" in printed and "examples/sec on cpu" in printed
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    epoch = [r for r in records if r["event"] == "epoch"]
-    assert len(epoch) == 1 and epoch[0]["examples"] == 24 and epoch[0]["step"] == 3
-    assert np.isfinite(epoch[0]["loss"]) and epoch[0]["examples_per_s"] > 0
-    assert 0.0 <= epoch[0]["test_acc"] <= 1.0 and 0.0 <= epoch[0]["train_acc"] <= 1.0
+    assert "generated Fashion-MNIST, 24 train and 12 test examples" in printed
+    records = read_metrics(out)
+    data = next(r for r in records if r["event"] == "data")
+    assert data["data"] == "generated" and len(data["files"]) == 4
+    (epoch,) = [r for r in records if r["event"] == "val"]
+    assert epoch["train_images"] == 24 and epoch["global_step"] == 3 and epoch["n"] == 12
+    assert np.isfinite(epoch["train_loss"]) and epoch["train_images_per_s"] > 0
+    assert 0.0 <= epoch["test_acc"] <= 1.0 and epoch["test_acc"] == pytest.approx(1 - epoch["top1_err"] / 100)
     assert records[-1]["event"] == "done"
+    assert (out / "checkpoints" / "last.pt").is_file()
     assert load_config(out / "config.yaml").data.crop_size == 67
 
 
 def test_generate_wants_two_counts(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        d2l.main(["--config", str(CONFIG), "--root", str(tmp_path), "--generate", "100"])
+    assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path), "--generate", "100"]) == 2
     assert "N_TRAIN,N_TEST (two counts), got '100'" in capsys.readouterr().err
     assert not (tmp_path / "FashionMNIST").exists()
 
 
-def test_generate_never_overwrites_a_data_set(tmp_path):
-    d2l.generate(tmp_path, 20, 10, seed=0)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "FashionMNIST" / "raw").iterdir()}
-    with pytest.raises(SystemExit, match="is not empty"):
-        d2l.generate(tmp_path, 30, 10, seed=1)
-    after = {p.name: p.read_bytes() for p in (tmp_path / "FashionMNIST" / "raw").iterdir()}
-    assert after == before and len(before) == 4
+def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
+    """Stopped (as by SIGTERM) mid-epoch, then in its validation: exit 75 each time, and the
+    same command finishes with the weights and records of a run never stopped."""
+    torch.set_num_threads(1)
+    fashion_mnist.generate(tmp_path / "data", 40, 16, seed=0)
+    cfg = load_config(CONFIG, TINY + ["schedule.epochs=2"])
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert d2l.run(cfg, tmp_path / "data", whole) == 0
+    assert d2l.run(cfg, tmp_path / "data", parts, stop=StopAfter(3)) == 75
+    assert d2l.run(cfg, tmp_path / "data", parts, stop=StopAfter(5)) == 75
+    assert d2l.run(cfg, tmp_path / "data", parts) == 0
+    a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (whole, parts))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    vals = [[(r["epoch"], r["top1_err"]) for r in read_metrics(d) if r["event"] == "val"]
+            for d in (whole, parts)]
+    assert vals[0] == vals[1] and len(vals[0]) == 2
+
+
+def test_sigterm_checkpoints_exits_75_and_a_second_run_is_locked_out(tmp_path):
+    fashion_mnist.generate(tmp_path / "data", 800, 8, seed=0)
+    cmd = [sys.executable, "-m", "repro.d2l", "--config", str(CONFIG), "--root",
+           str(tmp_path / "data"), "--out", str(tmp_path / "run"), *TINY, "schedule.epochs=1",
+           "logging.progress=lines"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not proc.stdout.readline().startswith("epoch 1 step 1/"):     # the first step's line
+        assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    assert "stop requested: checkpoint written at epoch 1 step " in out
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    from repro.checkpoint import lock_run
+    with lock_run(tmp_path / "run"):
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "is being trained by pid" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
 
 
 def test_the_train_switches_apply_as_in_repro_train(tmp_path):
@@ -99,15 +139,16 @@ def test_the_train_switches_apply_as_in_repro_train(tmp_path):
     section is honoured, not silently dropped: switches the towers cannot run are
     refused, and the two-group net trains as two towers (on one CPU here) to the same
     numbers as the one-device model."""
+    from repro.exits import Refused
+
     torch.set_num_threads(1)
-    d2l.generate(tmp_path, 16, 8, seed=0)
-    base = ["data.crop_size=67", "data.batch_size=8", "data.workers=0", "schedule.epochs=1",
-            "train.device=cpu"]
-    two = base + ["model.groups=2", "model.seed=0"]
-    with pytest.raises(SystemExit, match="apply to the one-device model"):
+    fashion_mnist.generate(tmp_path, 16, 8, seed=0)
+    two = TINY + ["schedule.epochs=1", "model.groups=2", "model.seed=0"]
+    with pytest.raises(Refused, match="apply to the one-device model"):
         d2l.run(load_config(CONFIG, two + ["train.parallel=towers", "train.split_groups=true"]),
-                tmp_path)
-    single = d2l.run(load_config(CONFIG, two), tmp_path)
-    towers = d2l.run(load_config(CONFIG, two + ["train.parallel=towers"]), tmp_path)
+                tmp_path, tmp_path / "refused")
+    assert d2l.run(load_config(CONFIG, two), tmp_path, tmp_path / "single") == 0
+    assert d2l.run(load_config(CONFIG, two + ["train.parallel=towers"]), tmp_path, tmp_path / "towers") == 0
+    single, towers = d2l.summary(tmp_path / "single"), d2l.summary(tmp_path / "towers")
     assert towers["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert (towers["train_acc"], towers["test_acc"]) == (single["train_acc"], single["test_acc"])
