@@ -38,7 +38,7 @@ from repro.data.loader import device_images, device_loader, empty_batch
 from repro.data.order import EpochPlan, in_order
 from repro.data.shards import Shard, data_fingerprint, read_manifest, split_shards
 from repro.distributed import DistContext, pick_device
-from repro.evaluate import topk_correct
+from repro.metrics import topk_correct
 from repro.exits import Refused
 from repro.optim import PaperSGD, param_groups
 from repro.placement import Placed, make_normalizer, place_model
