@@ -43,18 +43,14 @@ import numpy as np
 import PIL
 from . import atomic, image
 from . import fall2011
-from .manifest import FORMAT_VERSION, MANIFEST, STATS, WORK, file_sha256, shard_name
+from .manifest import (DEFAULT_QUALITY, DEFAULT_SEED, DEFAULT_SHARD_SIZE, FORMAT_VERSION, MANIFEST,
+                       STATS, WORK, file_sha256, shard_name)
 from .plan import Plan, read_shard, write_plan
 from .progress import Progress
 from .shardfile import ShardWriter
-from .sources import (EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, detect_layouts,
-                      open_source, read_record)
+from .sources import (EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, open_source,
+                      read_record)
 from .stats import Sums, finalize, save_stats
-
-DEFAULT_SHARD_SIZE = 1024
-DEFAULT_QUALITY = 95
-DEFAULT_SEED = 0
-
 
 class BuildError(Exception):
     """The build cannot go on as asked (the message says why and what to do)."""
@@ -224,42 +220,6 @@ def in_part(index: int, part: int | None, parts: int) -> bool:
     """Whether the shard with this index (within its split) belongs to part `part` of
     `parts` (part None: the whole build)."""
     return part is None or index % parts == part
-
-
-def no_manifest(directory: Path | str) -> str:
-    """Why `directory` (given as shards) has no manifest.json, and what to run: an
-    unfinished build, ImageNet itself given instead of its shards, or nothing built yet.
-    The message starts with "<dir>/manifest.json: no manifest.json"."""
-    d = Path(directory)
-    head = f"{d / MANIFEST}: no manifest.json"
-    settings = d / WORK / "settings.json"
-    if settings.is_file():
-        finished = len(list((d / WORK / "parts").glob("*.json")))
-        try:
-            command = _command(json.loads(settings.read_text()), d)
-        except (ValueError, KeyError):
-            command = f"the build_shards command that wrote {settings}"
-        return (f"{head}: {d} holds an unfinished build ({finished} shards finished): run the "
-                f"same build_shards command to finish it: {command}")
-    layouts = detect_layouts(d) if d.is_dir() else []
-    if layouts:
-        return (f"{head}: {d} is ImageNet itself ({layouts[0]} layout), not its shards: build "
-                f"them with `python -m data_prep.build_shards --source {d} --out SHARDS`, then "
-                f"give SHARDS")
-    missing = "" if d.is_dir() else f" ({d} does not exist)"
-    return (f"{head}{missing}; build shards with `python -m data_prep.build_shards --source "
-            f"IMAGENET --out {d}`")
-
-
-def _command(settings: dict, out: Path) -> str:
-    """The build_shards command line that gives these settings (defaults left out)."""
-    words = ["python -m data_prep.build_shards", f"--source {settings['source']}", f"--out {out}"]
-    options = {"--shard-size": (settings["shard_size"], DEFAULT_SHARD_SIZE),
-               "--quality": (settings["quality"], DEFAULT_QUALITY),
-               "--seed": (settings["seed"], DEFAULT_SEED), "--limit": (settings["limit"], None),
-               "--splits": (",".join(settings["splits"]), ",".join(SPLITS))}
-    words += [f"{flag} {value}" for flag, (value, default) in options.items() if value != default]
-    return "`" + " ".join(words) + "`"
 
 
 def _check_out(out: Path) -> None:

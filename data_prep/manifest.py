@@ -19,7 +19,8 @@
 
 It carries no timings or worker counts, so the same source and settings give
 the same manifest. Readers: :func:`load_manifest` (repro.data.shards lists the shards from
-it) and :func:`class_names` (what to show a person for each class; "words" is optional).
+it) and :func:`class_names` (what to show a person for each class; "words" is optional);
+where a directory given as shards has none, :func:`no_manifest` says what to run.
 """
 from __future__ import annotations
 
@@ -27,10 +28,16 @@ import hashlib
 import json
 from pathlib import Path
 
+from .sources import SPLITS, detect_layouts
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATS = "stats.npz"
 WORK = ".build"  # a build's resume state inside its --out; removed when the build completes
+# build_shards' defaults for the settings: a command that rebuilds them leaves these out
+DEFAULT_SHARD_SIZE = 1024
+DEFAULT_QUALITY = 95
+DEFAULT_SEED = 0
 
 
 def shard_name(split: str, index: int) -> str:
@@ -80,3 +87,39 @@ def stats_digest(directory: Path | str, manifest: dict) -> str:
                           f"{MANIFEST}'s); run build_shards with the same arguments again: "
                           f"it rebuilds it")
     return digest
+
+
+def no_manifest(directory: Path | str) -> str:
+    """Why `directory` (given as shards) has no manifest.json, and what to run: an
+    unfinished build, ImageNet itself given instead of its shards, or nothing built yet.
+    The message starts with "<dir>/manifest.json: no manifest.json"."""
+    d = Path(directory)
+    head = f"{d / MANIFEST}: no manifest.json"
+    settings = d / WORK / "settings.json"
+    if settings.is_file():
+        finished = len(list((d / WORK / "parts").glob("*.json")))
+        try:
+            command = _command(json.loads(settings.read_text()), d)
+        except (ValueError, KeyError):
+            command = f"the build_shards command that wrote {settings}"
+        return (f"{head}: {d} holds an unfinished build ({finished} shards finished): run the "
+                f"same build_shards command to finish it: {command}")
+    layouts = detect_layouts(d) if d.is_dir() else []
+    if layouts:
+        return (f"{head}: {d} is ImageNet itself ({layouts[0]} layout), not its shards: build "
+                f"them with `python -m data_prep.build_shards --source {d} --out SHARDS`, then "
+                f"give SHARDS")
+    missing = "" if d.is_dir() else f" ({d} does not exist)"
+    return (f"{head}{missing}; build shards with `python -m data_prep.build_shards --source "
+            f"IMAGENET --out {d}`")
+
+
+def _command(settings: dict, out: Path) -> str:
+    """The build_shards command line that gives these settings (defaults left out)."""
+    words = ["python -m data_prep.build_shards", f"--source {settings['source']}", f"--out {out}"]
+    options = {"--shard-size": (settings["shard_size"], DEFAULT_SHARD_SIZE),
+               "--quality": (settings["quality"], DEFAULT_QUALITY),
+               "--seed": (settings["seed"], DEFAULT_SEED), "--limit": (settings["limit"], None),
+               "--splits": (",".join(settings["splits"]), ",".join(SPLITS))}
+    words += [f"{flag} {value}" for flag, (value, default) in options.items() if value != default]
+    return "`" + " ".join(words) + "`"

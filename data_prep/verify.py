@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from .image import DECODE_ERRORS, IMAGE_SIZE, error_text
-from .build_shards import no_manifest
-from .manifest import MANIFEST, STATS, file_sha256, load_manifest
+from .manifest import MANIFEST, STATS, file_sha256, load_manifest, no_manifest
 from .progress import Progress
 from .stats import STATS_KEYS
 

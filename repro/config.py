@@ -3,7 +3,8 @@
 Every paper value lives in configs/alexnet_paper.yaml; the dataclass defaults
 below equal it so that `Config()` is the paper's recipe too. Anything wrong in
 a config (unknown key, wrong type, impossible value) raises ConfigError naming
-the key and where it came from.
+the key and where it came from. The model's values are checked by the model's own
+rules (repro.model_spec), which need no torch.
 """
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ from pathlib import Path
 import yaml
 
 from data_prep.image import IMAGE_SIZE  # the shard images' side (paper section 2: 256)
-from repro.lrn import IMPLS
-from repro.model import ACTIVATIONS, INITS, LAYERS, LRN_MODES, REMOVABLE, feature_size
-from repro.precision import PRECISIONS
+from repro.model_spec import (LRN_IMPLS, PRECISIONS, check, check_padding, check_towers,
+                              conv_layers)
 
 
 class ConfigError(ValueError):
@@ -143,9 +143,6 @@ class Config:
 
 
 CHOICES = {
-    "model.lrn": (*LRN_MODES, "none"),
-    "model.init": INITS,
-    "model.activation": ACTIVATIONS,
     "optim.name": ("paper_sgd", "sgd"),
     "schedule.kind": ("plateau", "steps", "constant"),
     "data.decode": ("cpu", "gpu", "hybrid"),
@@ -153,20 +150,19 @@ CHOICES = {
     "augment.mean": ("image", "rgb", "none"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": PRECISIONS,
-    "train.lrn_impl": IMPLS,
+    "train.lrn_impl": LRN_IMPLS,
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
                            "max-autotune-no-cudagraphs"),
     "train.parallel": ("ddp", "towers"),
     "logging.wandb": ("online", "offline", "disabled"),
     "logging.progress": ("auto", "bar", "lines", "off"),
 }
-POSITIVE = ("model.num_classes", "model.in_channels", "model.lrn_size",
-            "model.pool_kernel", "model.pool_stride", "optim.lr", "schedule.epochs",
-            "schedule.factor", "data.batch_size", "data.val_batch_size",
-            "data.crop_size", "checkpoint.every_minutes", "checkpoint.keep_last",
-            "train.log_every", "model.lrn_beta")
-NON_NEGATIVE = ("model.conv1_padding", "model.lrn_alpha", "model.lrn_k", "model.weight_std",
-                "optim.momentum", "optim.weight_decay", "schedule.patience", "schedule.threshold",
+# The model section is AlexNet's arguments: repro.model_spec checks them (and
+# data.crop_size, the model's input size).
+POSITIVE = ("optim.lr", "schedule.epochs", "schedule.factor", "data.batch_size",
+            "data.val_batch_size", "checkpoint.every_minutes", "checkpoint.keep_last",
+            "train.log_every")
+NON_NEGATIVE = ("optim.momentum", "optim.weight_decay", "schedule.patience", "schedule.threshold",
                 "schedule.max_drops", "data.workers", "data.shuffle_buffer", "data.steps_per_epoch",
                 "data.val_limit", "augment.pca_std", "train.pad_input_channels")
 
@@ -314,43 +310,25 @@ def validate(cfg: Config, where: str) -> None:
                           f"{IMAGE_SIZE}x{IMAGE_SIZE} shard images")
     if not 0 <= d.gpu_share <= 1:
         raise ConfigError(f"{where}: data.gpu_share must be in [0, 1], got {d.gpu_share}")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"{where}: model.dropout must be in [0, 1), got {m.dropout}")
     if not 0 < cfg.schedule.factor < 1:
         raise ConfigError(f"{where}: schedule.factor must be in (0, 1), got {cfg.schedule.factor}")
-    if m.groups not in (1, 2):
-        raise ConfigError(f"{where}: model.groups must be 1 or 2, got {m.groups}")
-    if m.half_kernels and m.groups != 1:
-        raise ConfigError(f"{where}: model.half_kernels (the one-GPU net) needs model.groups = 1")
     if cfg.schedule.kind == "steps" and not cfg.schedule.milestones:
         raise ConfigError(f"{where}: schedule.kind = steps needs schedule.milestones")
-    if cfg.train.parallel == "towers" and m.groups != 2:
-        raise ConfigError(f"{where}: train.parallel = towers needs model.groups = 2")
-    if not set(m.removed_convs) <= set(REMOVABLE) or len(m.removed_convs) > 1:
-        raise ConfigError(f"{where}: model.removed_convs may name one of {', '.join(REMOVABLE)} "
-                          f"(section 7 removes one middle layer), got {m.removed_convs}")
-    if cfg.train.parallel == "towers" and (m.removed_convs or m.extra_conv6):
-        raise ConfigError(f"{where}: train.parallel = towers runs the paper's five conv layers; "
-                          f"model.removed_convs and model.extra_conv6 need train.parallel = ddp")
-    _validate_model_fit(cfg, where)
-
-
-def _validate_model_fit(cfg: Config, where: str) -> None:
-    """Values each valid alone that the model cannot be built or run with: refused here,
-    naming the key, not as a traceback from deep inside the first step."""
-    m, t = cfg.model, cfg.train
-    unknown = [name for name in m.bias_one if name not in LAYERS]
-    if unknown:
-        raise ConfigError(f"{where}: model.bias_one names {unknown}, not layers of the model "
-                          f"({', '.join(LAYERS)})")
-    if 0 < t.pad_input_channels < m.in_channels:
-        raise ConfigError(f"{where}: train.pad_input_channels = {t.pad_input_channels} is fewer "
-                          f"than model.in_channels = {m.in_channels} (0 turns the padding off)")
     try:
-        feature_size(cfg.data.crop_size, m.conv1_padding, m.pool_kernel, m.pool_stride)
+        check(**model_kwargs(cfg), name=_key)
+        check_padding(cfg.train.pad_input_channels, m.in_channels, _key)
+        if cfg.train.parallel == "towers":
+            check_towers(m.groups, conv_layers(m.removed_convs, m.extra_conv6), _key)
     except ValueError as e:
-        raise ConfigError(f"{where}: data.crop_size = {cfg.data.crop_size} is too small for "
-                          f"the model ({e})") from None
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _key(arg: str, *value) -> str:
+    """A model rule's argument (repro.model_spec) as the config key that sets it, with its
+    value if given: `model.dropout = 1.5`."""
+    key = {"input_size": "data.crop_size", "pad_input_channels": "train.pad_input_channels",
+           "parallel": "train.parallel"}.get(arg, f"model.{arg}")
+    return f"{key} = {value[0]!r}" if value else key
 
 
 def packaged_config(name: str) -> Path:

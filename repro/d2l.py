@@ -31,7 +31,7 @@ from repro import exits, fashion_mnist, preempt
 from repro.augment import step_generator
 from repro.checkpoint import CheckpointError, RunLocked
 from repro.config import Config, ConfigError, load_config
-from repro.evaluate import topk_correct
+from repro.metrics import topk_correct
 from repro.exits import Refused
 from repro.placement import place_model
 from repro.schedule import Schedule

@@ -28,20 +28,12 @@ from repro.data.loader import loader
 from repro.data.order import in_order
 from repro.data.shards import data_fingerprint, read_manifest, split_shards
 from repro.distributed import pick_device
+from repro.metrics import ranked_hits
 from repro.placement import Placed, make_normalizer, place_model
 
 
 class EvalError(ValueError):
     """A checkpoint or data set that cannot be evaluated as asked (the message says why)."""
-
-
-def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """Number of rows whose label is among the k highest scores, for each k."""
-    if scores.shape[0] == 0:
-        return [0 for _ in ks]
-    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
-    hits = top == labels[:, None]
-    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
 
 
 def default_checkpoint(run_dir: str | Path) -> Path:
@@ -188,9 +180,9 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
         for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
             images = images.to(dev, non_blocking=True)
             probs = ensemble_probs(members, images, ten_crop).cpu()
-            top5 = probs.topk(min(5, c), dim=1).indices
+            top5, hits = ranked_hits(probs, labels, 5)
             confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
-            top5_hits += torch.bincount(labels[(top5 == labels[:, None]).any(1)], minlength=c)
+            top5_hits += torch.bincount(labels[hits.any(1)], minlength=c)
             bar.update(len(labels))
     return EvalResult([str(p) for p in checkpoints], classes, 10 if ten_crop else 1, split,
                       confusion.view(c, c).numpy(), top5_hits.numpy())

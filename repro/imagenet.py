@@ -24,7 +24,7 @@ from repro.data.loader import device_images, device_loader, empty_batch
 from repro.data.order import EpochPlan, in_order
 from repro.data.shards import Shard, data_fingerprint, read_manifest, split_shards
 from repro.distributed import DistContext
-from repro.evaluate import topk_correct
+from repro.metrics import topk_correct
 from repro.exits import Refused
 from repro.placement import make_normalizer, place_model
 from repro.schedule import Schedule

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMPLS = ("auto", "reference", "fused", "triton")
+from repro.model_spec import LRN_IMPLS
 
 
 def _window_sum(t: torch.Tensor, size: int, groups: int, mirrored: bool = False) -> torch.Tensor:
@@ -94,14 +94,19 @@ def fast_local_response_norm(x, size, alpha, beta, k, alpha_over_n, groups=1, im
     return _FusedLRN.apply(x, size, coeff, beta, k, groups, relu)
 
 
+def _known(impl: str) -> str:
+    if impl not in LRN_IMPLS:
+        raise ValueError(f"impl must be one of {LRN_IMPLS}, got {impl!r}")
+    return impl
+
+
 class LocalResponseNorm(nn.Module):
     def __init__(self, size: int, alpha: float, beta: float, k: float, alpha_over_n: bool,
                  groups: int = 1, impl: str = "reference", relu: bool = False):
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.alpha_over_n, self.groups, self.impl, self.relu = alpha_over_n, groups, impl, relu
+        self.alpha_over_n, self.groups, self.relu = alpha_over_n, groups, relu
+        self.impl = _known(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fast_local_response_norm(x, self.size, self.alpha, self.beta, self.k,
@@ -115,8 +120,7 @@ class LocalResponseNorm(nn.Module):
 
 def set_impl(model: nn.Module, impl: str) -> None:
     """Switch every LRN layer of `model` to `impl` (the function is unchanged)."""
+    _known(impl)
     for m in model.modules():
         if isinstance(m, LocalResponseNorm):
-            if impl not in IMPLS:
-                raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
             m.impl = impl

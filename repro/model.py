@@ -4,6 +4,7 @@ The paper splits every layer over two GPUs ("towers"); conv2, conv4 and conv5 re
 only their own tower's maps, conv3 and the fully connected layers read both. Here
 that is grouped convolution (groups=2) in one module per layer, so the state_dict
 is one tensor per layer (conv1.weight ... fc8.bias) whatever the device layout.
+The layer table and the rules the arguments meet are repro/model_spec.py (no torch).
 """
 
 import contextlib
@@ -14,45 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.lrn import LocalResponseNorm, set_impl as set_lrn_impl
-
-# Figure 2: conv layer -> (kernels, kernel size, stride). conv2..conv5 use "same"
-# padding (kernel // 2); conv1's padding is a knob (0 in the paper at 227 input).
-CONVS = {"conv1": (96, 11, 4), "conv2": (256, 5, 1), "conv3": (384, 3, 1),
-         "conv4": (384, 3, 1), "conv5": (256, 3, 1)}
-GROUPED = ("conv2", "conv4", "conv5")  # read only their own tower
-REMOVABLE = ("conv3", "conv4")          # section 7: "removing any of the middle layers"
-# The starred rows of Table 2 add "a sixth convolutional layer over the last pooling
-# layer"; its shape is not given: ours is conv5's (256 3x3 kernels, "same" padding),
-# reading both towers like conv3, followed by a ReLU and no pooling (PAPER_NOTES).
-CONV6 = (256, 3, 1)
-POOLED = ("conv1", "conv2", "conv5")   # followed by max pooling
-HALVED = ("conv1", "conv2", "conv3", "conv4")  # section 3.2's one-GPU net halves these
-FC_WIDTH = 4096
-LAYERS = (*CONVS, "conv6", "fc6", "fc7", "fc8")   # conv6 only with extra_conv6
-PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")   # section 5
-ACTIVATIONS = ("relu", "tanh")         # tanh: section 3.1's saturating comparison
-INITS = ("paper", "torch", "xavier")   # paper: section 5; xavier: the d2l book's variant
-LRN_MODES = {"paper": False, "cuda-convnet": True, "caffe": True}  # -> alpha_over_n; or "none"
-
-
-def feature_size(input_size: int, conv1_padding: int, pool_kernel: int, pool_stride: int) -> int:
-    """Side of conv5's pooled feature map (6 at the paper's 227 input).
-
-    Sizes are floored like PyTorch's conv/pool (d2l's 224 input with padding 1 relies on it).
-    """
-    size = input_size
-    for name, (_, kernel, stride) in CONVS.items():
-        padding = conv1_padding if name == "conv1" else kernel // 2
-        if size + 2 * padding < kernel:
-            raise ValueError(f"input_size={input_size} with conv1_padding={conv1_padding} leaves a "
-                             f"{size}x{size} map, smaller than {name}'s {kernel}x{kernel} kernel")
-        size = (size + 2 * padding - kernel) // stride + 1
-        if name in POOLED:
-            if size < pool_kernel:
-                raise ValueError(f"pool_kernel={pool_kernel} is larger than the {size}x{size} map "
-                                 f"after {name} (input_size={input_size})")
-            size = (size - pool_kernel) // pool_stride + 1
-    return size
+from repro.model_spec import (CONV6, CONVS, FC_WIDTH, FCS, GROUPED, LRN_MODES, PAPER_BIAS_ONE,
+                              check, check_padding, conv_layers, conv_widths, feature_size)
 
 
 class Conv2d(nn.Conv2d):
@@ -75,49 +39,6 @@ class Conv2d(nn.Conv2d):
         return F.conv2d(x, w, self.bias, self.stride, self.padding, groups=self.groups)
 
 
-def _check_arguments(*, num_classes, in_channels, input_size, groups, lrn_size, pool_kernel,
-                     pool_stride, conv1_padding, lrn, dropout, init, bias_one, seed, activation,
-                     removed_convs) -> None:
-    """AlexNet's keyword arguments, each refused with a message naming it."""
-    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                       ("input_size", input_size), ("groups", groups), ("lrn_size", lrn_size),
-                       ("pool_kernel", pool_kernel), ("pool_stride", pool_stride)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-    if not isinstance(conv1_padding, int) or conv1_padding < 0:
-        raise ValueError(f"conv1_padding must be a non-negative integer, got {conv1_padding!r}")
-    if lrn != "none" and lrn not in LRN_MODES:
-        raise ValueError(f"lrn must be one of {[*LRN_MODES, 'none']}, got {lrn!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if isinstance(bias_one, str) or not set(bias_one or ()) <= set(LAYERS):
-        raise ValueError(f"bias_one must be a list of layer names from {list(LAYERS)}, got {bias_one!r}")
-    if seed is not None and not isinstance(seed, int):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if isinstance(removed_convs, str) or not set(removed_convs) <= set(REMOVABLE) \
-            or len(set(removed_convs)) > 1:
-        raise ValueError(f"removed_convs may name one of {list(REMOVABLE)} (section 7 removes "
-                         f"one middle layer), got {removed_convs!r}")
-
-
-def _conv_widths(half_kernels: bool, groups: int) -> dict[str, int]:
-    """Each conv layer's kernel count (section 3.2's one-GPU net halves some)."""
-    if half_kernels and groups != 1:
-        raise ValueError(f"half_kernels=True is the paper's one-GPU net and needs groups=1, got groups={groups}")
-    widths = {name: out // 2 if half_kernels and name in HALVED else out
-              for name, (out, _, _) in CONVS.items()}
-    for name in GROUPED:
-        previous = list(CONVS)[list(CONVS).index(name) - 1]
-        if widths[previous] % groups or widths[name] % groups:
-            raise ValueError(f"groups={groups} does not divide {name}'s channels "
-                             f"({widths[previous]} in, {widths[name]} out)")
-    return widths
-
-
 def _act_then_lrn(activation, lrn, size, alpha, beta, k, groups) -> nn.Module:
     """norm1/norm2: the nonlinearity, then LRN (section 3.3: normalisation "after applying
     the ReLU nonlinearity"). ReLU and LRN are one module, so that the fast LRNs rectify as
@@ -137,21 +58,18 @@ class AlexNet(nn.Module):
                  bias_one=None, bias_value=1.0, seed=None,
                  activation="relu", removed_convs=(), extra_conv6=False):
         super().__init__()
-        _check_arguments(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-                         groups=groups, lrn_size=lrn_size, pool_kernel=pool_kernel,
-                         pool_stride=pool_stride, conv1_padding=conv1_padding, lrn=lrn,
-                         dropout=dropout, init=init, bias_one=bias_one, seed=seed,
-                         activation=activation, removed_convs=removed_convs)
-        widths = _conv_widths(half_kernels, groups)
+        check(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+              groups=groups, half_kernels=half_kernels, conv1_padding=conv1_padding, lrn=lrn,
+              lrn_size=lrn_size, lrn_alpha=lrn_alpha, lrn_beta=lrn_beta, lrn_k=lrn_k,
+              pool_kernel=pool_kernel, pool_stride=pool_stride, dropout=dropout, init=init,
+              weight_std=weight_std, bias_one=bias_one, bias_value=bias_value, seed=seed,
+              activation=activation, removed_convs=removed_convs, extra_conv6=extra_conv6)
+        widths = conv_widths(half_kernels)
         self.activation = activation
-        # The conv layers in order; a removed one's successor reads its predecessor's maps.
-        self.convs = [c for c in CONVS if c not in removed_convs] + ["conv6"] * extra_conv6
-        self.layers = (*self.convs, "fc6", "fc7", "fc8")
+        self.convs = conv_layers(removed_convs, extra_conv6)
+        self.layers = (*self.convs, *FCS)
         if bias_one is None:        # the paper's, of the layers this model has
             bias_one = [name for name in PAPER_BIAS_ONE if name in self.layers]
-        if set(bias_one) - set(self.layers):
-            raise ValueError(f"bias_one names {sorted(set(bias_one) - set(self.layers))}, which "
-                             f"this model does not have (its layers: {list(self.layers)})")
         side = feature_size(input_size, conv1_padding, pool_kernel, pool_stride)
 
         # A seed forks the global RNG, so seeded builds neither depend on nor advance it
@@ -216,11 +134,8 @@ def set_impls(model: nn.Module, train) -> None:
     for m in model.modules():
         if isinstance(m, Conv2d):
             m.split_groups = train.split_groups
-    pad = train.pad_input_channels
-    if pad and pad < model.conv1.in_channels:
-        raise ValueError(f"train.pad_input_channels={pad} is fewer than conv1's "
-                         f"{model.conv1.in_channels} input channels")
-    model.conv1.pad_to = pad
+    check_padding(train.pad_input_channels, model.conv1.in_channels)
+    model.conv1.pad_to = train.pad_input_channels
 
 
 def build_model(model_cfg: dict) -> AlexNet:

@@ -12,8 +12,6 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-
 
 def set_fp32_math(precision: str) -> None:
     """How fp32 convolutions and matmuls run in this process (the setting is global). Only

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.lrn import LocalResponseNorm
-from repro.model import CONVS, GROUPED, AlexNet
+from repro.model import AlexNet
+from repro.model_spec import CONVS, check_towers
 from repro.precision import autocast_for
 
 SPLIT = (*CONVS, "fc6", "fc7")   # layers whose output units are split between the towers
@@ -67,12 +68,7 @@ class TowerAlexNet(nn.Module):
         super().__init__()
         if not isinstance(model, AlexNet):
             raise TypeError(f"TowerAlexNet wraps a repro.model.AlexNet, got {type(model).__name__}")
-        if model.convs != list(CONVS):
-            raise ValueError(f"TowerAlexNet runs the paper's five conv layers, got {model.convs}")
-        for name in GROUPED:
-            if getattr(model, name).groups != 2:
-                raise ValueError(f"TowerAlexNet needs the two-group model (groups=2); {name} has "
-                                 f"groups={getattr(model, name).groups}")
+        check_towers(model.conv2.groups, model.convs)
         if len(devices) != 2:
             raise ValueError(f"devices must be two devices (they may be equal), got {devices!r}")
         self.devices = tuple(torch.device(d) for d in devices)

@@ -1,5 +1,7 @@
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,12 +61,26 @@ def test_overrides_and_base_inheritance():
     (["train.pad_input_channels=2"], ["train.pad_input_channels = 2", "model.in_channels = 3"]),
     (["data.crop_size=10"], ["data.crop_size = 10", "too small", "conv1's 11x11"]),
     (["data.crop_size=40", "model.pool_kernel=7"], ["data.crop_size = 40", "pool_kernel=7"]),
+    (["model.removed_convs=[conv4]"], ["model.bias_one names ['conv4']", "conv3, conv5"]),
+    (["model.half_kernels=true"], ["model.half_kernels", "model.groups = 1"]),
+    (["train.parallel=towers", "model.groups=1"], ["train.parallel", "model.groups = 2"]),
+    (["train.parallel=towers", "model.extra_conv6=true"], ["five conv layers",
+                                                          "model.extra_conv6"]),
 ])
 def test_bad_overrides_name_the_key(override, words):
     with pytest.raises(ConfigError) as e:
         load_config(PAPER, override)
     for word in words:
         assert word in str(e.value)
+
+
+def test_loading_a_config_does_not_import_torch():
+    # A config is plain data: loading one, the model's rules included, needs no PyTorch.
+    code = ("import sys; from repro.config import load_config; load_config('alexnet_paper'); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_bad_file_names_key_and_file(tmp_path):

@@ -22,8 +22,8 @@ from repro.cli import main
 from repro.config import config_from_dict, load_config, model_kwargs
 from repro.distributed import pick_device
 from repro.augment import eval_views
-from repro.evaluate import (EvalError, EvalResult, ensemble_probs, evaluate, load_member,
-                            topk_correct)
+from repro.evaluate import EvalError, EvalResult, ensemble_probs, evaluate, load_member
+from repro.metrics import topk_correct
 from repro.model import build_model
 from shard_helpers import write_shards
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.build_shards import no_manifest
-from data_prep.manifest import MANIFEST, ShardsError, file_sha256, load_manifest, stats_digest
+from data_prep.manifest import (MANIFEST, ShardsError, file_sha256, load_manifest, no_manifest,
+                                stats_digest)
 
 
 @dataclass(frozen=True)
