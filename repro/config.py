@@ -230,7 +230,7 @@ def _check_type(value, tp, key: str, where: str):
 
 def _apply(cfg: Config, key: str, value, where: str) -> None:
     section_name, _, name = key.partition(".")
-    sections = {f.name for f in dataclasses.fields(Config)}
+    sections = {f.name for f in dataclasses.fields(cfg)}
     if section_name not in sections or not name:
         raise ConfigError(f"{where}: unknown key '{key}' (sections: {', '.join(sorted(sections))})")
     section = getattr(cfg, section_name)
@@ -339,10 +339,12 @@ def packaged_config(name: str) -> Path:
     return path if path.suffix or path.is_dir() else path.with_suffix(".yaml")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), schema=Config):
     """The paper defaults, then the YAML at `path` (and its bases), then `overrides`.
-    A `path` with no suffix that does not exist is a shipped config's name: "alexnet_paper"."""
-    cfg = Config()
+    A `path` with no suffix that does not exist is a shipped config's name: "alexnet_paper".
+    `schema`: the root dataclass (another experiment's, e.g. repro.cifar.train.CifarConfig,
+    which checks itself in its `validate(where)`)."""
+    cfg = schema()
     where = "defaults"
     if path is not None:
         path = Path(path)
@@ -356,7 +358,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _apply(cfg, key, value, f"command-line override '{text}'")
     if overrides:
         where += " + overrides " + " ".join(overrides)
-    validate(cfg, where)
+    cfg.validate(where) if schema is not Config else validate(cfg, where)
     return cfg
 
 

@@ -110,8 +110,9 @@ def finished(run, already: bool) -> None:
     ckpt = ckpt if ckpt.is_file() else ckpt.with_name("last.pt")
     lines = [f"{'already finished' if already else 'done'}: {plural(pos.epoch, 'epoch')}"]
     if math.isfinite(best["top1_err"]):
-        lines[0] += (f", best top-1 {best['top1_err']:.2f}%, top-5 {best['top5_err']:.2f}% "
-                     f"(val, centre crop, epoch {best['epoch']})")
+        lines[0] += (f", best top-1 {best['top1_err']:.2f}%"
+                     + (f", top-5 {best['top5_err']:.2f}%" if "top5_err" in best else "")
+                     + f" ({run.task.val_name}, epoch {best['epoch']})")
     lines.append(f"best checkpoint: {ckpt}")
     print("\n".join(lines + run.task.next_steps(ckpt)), flush=True)
 

@@ -57,6 +57,8 @@ class D2LTask:
         self.optimizer = build_optimizer(cfg, self.placed.model)
         self.schedule = Schedule(cfg.schedule, cfg.optim.lr)
         self.epochs, self.batch_size = cfg.schedule.epochs, cfg.data.batch_size
+        self.log_every = cfg.train.log_every
+        self.val_name = "test"            # what the val records measure
         self.stream = {"seed": cfg.train.seed, "batch_size": cfg.data.batch_size}
 
     def input(self, images: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ class D2LTask:
             yield self.input(self.train_images[index]), self.train_labels[index], len(index)
 
     @torch.no_grad()
-    def validate(self, stop: preempt.StopFlag) -> dict | None:
+    def validate(self, epoch: int, stop: preempt.StopFlag) -> dict | None:
         net, totals = self.placed.net, np.zeros(3)
         net.eval()
         try:

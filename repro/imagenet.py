@@ -60,8 +60,10 @@ class ImageNetTask:
         self.schedule = Schedule(cfg.schedule, cfg.optim.lr)
         self.normalizer = make_normalizer(cfg, data_dir / STATS, device)
         self.epochs, self.batch_size = cfg.schedule.epochs, cfg.data.batch_size
+        self.log_every = cfg.train.log_every
         # What fixes the order of an epoch's samples (repro.data.order): a mid-epoch resume
         # is exact only if all of it is the same.
+        self.val_name = "val, centre crop"            # what the val records measure
         self.stream = {"world": dist.world, "workers": max(1, cfg.data.workers),
                        "seed": cfg.train.seed, "batch_size": cfg.data.batch_size,
                        "shuffle_buffer": cfg.data.shuffle_buffer}
@@ -85,7 +87,7 @@ class ImageNetTask:
                                 step_generator(device, cfg.train.seed, epoch, step, dist.rank))
             yield x, labels.to(device, non_blocking=True), plan.global_batch_size(step)
 
-    def validate(self, stop: preempt.StopFlag | None = None) -> dict | None:
+    def validate(self, epoch: int, stop: preempt.StopFlag | None = None) -> dict | None:
         return validate(self.placed.net, self.cfg, self.val_shards, self.normalizer, self.dist,
                         self.device, self.placed.autocast(), stop)
 

@@ -102,7 +102,8 @@ def run_data_dir(run_dir: Path) -> str | None:
 
 def best_val(records: list[dict]) -> dict | None:
     """The val record with the lowest top-1 error (None before the first validation)."""
-    return min((r for r in records if r.get("event") == "val"), key=lambda r: r["top1_err"],
+    return min((r for r in records if r.get("event") == "val" and "top1_err" in r),
+               key=lambda r: r["top1_err"],
                default=None)
 
 

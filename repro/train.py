@@ -50,11 +50,13 @@ class Task(Protocol):
     data_path: Path
     data: dict                  # what the data is (real or generated, digests): recorded, checked
     stream: dict                # what fixes an epoch's sample order (a resume checks it)
+    log_every: int              # steps between train records
+    val_name: str               # what validate() measures, for the last line
 
     def epoch_steps(self, epoch: int) -> int: ...
     def batches(self, epoch: int, skip: int) -> Iterator[tuple]:
         """This rank's (x, labels, global batch size) for each step from `skip` on."""
-    def validate(self, stop: preempt.StopFlag) -> dict | None:
+    def validate(self, epoch: int, stop: preempt.StopFlag) -> dict | None:
         """{"top1_err", ...} over the val/test split; {} when the task does not validate
         (nothing to compare); None when a stop signal came meanwhile."""
     def state(self) -> dict: ...                                 # more for the checkpoint
@@ -194,13 +196,13 @@ def train_one_epoch(run: Run) -> bool:
             time.monotonic() - run.last_save > 60 * cfg.checkpoint.every_minutes)
         # The first step this process takes is logged too: a log shows the run alive and its
         # pace within a minute, not after log_every steps.
-        log_now = (step == steps - 1 or (step + 1) % cfg.train.log_every == 0
-                   or pos.global_step == run.first_step + 1)
+        on_interval = step == steps - 1 or (step + 1) % task.log_every == 0
+        log_now = on_interval or pos.global_step == run.first_step + 1
         stop, save = stats.record(loss_sum, correct, len(labels), run.stop.raised, save_due,
                                   pos.epoch, step, settle_now=log_now)
         if log_now or stop:      # a stop logs the steps since the last log line
             bar.update(pos.step - bar.n)
-            log_train(run, stats.take(), bar, steps)
+            log_train(run, stats.take(), bar, steps, scheduled=on_interval)
         if stop or save:
             save_checkpoint(run)
         if stop:
@@ -210,14 +212,17 @@ def train_one_epoch(run: Run) -> bool:
     return True
 
 
-def log_train(run: Run, averages: dict | None, bar, steps: int) -> None:
+def log_train(run: Run, averages: dict | None, bar, steps: int, scheduled: bool) -> None:
     """A train record (metrics.jsonl, W&B) for the steps since the last one; a progress
-    line or the bar's postfix."""
+    line or the bar's postfix. scheduled: at the log interval or the epoch's end (not a
+    stop's, nor a process's first step's), so that curves drawn from them do not depend
+    on when a run was stopped."""
     if not (run.dist.is_main and averages):
         return
     pos = run.pos
     record = {"event": "train", "epoch": pos.epoch, "step": pos.step,
               "global_step": pos.global_step, "epochs": pos.epoch + pos.step / steps,
+              "scheduled": scheduled,
               **averages, "lr": run.task.schedule.lr}
     if run.device.type == "cuda":
         record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
@@ -230,7 +235,7 @@ def end_epoch(run: Run) -> bool:
     False if a stop signal came during validation: the checkpoint is then written at
     once, the epoch trained and its validation pending, which a resume runs first."""
     task, pos = run.task, run.pos
-    val = task.validate(run.stop)
+    val = task.validate(pos.epoch, run.stop)
     if val is None:
         save_checkpoint(run)
         return False

@@ -9,7 +9,7 @@ import torch
 from repro.cifar import experiments as cifar
 from repro.cifar.train import lr_factor
 
-FAST = ["--device", "cpu", "--progress", "off", "--batch-size", "8"]
+FAST = ["train.device=cpu", "logging.progress=off", "data.batch_size=8"]
 
 
 def test_schedule_and_epochs_to_target():
@@ -58,7 +58,8 @@ def test_lrn_short_run_tests_both_nets_beside_the_paper(tmp_path, capsys):
         assert 0 <= result[name]["test_err"] <= 100 and "test_err_centre" in result[name]
         assert result[name]["epochs"] == 1
     state = torch.load(out / "lrn" / "without" / "checkpoints" / "last.pt", weights_only=False)
-    assert not any(k.startswith("rnorm") for k in state["model"]) and state["run"]["lrn"] is False
-    with pytest.raises(SystemExit, match="belongs to another run"):
-        cifar.main(["lrn", "--root", str(root), "--out", str(out), "--epochs", "2",
-                    "--drop-epochs", "0", *FAST])
+    assert not any(k.startswith("rnorm") for k in state["model"])
+    assert state["config"]["net"]["lrn"] is False
+    assert cifar.main(["lrn", "--root", str(root), "--out", str(out), "--epochs", "2",
+                       "--drop-epochs", "0", *FAST]) == 2
+    assert "belongs to a run with other settings" in capsys.readouterr().err

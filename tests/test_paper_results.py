@@ -30,7 +30,10 @@ def parse(command: str):
         return bench.parser().parse_args(argv[2:])
     if argv[0] == "repro":
         return cli.parser().parse_args(argv[1:])
-    return importlib.import_module(argv[2]).parser().parse_args(argv[3:])
+    module = importlib.import_module(argv[2])           # python -m MODULE ...
+    if hasattr(module, "__path__"):                      # a package: its __main__
+        module = importlib.import_module(f"{argv[2]}.__main__")
+    return module.parser().parse_args(argv[3:])
 
 
 def test_the_index_covers_every_section_with_results():

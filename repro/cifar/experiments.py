@@ -32,10 +32,14 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from repro.cifar.data import CifarDataError, download, generate, load
+import copy
+
+from repro import exits, preempt
+from repro.cifar.data import CifarDataError, download, generate, load, provenance
 from repro.cifar.nets import NETS
-from repro.cifar.train import Logging, RunSpec, feeds, train_run
-from repro.distributed import pick_device
+from repro.cifar.train import CifarConfig, train_run
+from repro.checkpoint import CheckpointError, RunLocked
+from repro.config import ConfigError, load_config
 from repro.step import NonFiniteLoss
 
 PAPER = {"figure1_ratio": 6.0, "target_err": 25.0, "lrn_with": 11.0, "lrn_without": 13.0}
@@ -54,15 +58,26 @@ def epochs_to(curve: list[dict], target: float) -> float | None:
     return None
 
 
-def sweep(neuron: str, scales: list[float], epochs: int, feed, out: Path, base: dict,
-          logging: Logging) -> tuple[float, list[dict]]:
+def variant(base: CifarConfig, **keys) -> CifarConfig:
+    """`base` with some keys set: variant(cfg, net__neuron="tanh") sets net.neuron."""
+    cfg = copy.deepcopy(base)
+    for key, value in keys.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def sweep(base: CifarConfig, neuron: str, scales: list[float], epochs: int, data, prov: dict,
+          out: Path, stop=None) -> tuple[float, list[dict]]:
     """The learning-rate scale whose run has the lowest training error after `epochs`
-    (diverging runs lose), and every run's result."""
+    (the last point: the last fifth of the last epoch; diverging runs lose), and every
+    run's result."""
     table = []
     for scale in scales:
-        run = RunSpec(FIGURE1_NET, neuron, lr_scale=scale, schedule=(epochs,), **base)
+        cfg = variant(base, net__name=FIGURE1_NET, net__neuron=neuron, optim__lr_scale=scale,
+                      optim__regularise=False, schedule__phases=[epochs], train__test=False)
         try:
-            curve = train_run(run, feed, None, out / f"{neuron}-lr{scale:g}", logging)["curve"]
+            curve = train_run(cfg, data, prov, out / f"{neuron}-lr{scale:g}", stop)["curve"]
             table.append({"neuron": neuron, "lr_scale": scale, "train_err": curve[-1]["train_err"]})
         except NonFiniteLoss as e:
             table.append({"neuron": neuron, "lr_scale": scale, "train_err": None, "diverged": str(e)})
@@ -72,19 +87,19 @@ def sweep(neuron: str, scales: list[float], epochs: int, feed, out: Path, base: 
     return min(done, key=lambda row: row["train_err"])["lr_scale"], table
 
 
-def figure1(root, out, *, device="auto", lr_scales=(0.5, 1.0, 2.0, 4.0), sweep_epochs=2,
-            epochs=60, full=False, batch_size=128, seed=0, logging=Logging()) -> dict:
+def figure1(root, out, base: CifarConfig = CifarConfig(), stop=None, *, lr_scales=(0.5, 1.0, 2.0, 4.0),
+            sweep_epochs=2, epochs=60, full=False) -> dict:
     """Figure 1 into OUT/figure1; returns what figure1.json holds."""
     out, target = Path(out) / "figure1", PAPER["target_err"]
-    train_feed, _ = feeds(load(root), NETS[FIGURE1_NET].crop, pick_device(device))
-    base = {"regularise": False, "batch_size": batch_size, "seed": seed}
+    data, prov = load(root), provenance(root)
     result = {"net": FIGURE1_NET, "target_err": target, "paper_ratio": PAPER["figure1_ratio"]}
     for neuron in ("relu", "tanh"):
-        scale, table = (sweep(neuron, list(lr_scales), sweep_epochs, train_feed, out / "sweep",
-                              base, logging) if len(lr_scales) > 1 else (lr_scales[0], []))
-        run = RunSpec(FIGURE1_NET, neuron, lr_scale=scale, schedule=(epochs,),
-                      stop_below=0.0 if full else target, **base)
-        trained = train_run(run, train_feed, None, out / neuron, logging)
+        scale, table = (sweep(base, neuron, list(lr_scales), sweep_epochs, data, prov, out / "sweep", stop)
+                        if len(lr_scales) > 1 else (lr_scales[0], []))
+        cfg = variant(base, net__name=FIGURE1_NET, net__neuron=neuron, optim__lr_scale=scale,
+                      optim__regularise=False, schedule__phases=[epochs], train__test=False,
+                      train__stop_below=0.0 if full else target)
+        trained = train_run(cfg, data, prov, out / neuron, stop)
         result[neuron] = {"lr_scale": scale, "sweep": table, "curve": trained["curve"],
                           "epochs_to_target": epochs_to(trained["curve"], target),
                           "seconds_per_epoch": trained["seconds_per_epoch"]}
@@ -132,21 +147,21 @@ def figure1_summary(result: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def lrn(root, out, *, net="11pct", epochs=None, drop_epochs=None, device="auto", batch_size=128,
-        seed=0, logging=Logging()) -> dict:
+def lrn(root, out, base: CifarConfig = CifarConfig(), stop=None, *, net="11pct", epochs=None,
+        drop_epochs=None) -> dict:
     """The net with and without its response normalisation into OUT/lrn; returns lrn.json.
     epochs: at the file's rates (default the file's); drop_epochs: at each lower rate."""
     spec, out = NETS[net], Path(out) / "lrn"
     first, *drops = spec.schedule
     schedule = (first if epochs is None else epochs,
                 *(d if drop_epochs is None else drop_epochs for d in drops))
-    data = load(root)
-    train_feed, test_feed = feeds(data, spec.crop, pick_device(device))
+    data, prov = load(root), provenance(root)
     result = {"net": net, "schedule": list(schedule), "paper": {"with": PAPER["lrn_with"],
                                                                  "without": PAPER["lrn_without"]}}
     for name, with_lrn in (("with", True), ("without", False)):
-        run = RunSpec(net, lrn=with_lrn, schedule=schedule, batch_size=batch_size, seed=seed)
-        trained = train_run(run, train_feed, test_feed, out / name, logging)
+        cfg = variant(base, net__name=net, net__lrn=with_lrn, schedule__phases=list(schedule),
+                      train__test=True)
+        trained = train_run(cfg, data, prov, out / name, stop)
         result[name] = {k: v for k, v in trained.items() if k.startswith("test_err")} | {
             "epochs": trained["epochs"], "seconds_per_epoch": trained["seconds_per_epoch"]}
     (out / "lrn.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -154,7 +169,7 @@ def lrn(root, out, *, net="11pct", epochs=None, drop_epochs=None, device="auto",
             f"{result[name]['test_err_centre']:.2f} | {result['paper'][name]:g} |"
             for name in ("with", "without")]
     print(f"Section 3.3 on CIFAR-10 ({net} net, {sum(schedule)} epochs, {len(data.test_labels)} "
-          f"test images):\n| net | test error, 9 views (%) | centre crop (%) | paper (%) |\n"
+          f"test images):\n| net | test error, multiview (%) | centre crop (%) | paper (%) |\n"
           f"|---|---|---|---|\n" + "\n".join(rows), flush=True)
     return result
 
@@ -168,19 +183,17 @@ def count(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The two commands and their options (a table)."""
+    """The two commands; each run's settings are the config's (CifarConfig: --config, and
+    section.key=value overrides such as train.device=cpu data.batch_size=64)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", required=True, help="holds cifar-10-batches-py/ (or is it)")
     common.add_argument("--out", default="cifar_out", help="where the runs go (default cifar_out)")
+    common.add_argument("--config", help="a config file or a shipped config's name (default: "
+                                          "repro.cifar.train.CifarConfig's values)")
     common.add_argument("--download", action="store_true", help="fetch CIFAR-10 into --root first")
     common.add_argument("--generate", metavar="N_TRAIN,N_TEST",
                         help="first write a generated stand-in of that many images under --root")
-    common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    common.add_argument("--batch-size", type=count, default=128)
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--wandb", default="disabled", choices=("online", "offline", "disabled"))
-    common.add_argument("--project", default=Logging.project, help="the W&B project")
-    common.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "off"))
+    common.add_argument("overrides", nargs="*", help="section.key=value")
     p = argparse.ArgumentParser(prog="python -m repro.cifar", description=__doc__.split("\n\n")[0])
     commands = p.add_subparsers(dest="command", required=True)
     fig = commands.add_parser("figure1", parents=[common], help="Figure 1: ReLU vs tanh")
@@ -198,25 +211,29 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    stop = preempt.StopFlag()       # a stop signal ends the run in progress with a checkpoint
     cli = parser()
     args = cli.parse_args(argv)
-    if not args.batch_size or args.epochs == 0 or getattr(args, "sweep_epochs", 1) == 0:
-        cli.error("--batch-size, --epochs and --sweep-epochs must be at least 1")
-    logging = Logging(args.wandb, args.project, args.progress)
-    common_kw = dict(device=args.device, batch_size=args.batch_size, seed=args.seed, logging=logging)
+    if args.epochs == 0 or getattr(args, "sweep_epochs", 1) == 0:
+        cli.error("--epochs and --sweep-epochs must be at least 1")
     try:
-        prepare(args, cli)
+        base = load_config(args.config, args.overrides, schema=CifarConfig)
+        prepare(args, cli, base.train.seed)
         if args.command == "figure1":
             scales = parse_counts(args.lr_scales, float, cli, "--lr-scales")
-            figure1(args.root, args.out, lr_scales=scales, sweep_epochs=args.sweep_epochs,
-                    epochs=args.epochs, full=args.full, **common_kw)
+            figure1(args.root, args.out, base, stop, lr_scales=scales,
+                    sweep_epochs=args.sweep_epochs, epochs=args.epochs, full=args.full)
         else:
-            lrn(args.root, args.out, net=args.net, epochs=args.epochs,
-                drop_epochs=args.drop_epochs, **common_kw)
-    except CifarDataError as e:
-        raise SystemExit(f"error: {e}") from None
+            lrn(args.root, args.out, base, stop, net=args.net, epochs=args.epochs,
+                drop_epochs=args.drop_epochs)
+    except (CifarDataError, ConfigError, CheckpointError, RunLocked, exits.Refused) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exits.EXIT_BAD_INPUT
     except NonFiniteLoss as e:
-        raise SystemExit(f"error: training diverged ({e})") from None
+        print(f"error: training diverged ({e})", file=sys.stderr)
+        return 3
+    except SystemExit as e:          # a run stopped by a signal: its status (75, 130)
+        return e.code
     return 0
 
 
@@ -230,15 +247,12 @@ def parse_counts(text: str, kind, parser, flag: str) -> list:
     return values
 
 
-def prepare(args, parser) -> None:
+def prepare(args, parser, seed: int) -> None:
     """--generate or --download, before anything trains."""
     if args.generate:
         counts = parse_counts(args.generate, int, parser, "--generate")
         if len(counts) != 2:
             parser.error(f"--generate takes N_TRAIN,N_TEST (two counts), got {args.generate!r}")
-        generate(args.root, *counts, seed=args.seed)
+        generate(args.root, *counts, seed=seed)
     if args.download:
         download(args.root)
-
-
-

@@ -1,205 +1,257 @@
 """One training run of a CIFAR-10 net (repro.cifar.nets) the way cuda-convnet trained it,
-with this project's pieces: the paper's update rule (repro.optim.PaperSGD, one group per
-weight and bias with the params file's rates), its train step (repro.train.train_step),
-checkpoints (repro.checkpoint, at every epoch's end: running the same run again resumes
-it, or only re-tests it when it is done) and records (repro.tracking: RUN_DIR/metrics.jsonl,
-W&B when asked).
+as a task of the project's one training loop (repro.train: run dir and lock, checkpoints,
+exact resume, stop signals, exit statuses, metrics.jsonl and W&B).
 
-The training error is what cuda-convnet printed and the paper's Figure 1 plots: the error
-on the training batches as they are trained, `points_per_epoch` points an epoch (cuda-
-convnet printed one per 10,000-image batch file: 5). Randomness (order, crops, mirrors)
-is drawn from (seed, epoch), so a resumed run continues as if never stopped.
+cuda-convnet's recipe: the training batches in their fixed file order (data_batch_1..5,
+each in file order; repro.cifar.data.file_minibatches), random crops and mirrors drawn
+from (seed, epoch, step), the paper's update rule (repro.optim.PaperSGD) with one group
+per weight and bias at the params file's rates, and its schedule: `schedule.phases`
+epochs at those rates, each later phase's weight rates (epsW) /10 again, the biases' rate
+(epsB) kept. The training error is what cuda-convnet printed and the paper's Figure 1
+plots: the error on the training batches as they are trained, `data.points_per_epoch`
+points an epoch (cuda-convnet printed one per 10,000-image batch file: 5).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+import yaml
 
-from data_prep import interactive
-from repro import checkpoint
+import repro.train as loop
+from repro import preempt
 from repro.augment import step_generator
-from repro.cifar.data import Cifar10, DeviceImages, mean_image
+from repro.cifar.data import Cifar10, DeviceImages, file_minibatches, mean_image
 from repro.cifar.nets import NETS, CifarNet, param_groups
+from repro.config import CheckpointConfig, ConfigError, LoggingConfig
+from repro.exits import Refused
 from repro.optim import PaperSGD
+from repro.placement import Placed
 from repro.precision import autocast_for
-from repro.tracking import Tracker
-from repro.step import NonFiniteLoss, set_determinism, train_step
+from repro.step import NonFiniteLoss
+from repro.tracking import read_metrics
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """What one run is; a run directory holds one, and refuses another on resume."""
-    net: str                        # a key of repro.cifar.nets.NETS
+@dataclass
+class NetConfig:
+    name: str = "80sec"             # a key of repro.cifar.nets.NETS
     neuron: str = "relu"            # relu | tanh (Figure 1)
     lrn: bool = True                # False: the net without its rnorm layers
+
+
+@dataclass
+class OptimConfig:
     lr_scale: float = 1.0           # times every epsW, epsB of the params file
-    schedule: tuple = (1,)          # epochs at the files' rates, then each /10 for the next
     regularise: bool = True         # False: no weight decay (Figure 1: "no regularization")
+
+
+@dataclass
+class ScheduleConfig:
+    phases: list[int] = field(default_factory=lambda: [1])  # epochs at the files' rates, then /10 ...
+
+
+@dataclass
+class DataConfig:
     batch_size: int = 128           # cuda-convnet's --mini default
+    points_per_epoch: int = 5       # training-error points an epoch (one per batch file)
+
+
+@dataclass
+class TrainConfig:
     seed: int = 0
-    points_per_epoch: int = 5
-    stop_below: float = 0.0         # stop after the epoch whose training error reaches it (%)
+    device: str = "auto"            # auto | cpu | cuda
+    deterministic: bool = False
+    stop_below: float = 0.0         # finish after the epoch whose training error reaches it (%)
+    test: bool = True               # test error (centre + multiview) after the last epoch
 
 
-@dataclass(frozen=True)
-class Logging:
-    wandb: str = "disabled"         # online | offline | disabled
-    project: str = "alexnet-repro-cifar"
-    progress: str = "auto"          # auto | bar | lines | off
+@dataclass
+class CifarConfig:
+    net: NetConfig = field(default_factory=NetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(keep_last=1))
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(
+        wandb="disabled", project="alexnet-repro-cifar"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self, where: str) -> None:
+        choices = {"net.name": tuple(NETS), "net.neuron": ("relu", "tanh"),
+                   "train.device": ("auto", "cpu", "cuda"),
+                   "logging.wandb": ("online", "offline", "disabled"),
+                   "logging.progress": ("auto", "bar", "lines", "off")}
+        for key, options in choices.items():
+            section, name = key.split(".")
+            if getattr(getattr(self, section), name) not in options:
+                raise ConfigError(f"{where}: {key} must be one of {', '.join(options)}")
+        if not (self.optim.lr_scale > 0 and self.data.batch_size > 0
+                and self.data.points_per_epoch > 0 and self.schedule.phases
+                and self.schedule.phases[0] > 0 and min(self.schedule.phases) >= 0):
+            raise ConfigError(f"{where}: optim.lr_scale, data.batch_size, data.points_per_epoch "
+                              f"and schedule.phases[0] must be > 0 (later phases >= 0)")
 
 
-def feeds(data: Cifar10, border: int, device: torch.device) -> tuple[DeviceImages, DeviceImages]:
-    """(train, test) on the device, both fed minus the training set's mean image."""
-    mean = mean_image(data.train_images)
-    return (DeviceImages(data.train_images, data.train_labels, mean, border, device),
-            DeviceImages(data.test_images, data.test_labels, mean, border, device))
-
-
-def lr_factor(schedule: tuple, epoch: int) -> float:
+def lr_factor(phases, epoch: int) -> float:
     """1 in the schedule's first phase, 1/10 in the second, ..."""
-    ends = [sum(schedule[:i + 1]) for i in range(len(schedule))]
-    return 10.0 ** -next((i for i, end in enumerate(ends) if epoch < end), len(schedule) - 1)
+    ends = [sum(phases[:i + 1]) for i in range(len(phases))]
+    return 10.0 ** -next((i for i, end in enumerate(ends) if epoch < end), len(phases) - 1)
 
 
-def reached(curve: list[dict], stop_below: float) -> bool:
-    return stop_below > 0 and any(p["train_err"] <= stop_below for p in curve)
+class PhaseSchedule:
+    """cuda-convnet's: the weights' rates /10 at each phase's start; the biases' kept."""
+
+    def __init__(self, phases: list[int]):
+        self.phases, self.epoch = list(phases), 0
+
+    @property
+    def lr(self) -> float:            # the factor on the params file's weight rates
+        return lr_factor(self.phases, self.epoch)
+
+    def apply(self, optimizer) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * (self.lr if group["lr_drops"] else 1.0)
+
+    def step(self, epoch: int, val_err: float) -> float:
+        self.epoch = epoch + 1
+        return self.lr
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
 
 
-def train_epoch(run: RunSpec, net, optimizer, feed: DeviceImages, epoch: int, bar) -> list[dict]:
-    """One pass over the training images in a random order; the training-error points."""
-    device = feed.labels.device
-    g = step_generator(device, run.seed, epoch)
-    order = torch.randperm(len(feed), generator=g, device=device)
-    steps = math.ceil(len(feed) / run.batch_size)
-    edges = {math.ceil(steps * (k + 1) / run.points_per_epoch) for k in range(run.points_per_epoch)}
-    tally, n, points, since = torch.zeros(2, device=device), 0, [], time.perf_counter()
-    for step in range(steps):
-        x, y = feed.train_batch(order[step * run.batch_size:(step + 1) * run.batch_size], g)
-        loss_sum, correct = train_step(net, optimizer, x, y, world=1, global_n=len(y))
-        tally, n = tally + torch.stack([loss_sum, correct]), n + len(y)
-        bar.update(1)
-        if step + 1 in edges:
-            loss, right = tally.tolist()           # waits for the steps: a few times an epoch
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss} in epoch {epoch + 1}")
-            now = time.perf_counter()
-            points.append({"epoch": epoch + (step + 1) / steps, "train_err": 100 * (1 - right / n),
-                           "loss": loss / n, "images_per_s": n / (now - since)})
-            tally, n, since = torch.zeros(2, device=device), 0, now
-    return points
+class CifarTask:
+    """A CIFAR-10 net on the device-held set (`data`, read once for a whole experiment)."""
+
+    def __init__(self, cfg: CifarConfig, data: Cifar10, provenance: dict, device: torch.device):
+        spec = NETS[cfg.net.name]
+        autocast_for("fp32", device)                # IEEE fp32, as cuda-convnet computed
+        self.cfg, self.device, self.data_path, self.data = cfg, device, data.folder, provenance
+        mean = mean_image(data.train_images)
+        self.feed = DeviceImages(data.train_images, data.train_labels, mean, spec.crop, device,
+                                 spec.test_views)
+        self.test_feed = (DeviceImages(data.test_images, data.test_labels, mean, spec.crop,
+                                       device, spec.test_views) if cfg.train.test else None)
+        self.ranges = file_minibatches(data.train_file_counts, cfg.data.batch_size)
+        net = CifarNet(spec, cfg.net.neuron, cfg.net.lrn, seed=cfg.train.seed).to(device)
+        self.placed = Placed(net, net, "fp32")
+        groups = param_groups(net, cfg.optim.lr_scale, cfg.optim.regularise)
+        self.optimizer = PaperSGD(groups, lr=groups[0]["lr"], momentum=0.9, weight_decay=0.0)
+        self.schedule = PhaseSchedule(cfg.schedule.phases)
+        self.epochs, self.batch_size = sum(cfg.schedule.phases), cfg.data.batch_size
+        self.log_every = max(1, math.ceil(len(self.ranges) / cfg.data.points_per_epoch))
+        self.val_name = "test"            # what the val records measure
+        self.stream = {"seed": cfg.train.seed, "batch_size": cfg.data.batch_size}
+
+    def epoch_steps(self, epoch: int) -> int:
+        return len(self.ranges)
+
+    def batches(self, epoch: int, skip: int):
+        for step in range(skip, len(self.ranges)):
+            a, b = self.ranges[step]
+            g = step_generator(self.device, self.cfg.train.seed, epoch, step)
+            x, y = self.feed.train_batch(torch.arange(a, b, device=self.device), g)
+            yield x, y, b - a
+
+    def validate(self, epoch: int, stop: preempt.StopFlag) -> dict | None:
+        """The test error after the last epoch (cuda-convnet's --multiview-test), else nothing."""
+        if self.test_feed is None or epoch + 1 < self.epochs:
+            return {}
+        return test_error(self.placed.net, self.test_feed)
+
+    def state(self) -> dict:
+        return {}
+
+    def check_resume(self, state: dict, ckpt_path: Path) -> None:
+        if state["data"] != self.data:
+            raise Refused(f"{ckpt_path} was trained on other CIFAR-10 files than those in "
+                          f"{self.data_path}; resume on those")
+
+    def describe(self) -> list[str]:
+        c = self.cfg
+        return [f"  net: {c.net.name}, {c.net.neuron}, LRN {c.net.lrn}, rates x{c.optim.lr_scale:g}"
+                f"{'' if c.optim.regularise else ', no weight decay'}; IEEE fp32",
+                f"  data: {self.data_path}: {self.data['data']} CIFAR-10, {len(self.feed)} train "
+                f"images in file order"]
+
+    def epoch_line(self, run, val: dict) -> str:
+        t = run.epoch_train or {}
+        text = (f"{run.run_dir.name} epoch {run.pos.epoch}/{self.epochs}: training error "
+                f"{t.get('top1_err', math.nan):.2f}% loss {t.get('loss', math.nan):.4f} lr "
+                f"x{val['lr']:g}, {t.get('images_per_s', math.nan):.0f} img/s")
+        return text + (f"; test error {val['top1_err']:.2f}%" if "top1_err" in val else "")
+
+    def done(self, run) -> bool:
+        stop_below = self.cfg.train.stop_below
+        return stop_below > 0 and any(p["train_err"] <= stop_below for p in curve(run.run_dir))
+
+    def next_steps(self, ckpt: Path) -> list[str]:
+        return []
 
 
 @torch.no_grad()
 def test_error(net, feed: DeviceImages, batch: int = 1000) -> dict:
     """Error (%) on the centre crop and, for the cropped nets, on the mean softmax of the
-    9 views (cuda-convnet's --multiview-test, how its 11% and 13% were measured)."""
+    feed's test views (cuda-convnet's --multiview-test, how its 11% and 13% were measured)."""
     net.eval()
-    wrong = {"centre": 0, "9view": 0}
+    wrong = {"centre": 0, "multiview": 0}
     for start in range(0, len(feed), batch):
         index = torch.arange(start, min(start + batch, len(feed)), device=feed.labels.device)
         labels = feed.labels[index]
-        centre = net(feed.views(index, multiview=False)[0])
-        wrong["centre"] += (centre.argmax(1) != labels).sum().item()
+        wrong["centre"] += (net(feed.views(index, multiview=False)[0]).argmax(1) != labels).sum().item()
         if feed.border:
             probs = sum(net(v).softmax(1) for v in feed.views(index, multiview=True))
-            wrong["9view"] += (probs.argmax(1) != labels).sum().item()
+            wrong["multiview"] += (probs.argmax(1) != labels).sum().item()
     net.train()
-    out = {"test_err_centre": 100 * wrong["centre"] / len(feed)}
+    out = {"test_err_centre": 100 * wrong["centre"] / len(feed), "n": len(feed)}
     if feed.border:
-        out["test_err_9view"] = 100 * wrong["9view"] / len(feed)
-    out["test_err"] = out.get("test_err_9view", out["test_err_centre"])
+        out["test_err_multiview"] = 100 * wrong["multiview"] / len(feed)
+    out["top1_err"] = out.get("test_err_multiview", out["test_err_centre"])
     return out
 
 
-@dataclass
-class Progress:
-    """Where a run is: what its checkpoints record."""
-    epoch: int = 0                  # epochs done
-    global_step: int = 0
-    curve: list = field(default_factory=list)
+def curve(run_dir: Path) -> list[dict]:
+    """The training-error points: the train records at the log interval (not those a stop
+    or a process's first step added), as (epochs, train_err, loss)."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return []
+    return [{"epoch": r["epochs"], "train_err": r["top1_err"], "loss": r["loss"],
+             "images_per_s": r["images_per_s"]}
+            for r in read_metrics(run_dir) if r["event"] == "train" and r.get("scheduled")]
 
 
-def resume(out: Path, run: RunSpec, net, optimizer) -> Progress:
-    """Progress from out's newest checkpoint (loaded into net and optimizer), if any."""
-    path, state = checkpoint.load_latest(out, map_location=next(net.parameters()).device)
-    if path is None:
-        return Progress()
-    if state.get("run") != asdict(run):
-        raise SystemExit(f"{path} belongs to another run ({state.get('run')}, not {asdict(run)}); "
-                         f"delete {out} or choose another --out")
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return Progress(state["epoch"], state["global_step"], state["curve"])
-
-
-def progress_mode(logging: Logging) -> str:
-    mode = logging.progress
-    return ("bar" if interactive() else "lines") if mode == "auto" else mode
-
-
-def train_run(run: RunSpec, train_feed: DeviceImages, test_feed: DeviceImages | None,
-              out: str | Path, logging: Logging = Logging()) -> dict:
-    """Train (or resume, or only re-test when done) the run in `out`: its curve, test
-    errors (when test_feed is given) and seconds per epoch (of the epochs run now)."""
-    out, device = Path(out), train_feed.labels.device
-    autocast_for("fp32", device)                    # IEEE fp32, as cuda-convnet computed
-    set_determinism(False)                          # cuDNN picks its fastest kernels
-    net = CifarNet(NETS[run.net], run.neuron, run.lrn, seed=run.seed).to(device)
-    groups = param_groups(net, run.lr_scale, run.regularise)
-    optimizer = PaperSGD(groups, lr=groups[0]["lr"], momentum=0.9, weight_decay=0.0)
-    with checkpoint.lock_run(out):
-        progress = resume(out, run, net, optimizer)
-        tracker = Tracker(out, asdict(run), logging.wandb, logging.project)
-        tracker.log({"event": "cifar_run", "net": run.net, "device": str(device),
-                     "train_images": len(train_feed), "resumed_at_epoch": progress.epoch})
-        seconds = train_epochs(run, net, optimizer, train_feed, out, tracker,
-                               progress_mode(logging), progress)
-        result = {"run": asdict(run), "curve": progress.curve, "epochs": progress.epoch,
-                  "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
-        if test_feed is not None:
-            result |= test_error(net, test_feed)
-            tracker.log({"event": "val", "split": "test", "epoch": progress.epoch,
-                         **{k: v for k, v in result.items() if k.startswith("test_err")}},
-                        step=progress.global_step)
-        tracker.log({"event": "done", "epoch": progress.epoch,
-                     "seconds_per_epoch": result["seconds_per_epoch"]})
-        tracker.finish(0)
-    return result
-
-
-def train_epochs(run: RunSpec, net, optimizer, feed: DeviceImages, out: Path, tracker: Tracker,
-                 mode: str, progress: Progress) -> list[float]:
-    """The run's remaining epochs, each checkpointed and logged; their seconds."""
-    total, seconds = sum(run.schedule), []
-    steps = math.ceil(len(feed) / run.batch_size)
-    while progress.epoch < total and not reached(progress.curve, run.stop_below):
-        factor = lr_factor(run.schedule, progress.epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
-        t0 = time.perf_counter()
-        with tqdm(total=steps, disable=mode != "bar", leave=False,
-                  desc=f"{out.name} epoch {progress.epoch + 1}") as bar:
-            points = train_epoch(run, net, optimizer, feed, progress.epoch, bar)
-        seconds.append(time.perf_counter() - t0)
-        progress.epoch, progress.global_step = progress.epoch + 1, progress.global_step + steps
-        progress.curve += points
-        checkpoint.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": list(run.schedule), "epoch": progress.epoch, "step": 0,
-                         "global_step": progress.global_step, "run": asdict(run),
-                         "curve": progress.curve}, out / "checkpoints", keep_last=1, is_best=False)
-        for p in points:
-            tracker.log({"event": "train", **p, "lr_factor": factor})
-        record = {"event": "epoch", "epoch": progress.epoch, "train_err": points[-1]["train_err"],
-                  "loss": sum(p["loss"] for p in points) / len(points), "lr_factor": factor,
-                  "seconds": seconds[-1], "images_per_s": len(feed) / seconds[-1]}
-        tracker.log(record, step=progress.global_step)
-        if mode != "off":
-            print(f"{out.name} epoch {progress.epoch}/{total}: training error "
-                  f"{record['train_err']:.2f}% loss {record['loss']:.4f} lr x{factor:g}, "
-                  f"{seconds[-1]:.1f} s ({record['images_per_s']:.0f} img/s)", flush=True)
-    return seconds
+def train_run(cfg: CifarConfig, data: Cifar10, provenance: dict, out: str | Path,
+              stop: preempt.StopFlag | None = None) -> dict:
+    """Train (or resume, or only report when done) the run in `out`: its curve, the
+    test errors (when tested), epochs and seconds per epoch."""
+    # Each run installs its own handlers (a finished run ignores late signals); one that
+    # came before (while the data loaded, or to the caller's flag) counts.
+    run_stop = preempt.StopFlag()
+    run_stop.signum = stop.signum if stop else None
+    status = loop.train(lambda dist, device: CifarTask(cfg, data, provenance, device), cfg, out,
+                        stop=run_stop)
+    if status == loop.EXIT_NONFINITE:
+        raise NonFiniteLoss(f"{out}: the loss became non-finite")
+    if status:
+        raise SystemExit(status)         # stopped by a signal: the experiment stops with it
+    records = read_metrics(Path(out))
+    vals = [r for r in records if r["event"] == "val" and "train_images" in r]
+    seconds = [r["train_images"] / r["train_images_per_s"] for r in vals]
+    tested = next((r for r in reversed(records) if r["event"] == "val" and "top1_err" in r), {})
+    return {"config": cfg.to_dict(), "curve": curve(Path(out)),
+            "epochs": max((r["epoch"] for r in records if r["event"] == "val"), default=0),
+            "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+            **{k: v for k, v in tested.items() if k.startswith("test_err")},
+            **({"test_err": tested["top1_err"]} if tested else {})}
