@@ -137,29 +137,50 @@ class ImageNetTask:
         return [f"evaluate it with ten crops: repro eval --checkpoint {ckpt} --data "
                 f"{self.data_dir} --ten-crop"]
 
-    def init_from(self, path: Path) -> dict:
-        """The paper's fine-tuning step (section 6): every layer whose weights have the same
-        shape here is copied from `path`; the rest (fc8 when the class count differs, a new
-        conv6) keep their fresh initialisation. Returns and prints which were which."""
-        source = checkpoint.load(path, keys=("model",))["model"]
-        model = self.placed.model
-        state = model.state_dict()
-        loaded = [k for k, v in state.items() if k in source and source[k].shape == v.shape]
-        state.update({k: source[k] for k in loaded})
-        model.load_state_dict(state)
+    def plan_init(self, path: Path) -> None:
+        """Fine-tuning (section 6), checked before anything is written: which layers of the
+        checkpoint at `path` this run starts from. A layer is copied when its weights have
+        the same shape here, and fc8 (the classifier) only when both were trained on the
+        same class list (same WNIDs, same order), not merely as many classes. Refused
+        unless every conv layer both nets have is copied."""
+        if path.is_dir():
+            raise Refused(f"--init-from {path} is a directory; give a checkpoint file, "
+                          f"e.g. {path / 'checkpoints' / 'best.pt'}")
+        source = checkpoint.load(path, keys=("model",))
+        state = self.placed.model.state_dict()
+        same_classes = source.get("classes") == self.classes
+        fits = [k for k, v in state.items() if k in source["model"]
+                and source["model"][k].shape == v.shape and (same_classes or not k.startswith("fc8."))]
+        copied = [n for n in _layers(state) if all(k in fits for k in state if k.startswith(n + "."))]
+        convs = [n for n in _layers(state) if n.startswith("conv") and n in _layers(source["model"])]
+        if not convs or not set(convs) <= set(copied):
+            unfit = [n for n in convs if n not in copied] or ["it has none of them"]
+            raise Refused(f"--init-from {path}: its conv layers do not fit this model "
+                          f"({', '.join(unfit)}); {', '.join(copied) or 'no layer'} would be "
+                          f"copied; fine-tuning needs at least the conv layers")
+        self.init = {"event": "init_from", "checkpoint": str(path), "copied": copied,
+                     "initialised": [n for n in _layers(state) if n not in copied],
+                     "unused": [n for n in _layers(source["model"]) if n not in copied],
+                     "same_classes": same_classes, "source_data": source.get("data"),
+                     "normalised_with": "these shards' stats.npz (mean image and PCA)"}
+        self.init_weights = {k: source["model"][k] for k in fits}
 
-        def layers(keys):
-            return sorted({k.rsplit(".", 1)[0] for k in keys})
-        copied = [n for n in layers(state) if all(k in loaded for k in state if k.startswith(n + "."))]
-        fresh = [n for n in layers(state) if n not in copied]
-        unused = [n for n in layers(source) if n not in copied]
+    def init_from(self) -> dict:
+        """Copy the planned layers into a new run's model; print and return the record."""
+        state = self.placed.model.state_dict()
+        self.placed.model.load_state_dict(state | self.init_weights)
+        r = self.init
         if self.dist.is_main:
-            print(f"init from {path}: {', '.join(copied) or 'no layer'} copied; "
-                  f"{', '.join(fresh) or 'no layer'} freshly initialised; "
-                  f"{', '.join(unused) or 'no layer'} of it unused", flush=True)
-        return {"event": "init_from", "checkpoint": str(path), "copied": copied,
-                "initialised": fresh, "unused": unused}
+            print(f"init from {r['checkpoint']}: {', '.join(r['copied'])} copied; "
+                  f"{', '.join(r['initialised']) or 'no layer'} freshly initialised"
+                  f"{'' if r['same_classes'] else ' (another class list: fc8 is not copied)'}; "
+                  f"{', '.join(r['unused']) or 'no layer'} of it unused; inputs normalised with "
+                  f"{self.data_dir}'s mean image and PCA, not the source's", flush=True)
+        return r
 
+
+def _layers(keys) -> list[str]:
+    return sorted({k.rsplit(".", 1)[0] for k in keys})
 
 def train_plan(cfg: Config, shards: list[Shard], epoch: int, dist: DistContext = DistContext(),
                skip: int = 0) -> EpochPlan:
@@ -216,8 +237,11 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
     (fine-tuning, section 6). allow_other_shards: resume on shards whose manifest or
     stats.npz differ from the checkpoint's."""
     def make(dist, device):
-        return ImageNetTask(cfg, data_dir, dist, device, allow_other_shards)
+        task = ImageNetTask(cfg, data_dir, dist, device, allow_other_shards)
+        if init_from and checkpoint.latest(Path(run_dir)) is None:   # a resume ignores it
+            task.plan_init(Path(init_from))
+        return task
 
     def events(run):
-        return [run.task.init_from(Path(init_from))] if init_from else []
+        return [run.task.init_from()] if hasattr(run.task, "init") else []
     return loop.train(make, cfg, run_dir, stop=stop, events=events)

@@ -1,7 +1,9 @@
 """`repro predict --checkpoint C IMAGE...`: the paper's test-time procedure on your own
 images: shorter side to 256, the centre 256x256 (exactly as data_prep builds the
 shards), the ten 227 crops with the mean image subtracted, softmax averaged; the five
-most probable classes by name.
+most probable classes by name. The 256x256 pixels go to the net as decoded: the shards'
+JPEG re-encode (quality 95) is skipped, so a shard image and the same file given here
+differ by that one lossy step.
 
 The mean image and the class names come from the shards the checkpoint was trained on:
 `--data SHARDS`, or the run's own shards when the checkpoint sits in a run directory.

@@ -22,10 +22,12 @@ def class_image(rng: np.random.Generator, label: int, classes: int) -> np.ndarra
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_shards(out: Path, classes=4, train=40, val=12, shard_size=10, seed=0, test=0) -> Path:
+def write_shards(out: Path, classes=4, train=40, val=12, shard_size=10, seed=0, test=0,
+                 first_wnid=0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    manifest = {"format_version": 1, "classes": [f"n{i:08d}" for i in range(classes)], "splits": {}}
+    manifest = {"format_version": 1, "splits": {},
+                "classes": [f"n{i:08d}" for i in range(first_wnid, first_wnid + classes)]}
     pixels = []
     for split, n in (("train", train), ("val", val), ("test", test)):
         if not n:

@@ -416,39 +416,6 @@ def test_a_second_trainer_on_the_same_run_dir_is_refused(shards, tmp_path):
     assert train(cfg, shards, run) == 0  # its own lock was let go when train returned
 
 
-def test_init_from_copies_what_fits_and_initialises_the_classifier(uninterrupted, tmp_path):
-    """The paper's fine-tuning (section 6): a new run on 3 classes from a 4-class run's
-    checkpoint starts with its conv and hidden layers, and fc8 as the paper initialises
-    it (the same draw as a fresh model of this config: N(0, 0.01), bias 0)."""
-    import contextlib
-
-    from repro.imagenet import ImageNetTask
-    from repro.train import setup_run
-
-    source_path = uninterrupted / "checkpoints" / "last.pt"
-    source = load(source_path)["model"]
-    other = write_shards(tmp_path / "three", classes=3, train=12, val=6, shard_size=6)
-    cfg = load_config(SMOKE, FAST + ["model.num_classes=3", "data.workers=1"])
-    from repro.preempt import StopFlag
-
-    with contextlib.ExitStack() as stack:
-        stop = StopFlag()
-        stack.callback(stop.close)
-        run = setup_run(lambda dist, device: ImageNetTask(cfg, other, dist, device), cfg,
-                        tmp_path / "ft", stack, stop, events=lambda run: [run.task.init_from(source_path)])
-        run.tracker.finish(0)
-    state = run.task.placed.model.state_dict()
-    for key in state:
-        if not key.startswith("fc8."):
-            assert torch.equal(state[key], source[key]), key
-    fresh = build_model(model_kwargs(cfg)).state_dict()
-    assert torch.equal(state["fc8.weight"], fresh["fc8.weight"]) and not state["fc8.bias"].any()
-    assert abs(state["fc8.weight"].std().item() - 0.01) < 0.001
-    record = next(r for r in read_metrics(tmp_path / "ft") if r["event"] == "init_from")
-    assert (record["initialised"], record["unused"]) == (["fc8"], ["fc8"])
-    assert len(record["copied"]) == 7 and record["checkpoint"] == str(source_path)
-
-
 def test_the_run_says_what_it_is_how_far_and_where_its_best_checkpoint_is(shards, tmp_path,
                                                                            capsys):
     """The banner (once), the first step's line at once with log_every 50 (then on the
