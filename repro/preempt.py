@@ -30,7 +30,13 @@ class StopFlag:
 
     def __init__(self):
         self.signum: int | None = None       # the first stop signal received
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        self.install()
+
+    def install(self) -> None:
+        """(Again:) the flag takes the stop signals, e.g. for the next of several runs in
+        one process, after the last one finished and ignored late ones."""
+        previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        self.__dict__.setdefault("_previous", previous)     # what close() gives Ctrl-C back to
 
     def _handle(self, signum, frame):
         if self.signum is None:

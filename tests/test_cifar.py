@@ -63,3 +63,54 @@ def test_lrn_short_run_tests_both_nets_beside_the_paper(tmp_path, capsys):
     assert cifar.main(["lrn", "--root", str(root), "--out", str(out), "--epochs", "2",
                        "--drop-epochs", "0", *FAST]) == 2
     assert "belongs to a run with other settings" in capsys.readouterr().err
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
+    """Stopped (as by SIGTERM) mid-epoch and again later: the experiment stops with 75
+    each time, and the same call finishes with the weights and test errors of a run
+    never stopped (crops drawn from seed, epoch and step; the order is the files')."""
+    from repro.cifar.data import generate, load, provenance
+    from repro.cifar.train import CifarConfig, train_run
+    from repro.cifar.experiments import variant
+    from stops import StopAfter
+
+    torch.set_num_threads(1)
+    root = tmp_path / "data"
+    generate(root, 40, 10, seed=0)
+    data, prov = load(root), provenance(root)
+    cfg = variant(CifarConfig(), net__name="11pct", schedule__phases=[2, 1], data__batch_size=8,
+                  train__device="cpu", logging__progress="off")
+    whole = train_run(cfg, data, prov, tmp_path / "whole")
+    for reads in (4, 7):
+        with pytest.raises(SystemExit) as e:
+            train_run(cfg, data, prov, tmp_path / "parts", StopAfter(reads))
+        assert e.value.code == 75
+    parts = train_run(cfg, data, prov, tmp_path / "parts")
+    def points(curve):
+        return [(p["epoch"], p["train_err"], p["loss"]) for p in curve]
+    assert parts["test_err"] == whole["test_err"] and points(parts["curve"]) == points(whole["curve"])
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=False)["model"]
+            for d in ("whole", "parts"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_exits_75_and_the_same_command_finishes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root, out = tmp_path / "data", tmp_path / "out"
+    cmd = [sys.executable, "-m", "repro.cifar", "figure1", "--root", str(root), "--out", str(out),
+           "--lr-scales", "1", "--epochs", "2", "--full", "train.device=cpu",
+           "logging.progress=lines", "data.batch_size=8"]
+    proc = subprocess.Popen([*cmd, "--generate", "400,10"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not proc.stdout.readline().startswith("epoch 1 step 1/"):     # the first step's line
+        assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    printed, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    assert "stop requested: checkpoint written at epoch 1 step " in printed
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resuming " in again.stdout and (out / "figure1" / "figure1.png").is_file()

@@ -236,12 +236,10 @@ def train_run(cfg: CifarConfig, data: Cifar10, provenance: dict, out: str | Path
               stop: preempt.StopFlag | None = None) -> dict:
     """Train (or resume, or only report when done) the run in `out`: its curve, the
     test errors (when tested), epochs and seconds per epoch."""
-    # Each run installs its own handlers (a finished run ignores late signals); one that
-    # came before (while the data loaded, or to the caller's flag) counts.
-    run_stop = preempt.StopFlag()
-    run_stop.signum = stop.signum if stop else None
+    if stop is not None:
+        stop.install()               # the run before this one ignored late signals when it ended
     status = loop.train(lambda dist, device: CifarTask(cfg, data, provenance, device), cfg, out,
-                        stop=run_stop)
+                        stop=stop)
     if status == loop.EXIT_NONFINITE:
         raise NonFiniteLoss(f"{out}: the loss became non-finite")
     if status:
