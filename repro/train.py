@@ -34,7 +34,8 @@ from data_prep.manifest import STATS
 from repro import checkpoint, distributed, preempt
 from repro.augment import Normalizer, derived_seed, step_generator
 from repro.config import Config, ConfigError, resume_changes
-from repro.data.loader import device_images, device_loader, empty_batch
+from repro.data.batch import empty_batch
+from repro.data.loader import device_loader
 from repro.data.order import EpochPlan, in_order
 from repro.data.shards import Shard, data_fingerprint, read_manifest, split_shards
 from repro.distributed import DistContext, pick_device
@@ -373,12 +374,10 @@ def train_one_epoch(run: Run) -> bool:
 def sgd_step(run: Run, plan: EpochPlan, batch, step: int, autocast):
     """Step `step` of the epoch on this rank's batch (None: its slice ran out)."""
     cfg, dist, device = run.cfg, run.dist, run.device
-    images, labels, ys, xs, flips = batch or empty_batch(cfg.data.crop_size)
-    images = device_images(images, ys, xs, flips, plan, device)
-    labels = labels.to(device, non_blocking=True)
     keys = (cfg.train.seed, run.pos.epoch, step, dist.rank)
     torch.manual_seed(derived_seed(*keys))                      # the dropout masks
-    x = run.normalizer(images, ys, xs, flips, step_generator(device, *keys))
+    x, labels = run.normalizer.train_input(batch or empty_batch(cfg.data.crop_size),
+                                           step_generator(device, *keys))
     loss_sum, correct = train_step(run.placed.net, run.optimizer, x, labels, dist.world,
                                    plan.global_batch_size(step), autocast)
     return loss_sum, correct, len(labels)
@@ -438,13 +437,11 @@ def validate(net, cfg: Config, shards, normalizer: Normalizer, dist: DistContext
             batch = next(batches, None)
             if batch is None:
                 continue
-            images, labels, ys, xs, flips = batch
-            x = normalizer.eval_input(device_images(images, ys, xs, flips, plan, device),
-                                      cfg.data.crop_size)
+            x = normalizer.eval_input(batch.device_images(device), cfg.data.crop_size)
             with autocast:
                 logits = net(x)
-            c1, c5 = topk_correct(logits.float(), labels.to(device), (1, 5))
-            totals += (c1, c5, len(labels))
+            c1, c5 = topk_correct(logits.float(), batch.labels.to(device), (1, 5))
+            totals += (c1, c5, len(batch.labels))
     finally:
         net.train()
     c1, c5, n = distributed.all_sum(totals.tolist(), dist, device)
