@@ -4,7 +4,8 @@ where each crop is, how it is cut, and the per-pixel work.
 Training (section 4.1): a random 227x227 window of the 256x256 image, mirrored with
 probability 1/2 (`draw_crop`), cut on the host by a loader worker (`cut_on_host`) or on
 the device (`cut`); then on the device, batched, the mean image cut at the same window
-is subtracted and each image gets its PCA colour shift (`Normalizer`). Subtracting the
+is subtracted and each image gets its PCA colour shift (`Normalizer.train_input`, the
+one function a training step feeds its model with). Subtracting the
 mean cut like the crop is the same as subtracting it from the 256x256 image before
 cropping, as the paper describes (section 2).
 
@@ -16,6 +17,7 @@ mean image at each view (`Normalizer.eval_input`, the one function validation,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -60,28 +62,49 @@ def cut_on_host(pixels_hwc: torch.Tensor, y: int, x: int, size: int) -> torch.Te
     return pixels_hwc[y:y + size, x:x + size]
 
 
-def crop_windows(ys, xs, flips, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+class Crops(NamedTuple):
+    """A batch's crops (`draw_crop`'s draws, as tensors): sample i's window is size x size
+    at (ys[i], xs[i]), mirrored where flips[i]. `may_flip` False: the plan mirrors none,
+    so crops cut on the host skip the mirror pass. A NamedTuple, so that the DataLoader
+    pins its tensors."""
+    ys: torch.Tensor
+    xs: torch.Tensor
+    flips: torch.Tensor
+    size: int
+    may_flip: bool = True
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Crops:
+        ys, xs, flips = (t.to(device, non_blocking=non_blocking) for t in self[:3])
+        return self._replace(ys=ys, xs=xs, flips=flips)
+
+    def part(self, start: int, stop: int | None) -> Crops:
+        """The crops of samples [start, stop)."""
+        return self._replace(ys=self.ys[start:stop], xs=self.xs[start:stop],
+                             flips=self.flips[start:stop])
+
+
+def crop_windows(crops: Crops, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices (B, size) of each sample's crop window, the columns
     reversed where the crop is mirrored; index a (.., 256, 256) image with them."""
-    offsets = torch.arange(size, device=device)
-    rows = ys.to(device)[:, None] + offsets
-    mirrored = flips.to(device)[:, None].bool()
-    cols = xs.to(device)[:, None] + torch.where(mirrored, size - 1 - offsets, offsets)
+    offsets = torch.arange(crops.size, device=device)
+    rows = crops.ys.to(device)[:, None] + offsets
+    mirrored = crops.flips.to(device)[:, None].bool()
+    cols = crops.xs.to(device)[:, None] + torch.where(mirrored, crops.size - 1 - offsets, offsets)
     return rows, cols
 
 
-def cut(images: torch.Tensor, ys, xs, flips, size: int) -> torch.Tensor:
-    """uint8 (B,3,H,W) on a device -> each sample's size x size window at (y, x), mirrored
-    where flipped: one gather, into a channels_last (B,3,S,S) batch on that device."""
-    rows, cols = crop_windows(ys, xs, flips, size, images.device)
+def cut(images: torch.Tensor, crops: Crops) -> torch.Tensor:
+    """uint8 (B,3,H,W) on a device -> each sample's window, mirrored where flipped: one
+    gather, into a channels_last (B,3,S,S) batch on that device."""
+    rows, cols = crop_windows(crops, images.device)
     batch = torch.arange(len(images), device=images.device)[:, None, None]
     return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def mirror(crops: torch.Tensor, flips) -> torch.Tensor:
+def mirror(images: torch.Tensor, crops: Crops) -> torch.Tensor:
     """Crops cut on the host (unmirrored) -> mirrored where flipped."""
-    zeros = torch.zeros(len(crops), dtype=torch.long)
-    return cut(crops, zeros, zeros, flips, crops.shape[-1])
+    zeros = torch.zeros(len(images), dtype=torch.long)
+    return cut(images, Crops(zeros, zeros, crops.flips, images.shape[-1]))
 
 
 def _mean_at(mean_image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -130,12 +153,23 @@ class Normalizer:
         alpha = torch.randn(n, 3, generator=generator, device=self.device) * self.cfg.pca_std
         return alpha @ self.pca_basis.T
 
-    def __call__(self, images: torch.Tensor, ys, xs, flips,
+    def train_input(self, batch, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training, section 4.1: a loader batch (repro.data.batch) -> (model input, labels)
+        on the device, in the order the paper gives it."""
+        # uint8 on the device (JPEG bytes decoded there), cut and mirrored at the batch's crops
+        images = batch.device_images(self.device)
+        # minus the mean image at each crop, + PCA noise, in the model's dtype and layout
+        x = self(images, batch.crops, generator)
+        return x, batch.labels.to(self.device, non_blocking=True)
+
+    def __call__(self, images: torch.Tensor, crops: Crops,
                  generator: torch.Generator | None) -> torch.Tensor:
-        """Training: uint8 crops (B,3,S,S) cut at (ys, xs, flips) -> model input in 0-255
-        units minus the mean image (+ PCA noise when a generator is given)."""
+        """uint8 crops (B,3,S,S) cut at `crops` -> model input in 0-255 units minus the mean
+        image at the same windows (+ PCA noise when a generator is given), in the model's
+        dtype and memory format."""
         images = images.to(self.device, non_blocking=True)
-        rows, cols = crop_windows(ys, xs, flips, images.shape[-1], self.device)
+        rows, cols = crop_windows(crops, self.device)
         noise = (self.pca_noise(len(images), generator)
                  if generator is not None and self.cfg.pca_std > 0 else None)
         return self._normalize(images, rows, cols, self.mean_image, noise, self.dtype,

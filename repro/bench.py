@@ -25,7 +25,7 @@ from data_prep.atomic import write_json
 from data_prep.manifest import STATS
 from repro.augment import step_generator
 from repro.config import load_config, model_kwargs, packaged_config
-from repro.data.loader import device_images, device_loader, loader
+from repro.data.loader import device_loader, loader
 from repro.data.order import in_order
 from repro.data.shards import read_manifest, split_shards
 from repro.distributed import pick_device
@@ -144,9 +144,8 @@ def bench_loader(cfg, shards, device, batches: int) -> dict:
     plan = train_plan(cfg, shards, 0)
 
     def step(i, batch):
-        images, labels, ys, xs, flips = batch
-        device_images(images, ys, xs, flips, plan, device)
-        return len(labels)
+        batch.device_images(device)
+        return len(batch.labels)
     return {"images_per_s": throughput(device_loader(plan, device), step, 5, batches, device)}
 
 
@@ -157,11 +156,8 @@ def bench_end_to_end(cfg, shards, stats, device, batches) -> dict:
     plan = train_plan(cfg, shards, 0)
 
     def step(i, batch):
-        images, labels, ys, xs, flips = batch
-        images = device_images(images, ys, xs, flips, plan, device)
-        x = norm(images, ys, xs, flips, step_generator(device, 0, 0, i))
-        train_step(placed.net, opt, x, labels.to(device, non_blocking=True), 1, len(labels),
-                   autocast)
+        x, labels = norm.train_input(batch, step_generator(device, 0, 0, i))
+        train_step(placed.net, opt, x, labels, 1, len(labels), autocast)
         return len(labels)
     return {"images_per_s": throughput(device_loader(plan, device), step, 5, batches, device)}
 
@@ -179,10 +175,9 @@ def bench_soak(cfg, shards, stats, device, steps: int) -> dict:
     samples, step, epoch, t = [], 0, 0, time.perf_counter()
     while step < steps:
         plan = train_plan(cfg, shards, epoch)
-        for images, labels, ys, xs, flips in device_loader(plan, device):
-            x = norm(device_images(images, ys, xs, flips, plan, device), ys, xs, flips,
-                     step_generator(device, 0, epoch, step))
-            train_step(placed.net, opt, x, labels.to(device), 1, len(labels))
+        for batch in device_loader(plan, device):
+            x, labels = norm.train_input(batch, step_generator(device, 0, epoch, step))
+            train_step(placed.net, opt, x, labels, 1, len(labels))
             step += 1
             if step % max(1, steps // 10) == 0:
                 samples.append((step, round(rss_mb(), 1)))
@@ -215,8 +210,8 @@ def bench_eval(cfg, shards_dir, stats, device, batches) -> dict:
                     max(1, cfg.data.workers))                        # repro eval's path
 
     def step(i, batch):
-        member.probs(batch[0].to(device, non_blocking=True), ten_crop=True)
-        return len(batch[1])
+        member.probs(batch.device_images(device), ten_crop=True)
+        return len(batch.labels)
     ips = throughput(loader(plan, pin_memory=device.type == "cuda"), step, 2, batches, device,
                      "data.val_batch_size")
     return {"images_per_s": ips, "forward_images_per_s": forward_ips,

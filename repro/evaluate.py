@@ -177,9 +177,9 @@ def evaluate(checkpoints: list[str | Path], data_dir: str | Path, ten_crop: bool
     confusion, top5_hits = torch.zeros(c * c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
     desc = f"eval ({10 if ten_crop else 1} crop{'s' * ten_crop})"
     with Progress(plan.total, desc, "img", progress) as bar:
-        for images, labels, *_ in loader(plan, pin_memory=dev.type == "cuda"):
-            images = images.to(dev, non_blocking=True)
-            probs = ensemble_probs(members, images, ten_crop).cpu()
+        for batch in loader(plan, pin_memory=dev.type == "cuda"):
+            labels = batch.labels
+            probs = ensemble_probs(members, batch.device_images(dev), ten_crop).cpu()
             top5, hits = ranked_hits(probs, labels, 5)
             confusion += torch.bincount(labels * c + top5[:, 0], minlength=c * c)
             top5_hits += torch.bincount(labels[hits.any(1)], minlength=c)

@@ -59,11 +59,12 @@ def save_filters(member: Member, path: Path) -> Path:
 
 @torch.no_grad()
 def fc7(member: Member, images: torch.Tensor) -> torch.Tensor:
-    """The last hidden layer (fc7 after its ReLU) for whole images' centre crops, in eval
-    mode, fed as validation and `repro eval` feed the model (Normalizer.eval_input)."""
+    """The last hidden layer (fc7 after its ReLU) for whole images' centre crops (uint8 on
+    the device), in eval mode, fed as validation and `repro eval` feed the model
+    (Normalizer.eval_input)."""
     out = {}
     hook = member.model.fc7.register_forward_hook(lambda mod, inp, o: out.update(fc7=o))
-    x = member.normalizer.eval_input(images.to(member.normalizer.device), member.cfg.data.crop_size)
+    x = member.normalizer.eval_input(images, member.cfg.data.crop_size)
     try:
         with member.placed.autocast():
             member.model(x)
@@ -81,12 +82,13 @@ def nearest_neighbours(member: Member, data_dir: Path, queries: int, scan: int, 
     cfg, dev = member.cfg, member.normalizer.device
     y, x, _ = eval_views(IMAGE_SIZE, cfg.data.crop_size, ten_crop=False)[0]
 
-    def batches(split, limit, batch, progress="off"):
-        plan = in_order(split_shards(data_dir, split), batch, max(1, cfg.data.workers), limit)
+    def batches(split, limit, size, progress="off"):
+        plan = in_order(split_shards(data_dir, split), size, max(1, cfg.data.workers), limit)
         with Progress(plan.total, "neighbours: training images searched", "img", progress) as bar:
-            for images, labels, *_ in loader(plan):
-                yield images, images[:, :, y:y + cfg.data.crop_size, x:x + cfg.data.crop_size], labels
-                bar.update(len(labels))
+            for batch in loader(plan):
+                centre = batch.images[:, :, y:y + cfg.data.crop_size, x:x + cfg.data.crop_size]
+                yield batch.device_images(dev), centre, batch.labels
+                bar.update(len(batch.labels))
 
     q_whole, q_img, q_lab = next(batches("val", queries, queries))
     q_feat = fc7(member, q_whole)
@@ -112,10 +114,10 @@ def top5_predictions(member: Member, data_dir: Path, count: int = 8, split: str 
     """The first `count` images of `split` (whole), their labels, and the five most
     probable classes of each with their probabilities, by the paper's ten-crop test."""
     plan = in_order(split_shards(data_dir, split), count, 1, count)
-    images, labels, *_ = next(iter(loader(plan)))
-    probs = member.probs(images.to(member.normalizer.device), ten_crop=True).cpu()
+    batch = next(iter(loader(plan)))
+    probs = member.probs(batch.device_images(member.normalizer.device), ten_crop=True).cpu()
     values, indices = probs.topk(min(5, probs.shape[1]), dim=1)
-    return images, labels, values, indices
+    return batch.images, batch.labels, values, indices
 
 
 def save_predictions(member: Member, data_dir: Path, path: Path, count: int = 8) -> Path:

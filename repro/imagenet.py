@@ -20,7 +20,8 @@ from repro import checkpoint, distributed, preempt
 from repro.augment import step_generator
 from repro.config import Config, ConfigError
 from repro.console import val_line
-from repro.data.loader import device_images, device_loader, empty_batch
+from repro.data.batch import empty_batch
+from repro.data.loader import device_loader
 from repro.data.order import EpochPlan, in_order
 from repro.data.shards import Shard, data_fingerprint, read_manifest, split_shards
 from repro.distributed import DistContext
@@ -81,11 +82,10 @@ class ImageNetTask:
         loader = device_loader(plan, device)
         for step in range(skip, epoch_steps(cfg, plan)):
             # None: this rank's slice ran out; it still takes part in the step's all-reduces
-            images, labels, ys, xs, flips = next(loader, None) or empty_batch(cfg.data.crop_size)
-            images = device_images(images, ys, xs, flips, plan, device)
-            x = self.normalizer(images, ys, xs, flips,
-                                step_generator(device, cfg.train.seed, epoch, step, dist.rank))
-            yield x, labels.to(device, non_blocking=True), plan.global_batch_size(step)
+            batch = next(loader, None) or empty_batch(cfg.data.crop_size)
+            x, labels = self.normalizer.train_input(
+                batch, step_generator(device, cfg.train.seed, epoch, step, dist.rank))
+            yield x, labels, plan.global_batch_size(step)
 
     def validate(self, epoch: int, stop: preempt.StopFlag | None = None) -> dict | None:
         return validate(self.placed.net, self.cfg, self.val_shards, self.normalizer, self.dist,
@@ -216,13 +216,11 @@ def validate(net, cfg: Config, shards, normalizer, dist: DistContext, device,
             batch = next(batches, None)
             if batch is None:
                 continue
-            images, labels, ys, xs, flips = batch
-            x = normalizer.eval_input(device_images(images, ys, xs, flips, plan, device),
-                                      cfg.data.crop_size)
+            x = normalizer.eval_input(batch.device_images(device), cfg.data.crop_size)
             with autocast:
                 logits = net(x)
-            c1, c5 = topk_correct(logits.float(), labels.to(device), (1, 5))
-            totals += (c1, c5, len(labels))
+            c1, c5 = topk_correct(logits.float(), batch.labels.to(device), (1, 5))
+            totals += (c1, c5, len(batch.labels))
     finally:
         net.train()
     c1, c5, n = distributed.all_sum(totals.tolist(), dist, device)

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from repro.augment import Normalizer, step_generator
+from repro.augment import Crops, Normalizer, step_generator
 from repro.config import AugmentConfig
+from repro.data.batch import Batch
 
 
 @pytest.fixture
@@ -46,8 +47,26 @@ def test_mean_is_cut_at_the_crop_window_and_mirrored(stats):
     ys, xs, flips = torch.tensor([0, 29, 7]), torch.tensor([29, 0, 11]), torch.tensor([0, 1, 1])
     crops = mean_crops(path, ys, xs, flips, 227)
     images = torch.randint(0, 256, (3, 3, 227, 227), dtype=torch.uint8)
-    out = norm(images, ys, xs, flips, generator=None)
+    out = norm(images, Crops(ys, xs, flips, 227), generator=None)
     torch.testing.assert_close(out, images.float() - crops)
+
+
+def test_train_input_mirrors_host_crops_then_subtracts_the_mean_and_adds_noise(stats):
+    """The training pipeline on a batch of crops cut by the loader workers (unmirrored):
+    each mirrored where flipped, minus the mean image at its window, plus its image's PCA
+    shift; the labels come along."""
+    path = stats[0]
+    norm = Normalizer(path, AugmentConfig(pca_std=0.1), torch.device("cpu"))
+    ys, xs, flips = torch.tensor([0, 29, 7]), torch.tensor([29, 0, 11]), torch.tensor([0, 1, 1])
+    images = torch.randint(0, 256, (3, 3, 227, 227), dtype=torch.uint8)
+    labels = torch.tensor([4, 0, 2])
+    x, got = norm.train_input(Batch(images, labels, Crops(ys, xs, flips, 227)),
+                              step_generator(torch.device("cpu"), 0, 1, 2))
+    mirrored = torch.stack([i.flip(-1) if f else i for i, f in zip(images, flips.tolist())])
+    noise = norm.pca_noise(3, step_generator(torch.device("cpu"), 0, 1, 2))
+    expect = mirrored.float() - mean_crops(path, ys, xs, flips, 227) + noise[:, :, None, None]
+    torch.testing.assert_close(x, expect)
+    assert torch.equal(got, labels)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -71,21 +90,20 @@ def test_test_views_are_the_windows_minus_the_mean(stats, channels_last):
 
 def test_mean_modes(stats):
     path = stats[0]
-    ys = xs = torch.tensor([3])
-    flips = torch.tensor([0])
+    crops = Crops(torch.tensor([3]), torch.tensor([3]), torch.tensor([0]), 227)
     images = torch.full((1, 3, 227, 227), 100, dtype=torch.uint8)
     rgb = Normalizer(path, AugmentConfig(mean="rgb", pca_std=0), torch.device("cpu"))
     per_channel = torch.from_numpy(np.load(path)["mean_image"]).mean(dim=(0, 1))
-    torch.testing.assert_close(rgb(images, ys, xs, flips, None)[0, :, 5, 5], 100 - per_channel)
+    torch.testing.assert_close(rgb(images, crops, None)[0, :, 5, 5], 100 - per_channel)
     none = Normalizer(path, AugmentConfig(mean="none", pca_std=0), torch.device("cpu"))
-    assert torch.equal(none(images, ys, xs, flips, None), images.float())
+    assert torch.equal(none(images, crops, None), images.float())
 
 
 def test_noise_is_the_same_rgb_shift_for_every_pixel_and_reproducible(stats):
     norm = Normalizer(stats[0], AugmentConfig(), torch.device("cpu"))
     images = torch.randint(0, 256, (4, 3, 227, 227), dtype=torch.uint8)
-    args = (images, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long),
-            torch.zeros(4, dtype=torch.long))
+    zeros = torch.zeros(4, dtype=torch.long)
+    args = (images, Crops(zeros, zeros, zeros, 227))
     plain = norm(*args, generator=None)
     a = norm(*args, generator=step_generator(torch.device("cpu"), 0, 1, 2)) - plain
     b = norm(*args, generator=step_generator(torch.device("cpu"), 0, 1, 2)) - plain
@@ -110,8 +128,8 @@ def test_compiled_normalizer_equals_eager(stats, device):
         images = torch.randint(0, 256, (b, 3, 67, 67), dtype=torch.uint8, generator=g)
         ys, xs = torch.randint(0, 190, (b,), generator=g), torch.randint(0, 190, (b,), generator=g)
         flips = torch.randint(0, 2, (b,), generator=g)
-        a = eager(images, ys, xs, flips, step_generator(dev, 0, 1, b))
-        c = compiled(images, ys, xs, flips, step_generator(dev, 0, 1, b))
+        a = eager(images, Crops(ys, xs, flips, 67), step_generator(dev, 0, 1, b))
+        c = compiled(images, Crops(ys, xs, flips, 67), step_generator(dev, 0, 1, b))
         assert c.dtype == torch.bfloat16 and c.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(a, c)
         expect = (images.to(dev).float() - mean_crops(path, ys, xs, flips, 67).to(dev)

@@ -10,7 +10,7 @@ from PIL import Image
 from data_prep.shardfile import ShardWriter, read_samples
 from data_prep.manifest import ShardsError
 from repro.data.decode import MixedBatch, Packed, decode_batch, pack
-from repro.data.loader import device_images, device_loader, loader, prefetch
+from repro.data.loader import device_loader, loader, prefetch
 from repro.data.order import EpochPlan, round_robin, worker_batch_counts
 from repro.data.shards import Shard, split_shards
 from shard_helpers import write_shards
@@ -31,9 +31,10 @@ def plan(shards, **kw):
 def keys_of(p: EpochPlan):
     """Every sample of the plan as (image bytes hash, label), in order, with batch sizes."""
     out, sizes = [], []
-    for images, labels, ys, xs, flips in loader(p):
-        sizes.append(len(labels))
-        out += [(int(img.sum()), int(y), int(l)) for img, y, l in zip(images, ys, labels)]
+    for b in loader(p):
+        sizes.append(len(b.labels))
+        out += [(int(img.sum()), int(y), int(l))
+                for img, y, l in zip(b.images, b.crops.ys, b.labels)]
     return out, sizes
 
 
@@ -47,8 +48,8 @@ def test_epoch_covers_every_sample_once(shards, world, workers):
         ids += [(s, l) for s, _, l in seen]
     # crop="none" keeps the whole image: its pixel sum identifies it (all distinct here).
     reference = []
-    for images, labels, *_ in loader(plan(shards, crop="none", flip=False, shuffle=False)):
-        reference += [(int(i.sum()), int(l)) for i, l in zip(images, labels)]
+    for b in loader(plan(shards, crop="none", flip=False, shuffle=False)):
+        reference += [(int(i.sum()), int(l)) for i, l in zip(b.images, b.labels)]
     assert len(reference) == 37 and len(set(reference)) == 37
     assert collections.Counter(ids) == collections.Counter(reference)
 
@@ -79,8 +80,8 @@ def test_round_robin_accounting_matches_the_dataloader():
 def test_crop_offsets_are_uniform_and_flip_rate_half(shards):
     ys, xs, flips = [], [], []
     for epoch in range(30):
-        for _, _, y, x, f in loader(plan(shards, epoch=epoch, batch_size=37)):
-            ys += y.tolist(); xs += x.tolist(); flips += f.tolist()
+        for b in loader(plan(shards, epoch=epoch, batch_size=37)):
+            ys += b.crops.ys.tolist(); xs += b.crops.xs.tolist(); flips += b.crops.flips.tolist()
     ys, xs = np.array(ys), np.array(xs)
     n = len(ys)
     assert ys.min() >= 0 and ys.max() <= 29 and xs.max() <= 29
@@ -96,8 +97,8 @@ def test_center_crop_and_flip_match_pixels(shards):
     cpu = torch.device("cpu")
 
     def first(p):
-        images, labels, ys, xs, flips = next(iter(loader(p)))
-        return device_images(images, ys, xs, flips, p, cpu), ys, xs, flips
+        b = next(iter(loader(p)))
+        return b.device_images(cpu), *b.crops[:3]
 
     full = first(plan(shards, crop="none", flip=False, shuffle=False, batch_size=3))[0]
     # The loader's decoder (torchvision's libjpeg-turbo) against Pillow's, on the stored JPEGs.
@@ -118,7 +119,8 @@ def test_center_crop_and_flip_match_pixels(shards):
 def test_crops_arrive_channels_last(shards, workers):
     """Workers write each crop as the decoder lays out pixels (H,W,3): the batch is
     channels_last memory, also after crossing from a worker process."""
-    for images, *_ in loader(plan(shards, workers=workers, batch_size=4)):
+    for b in loader(plan(shards, workers=workers, batch_size=4)):
+        images = b.images
         assert images.shape == (4, 3, 227, 227) or len(images) < 4
         assert images.is_contiguous(memory_format=torch.channels_last)
 
@@ -136,11 +138,11 @@ def test_gpu_and_hybrid_paths_give_the_cpu_paths_crops(shards, decode, share, ki
     workers = plan(shards, epoch=3, batch_size=6, workers=2)
     other = plan(shards, epoch=3, batch_size=6, workers=2, decode=decode, gpu_share=share)
     seen = set()
-    for (a, la, ya, xa, fa), (images, lb, yb, xb, fb) in zip(loader(workers), loader(other)):
-        seen.add(type(images))
-        assert torch.equal(la, lb) and torch.equal(ya, yb) and torch.equal(fa, fb)
-        a = device_images(a, ya, xa, fa, workers, cpu)
-        b = device_images(images, yb, xb, fb, other, cpu)
+    for one, two in zip(loader(workers), loader(other)):
+        seen.add(type(two.images))
+        assert torch.equal(one.labels, two.labels) and torch.equal(one.crops.ys, two.crops.ys)
+        assert torch.equal(one.crops.flips, two.crops.flips)
+        a, b = one.device_images(cpu), two.device_images(cpu)
         assert torch.equal(a, b)      # one decoder on the CPU (nvJPEG may differ by a level)
     assert seen == kinds
 
@@ -187,9 +189,8 @@ def test_nvjpeg_gives_the_cpu_paths_crops(shards, decode):
     cuda = torch.device("cuda")
     workers = plan(shards, epoch=3, batch_size=6, workers=2)
     other = plan(shards, epoch=3, batch_size=6, workers=2, decode=decode, gpu_share=0.5)
-    for (a, _, ya, xa, fa), (images, _, yb, xb, fb) in zip(loader(workers), loader(other)):
-        a = device_images(a, ya, xa, fa, workers, cuda).float()
-        b = device_images(images, yb, xb, fb, other, cuda).float()
+    for one, two in zip(loader(workers), loader(other)):
+        a, b = one.device_images(cuda).float(), two.device_images(cuda).float()
         assert (a - b).abs().mean() < 2.0
 
 
@@ -204,12 +205,16 @@ def test_the_gpu_paths_bad_sample_is_named(bad, message):
         decode_batch(packed, torch.device("cpu"))
 
 
+def tensors(b) -> list[torch.Tensor]:
+    return [b.images, b.labels, *b.crops[:3]]
+
+
 def test_prefetch_passes_batches_through_off_cuda(shards):
     p = plan(shards, workers=2, batch_size=6)
-    direct = [[t.clone() for t in b] for b in loader(p)]
+    direct = [[t.clone() for t in tensors(b)] for b in loader(p)]
     fetched = list(prefetch(loader(p), torch.device("cpu")))
     assert len(fetched) == len(direct) == p.num_batches
-    assert all(torch.equal(a, b) for x, y in zip(direct, fetched) for a, b in zip(x, y))
+    assert all(torch.equal(a, b) for x, y in zip(direct, fetched) for a, b in zip(x, tensors(y)))
 
 
 @pytest.mark.gpu
@@ -219,12 +224,12 @@ def test_prefetch_to_cuda_gives_the_same_batches(shards, decode):
     """The side-stream copies arrive whole while the caller keeps the GPU busy."""
     cuda = torch.device("cuda")
     p = plan(shards, workers=2, batch_size=6, decode=decode, gpu_share=0.5)
-    direct = [device_images(b[0], *b[2:], p, cuda).cpu() for b in loader(p)]
+    direct = [b.device_images(cuda).cpu() for b in loader(p)]
     busy = torch.randn(2048, 2048, device=cuda)
-    for expect, (images, labels, ys, xs, flips) in zip(direct, device_loader(p, cuda)):
+    for expect, b in zip(direct, device_loader(p, cuda)):
         busy = busy @ busy / 2048                  # work queued ahead of each batch's use
-        assert labels.is_cuda and ys.is_cuda
-        assert torch.equal(device_images(images, ys, xs, flips, p, cuda).cpu(), expect)
+        assert b.labels.is_cuda and b.crops.ys.is_cuda
+        assert torch.equal(b.device_images(cuda).cpu(), expect)
 
 
 STOP_SCRIPT = r"""
@@ -280,10 +285,10 @@ def test_translations_and_reflections_switch_independently(shards, crop, flip, d
     path and on the GPU path (decode_batch on the CPU device)."""
     cpu = torch.device("cpu")
     whole = plan(shards, crop="none", flip=False, shuffle=False, batch_size=37)
-    full = device_images(*(lambda b: (b[0], *b[2:]))(next(iter(loader(whole)))), whole, cpu)
+    full = next(iter(loader(whole))).device_images(cpu)
     p = plan(shards, crop=crop, flip=flip, shuffle=False, batch_size=37, epoch=5, decode=decode)
-    images, labels, ys, xs, flips = next(iter(loader(p)))
-    got = device_images(images, ys, xs, flips, p, cpu)
+    b = next(iter(loader(p)))
+    got, (ys, xs, flips) = b.device_images(cpu), b.crops[:3]
     assert (0.25 < flips.float().mean() < 0.75) if flip else not flips.any()
     if crop == "center":
         assert set(ys.tolist()) == set(xs.tolist()) == {(256 - 227) // 2}

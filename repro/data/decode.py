@@ -68,10 +68,17 @@ def decode_crops(jpegs: list[bytes], ys, xs, size: int, names: list[str]) -> tor
 class Packed(NamedTuple):
     """The GPU path's JPEG bytes of a batch as one buffer + lengths: one shared-memory
     tensor per batch crosses from the worker, not one per image; `names` say where each
-    came from, for errors."""
+    came from, for errors. Moved like a tensor (`to`, `record_stream`), it stays on the
+    host, where nvJPEG reads it."""
     buffer: torch.Tensor
     lengths: torch.Tensor
     names: tuple[str, ...]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Packed:
+        return self
+
+    def record_stream(self, stream: torch.cuda.Stream) -> None:
+        pass
 
 
 def pack(jpegs: list[bytes], names) -> Packed:
@@ -81,9 +88,16 @@ def pack(jpegs: list[bytes], names) -> Packed:
 
 class MixedBatch(NamedTuple):
     """The hybrid path: the batch's first len(crops) samples decoded and cut by the workers,
-    the rest left as JPEG bytes for the GPU, so that both decoders feed one batch."""
+    the rest left as JPEG bytes for the GPU, so that both decoders feed one batch. Moved
+    like a tensor: its crops go to the device, its bytes stay on the host."""
     crops: torch.Tensor
     jpegs: Packed
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> MixedBatch:
+        return self._replace(crops=self.crops.to(device, non_blocking=non_blocking))
+
+    def record_stream(self, stream: torch.cuda.Stream) -> None:
+        self.crops.record_stream(stream)
 
 
 _decode_streams: dict[int, torch.cuda.Stream] = {}

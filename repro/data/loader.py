@@ -1,17 +1,15 @@
-"""The DataLoader over an EpochPlan, and its batches on the device.
-
-A batch is (images, labels, crop ys, crop xs, flips). The images are uint8 (B,3,S,S)
-crops not yet mirrored (CPU path), packed JPEG bytes (GPU path) or both (hybrid);
-`device_images` makes them the plan's crops on the device.
-"""
+"""The DataLoader over an EpochPlan, its batches (repro.data.batch) prefetched to the
+device."""
 from __future__ import annotations
 
 import itertools
 
 import torch
 
-from repro import augment, preempt
-from repro.data.decode import MixedBatch, Packed, decode_batch, decode_crops, pack
+from repro import preempt
+from repro.augment import Crops
+from repro.data.batch import Batch
+from repro.data.decode import MixedBatch, decode_crops, pack
 from repro.data.order import EpochPlan, round_robin, worker_batch_counts
 
 
@@ -41,8 +39,9 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
                                     pack(jpegs[here:], names[here:]))
             else:
                 images = decode_crops(jpegs, ys, xs, plan.image_size, names)
-            yield (images, torch.tensor(labels), torch.tensor(ys), torch.tensor(xs),
-                   torch.tensor(flips))
+            crops = Crops(torch.tensor(ys), torch.tensor(xs), torch.tensor(flips),
+                          plan.image_size, may_flip=plan.flip)
+            yield Batch(images, torch.tensor(labels), crops)
 
 
 class StopSafeDataLoader(torch.utils.data.DataLoader):
@@ -58,32 +57,10 @@ class StopSafeDataLoader(torch.utils.data.DataLoader):
 
 
 def loader(plan: EpochPlan, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Batches in the plan's order (see the module's docstring)."""
+    """The plan's batches, in its order (repro.data.order)."""
     workers = plan.workers if plan.workers > 1 else 0  # 1 stream: read in-process
     return StopSafeDataLoader(_WorkerStreams(plan), batch_size=None, num_workers=workers,
                               pin_memory=pin_memory, prefetch_factor=4 if workers else None)
-
-
-def empty_batch(size: int) -> tuple:
-    """A batch of no images, shaped like the loader's, for a rank whose slice ran out."""
-    long = torch.zeros(0, dtype=torch.long)
-    return torch.zeros(0, 3, size, size, dtype=torch.uint8), long, long, long, long
-
-
-def device_images(images, ys, xs, flips, plan: EpochPlan, device: torch.device) -> torch.Tensor:
-    """A loader batch's images on `device` as uint8 (B,3,S,S), cut and mirrored. GPU path:
-    decoded and cut here. CPU path: cut by the workers, mirrored here. Hybrid: each part
-    its own way, in batch order."""
-    if isinstance(images, MixedBatch):
-        k = len(images.crops)
-        return torch.cat([device_images(part, ys[a:b], xs[a:b], flips[a:b], plan, device)
-                          for part, a, b in ((images.crops, 0, k), (images.jpegs, k, len(ys)))])
-    if isinstance(images, Packed):
-        return augment.cut(decode_batch(images, device), ys, xs, flips, plan.image_size)
-    images = images.to(device, non_blocking=True)
-    if not plan.flip:                                  # nothing is mirrored (augment.draw_crop)
-        return images
-    return augment.mirror(images, flips)
 
 
 def prefetch(batches, device: torch.device):
@@ -96,26 +73,17 @@ def prefetch(batches, device: torch.device):
         return
     stream, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
 
-    def to_device(t):
-        if isinstance(t, MixedBatch):
-            return MixedBatch(to_device(t.crops), t.jpegs)
-        return t if isinstance(t, Packed) else t.to(device, non_blocking=True)
-
     def send(batch):
         if batch is None:
             return None
         with torch.cuda.stream(stream):
-            return tuple(map(to_device, batch))
+            return batch.to(device)
 
     batches = iter(batches)
     ahead = send(next(batches, None))
     while ahead is not None:
         current.wait_stream(stream)
-        for t in ahead:
-            if isinstance(t, MixedBatch):
-                t = t.crops
-            if not isinstance(t, Packed):
-                t.record_stream(current)     # made on the side stream, used on this one
+        ahead.record_stream(current)     # made on the side stream, used on this one
         batch, ahead = ahead, send(next(batches, None))
         yield batch
 

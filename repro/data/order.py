@@ -162,7 +162,7 @@ def in_order(shards: list[Shard], batch_size: int, workers: int, limit: int = 0,
              rank: int = 0, world: int = 1, decode: str = "cpu",
              gpu_share: float = 0.0) -> EpochPlan:
     """Each sample once, whole (256x256), in shard order, none mirrored: for validation,
-    evaluation and figures, which cut their views with repro.augment.eval_input."""
+    evaluation and figures, which cut their views with repro.augment.Normalizer.eval_input."""
     return EpochPlan(shards=tuple(shards), epoch=0, seed=0, rank=rank, world=world,
                      batch_size=batch_size, workers=workers, crop="none", crop_size=IMAGE_SIZE,
                      flip=False, shuffle=False, shuffle_buffer=0, limit=limit, decode=decode,
