@@ -114,7 +114,10 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
     assert vals[0] == vals[1] and len(vals[0]) == 2
 
 
-def test_sigterm_checkpoints_exits_75_and_a_second_run_is_locked_out(tmp_path):
+@pytest.mark.parametrize("signum, status, says", [(signal.SIGTERM, 75, "stop requested"),
+                                                  (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_signal_checkpoints_and_a_second_run_is_locked_out(tmp_path, signum, status, says):
+    """SIGTERM (SLURM) exits 75, Ctrl-C 130: each after a checkpoint, in one line."""
     fashion_mnist.generate(tmp_path / "data", 800, 8, seed=0)
     cmd = [sys.executable, "-m", "repro.d2l", "--config", str(CONFIG), "--root",
            str(tmp_path / "data"), "--out", str(tmp_path / "run"), *TINY, "schedule.epochs=1",
@@ -122,10 +125,10 @@ def test_sigterm_checkpoints_exits_75_and_a_second_run_is_locked_out(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not proc.stdout.readline().startswith("epoch 1 step 1/"):     # the first step's line
         assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75, err
-    assert "stop requested: checkpoint written at epoch 1 step " in out
+    assert proc.returncode == status, err
+    assert f"{says}: checkpoint written at epoch 1 step " in out and "Traceback" not in err
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     from repro.checkpoint import lock_run
     with lock_run(tmp_path / "run"):
