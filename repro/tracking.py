@@ -108,12 +108,30 @@ def best_val(records: list[dict]) -> dict | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of metrics.jsonl; a last line torn by a kill mid-write is ignored."""
+    """The records of metrics.jsonl. A last line torn by a kill mid-write is ignored; a
+    damaged line elsewhere (a disk error, an edit) is skipped and reported, once per
+    file and process, with its number: the records are a log, and one bad line must
+    not cost a report, or a training run that reads them."""
     path = Path(run_dir) / "metrics.jsonl"
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines[:-1]]
-    try:
-        records += [json.loads(lines[-1])] if lines else []
-    except json.JSONDecodeError:
-        pass
+    lines = path.read_text(errors="replace").splitlines()
+    records, damaged = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = None
+            if number < len(lines):         # the last: torn by a kill, no news
+                damaged.append(number)
+        if isinstance(record, dict):
+            records.append(record)
+        elif record is not None and number not in damaged:
+            damaged.append(number)
+    if damaged and path not in _REPORTED:
+        _REPORTED.add(path)
+        print(f"warning: {path}: line{'s' * (len(damaged) > 1)} "
+              f"{', '.join(map(str, damaged[:5]))}{' ...' if len(damaged) > 5 else ''} "
+              f"{'are' if len(damaged) > 1 else 'is'} not a JSON record; skipped", file=sys.stderr)
     return records
+
+
+_REPORTED: set[Path] = set()       # metrics files whose damage was reported
