@@ -14,3 +14,9 @@ test: $(VENV)/.ready
 	bash tools/setup_slurm.sh
 	bash tools/setup_datasets.sh
 	$(PY) -m pytest -q
+
+# The lent GPU's session (docs/gpu_session.md): gather what travels, then rehearse it on this CPU.
+.PHONY: gpu-session
+gpu-session: $(VENV)/.ready
+	$(PY) tools/gpu_session.py --prepare
+	$(PY) tools/gpu_session.py --dry-run /tmp/gpu-session-rehearsal
