@@ -69,8 +69,9 @@ def cifar_command(experiment: str, root: Path, out: Path, epochs: int, batch: in
     lrn: the 11pct net with and without its normalisation; each `epochs` epochs."""
     only = {"figure1": ["--lr-scales", "1", "--full"], "lrn": ["--drop-epochs", "0"]}
     return ["-m", "repro.cifar", experiment, "--root", str(root), "--out", str(out),
-            "--epochs", str(epochs), "--batch-size", str(batch), "--progress", "off",
-            *only[experiment], *(["--generate", generate] if generate else [])]
+            "--epochs", str(epochs), *only[experiment],
+            *(["--generate", generate] if generate else []),
+            f"data.batch_size={batch}", "logging.progress=off"]
 
 
 def cifar_epochs_needed() -> dict[str, int]:
