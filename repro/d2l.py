@@ -39,8 +39,9 @@ from repro.step import build_optimizer
 from repro.tracking import read_metrics
 
 
-class D2LTask:
+class D2LTask(loop.TaskDefaults):
     """Fashion-MNIST held on the device, and the config's net."""
+    data_name = "Fashion-MNIST"
 
     def __init__(self, cfg: Config, root: str | Path, dist, device: torch.device):
         if dist.world > 1:
@@ -95,13 +96,6 @@ class D2LTask:
         return {"top1_err": 100 * (1 - c1 / n), "top5_err": 100 * (1 - c5 / n), "n": int(n),
                 "test_acc": c1 / n}
 
-    def state(self) -> dict:
-        return {}
-
-    def check_resume(self, state: dict, ckpt_path: Path) -> None:
-        if state["data"] != self.data:
-            raise Refused(f"{ckpt_path} was trained on other Fashion-MNIST files than those "
-                          f"in {self.data_path}; resume on those")
 
     def describe(self) -> list[str]:
         return [f"  data: {self.data_path}: {self.data['data']} Fashion-MNIST, "
@@ -115,12 +109,6 @@ class D2LTask:
                    if t else "")
         rate = f", {t['images_per_s']:.1f} examples/sec on {run.device}" if t else ""
         return f"epoch {run.pos.epoch}/{self.epochs}: {trained}test acc {val['test_acc']:.3f}{rate}"
-
-    def done(self, run) -> bool:
-        return False
-
-    def next_steps(self, ckpt: Path) -> list[str]:
-        return []
 
 
 def summary(run_dir: Path) -> dict:

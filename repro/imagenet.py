@@ -19,7 +19,6 @@ import repro.train as loop
 from repro import checkpoint, distributed, preempt
 from repro.augment import step_generator
 from repro.config import Config, ConfigError
-from repro.console import val_line
 from repro.data.batch import empty_batch
 from repro.data.loader import device_loader
 from repro.data.order import EpochPlan, in_order
@@ -32,7 +31,7 @@ from repro.schedule import Schedule
 from repro.step import build_optimizer
 
 
-class ImageNetTask:
+class ImageNetTask(loop.TaskDefaults):
     """The shards at `data_dir` and the config's AlexNet, on this process's device."""
 
     def __init__(self, cfg: Config, data_dir: str | Path, dist: DistContext,
@@ -126,12 +125,6 @@ class ImageNetTask:
             f"{f' (validating on the first {d.val_limit})' if d.val_limit else ''}, "
             f"{len(self.classes)} classes",
         ]
-
-    def epoch_line(self, run, val: dict) -> str:
-        return val_line(run, val)
-
-    def done(self, run) -> bool:
-        return False
 
     def next_steps(self, ckpt: Path) -> list[str]:
         return [f"evaluate it with ten crops: repro eval --checkpoint {ckpt} --data "

@@ -30,6 +30,7 @@ from data_prep.atomic import check_output
 from repro import checkpoint, console, distributed, preempt
 from repro.augment import derived_seed
 from repro.distributed import DistContext, pick_device
+from repro.exits import Refused
 from repro.placement import Placed
 from repro.resume import Position, resume
 from repro.step import NonFiniteLoss, StepStats, set_determinism, train_step
@@ -65,6 +66,28 @@ class Task(Protocol):
     def epoch_line(self, run: Run, val: dict) -> str: ...          # the line an epoch ends with
     def done(self, run: Run) -> bool: ...                         # finished before `epochs`
     def next_steps(self, checkpoint: Path) -> list[str]: ...      # lines after the last
+
+
+class TaskDefaults:
+    """What most tasks do alike; a task overrides what it does otherwise."""
+    data_name: str = "data"          # what its data files are, for the refusal below
+
+    def state(self) -> dict:
+        return {}
+
+    def check_resume(self, state: dict, ckpt_path: Path) -> None:
+        if state["data"] != self.data:
+            raise Refused(f"{ckpt_path} was trained on other {self.data_name} files than "
+                          f"those in {self.data_path}; resume on those")
+
+    def epoch_line(self, run: Run, val: dict) -> str:
+        return console.val_line(run, val)
+
+    def done(self, run: Run) -> bool:
+        return False
+
+    def next_steps(self, checkpoint: Path) -> list[str]:
+        return []
 
 
 @dataclass

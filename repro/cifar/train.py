@@ -13,20 +13,18 @@ points an epoch (cuda-convnet printed one per 10,000-image batch file: 5).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 import repro.train as loop
 from repro import preempt
 from repro.augment import step_generator
 from repro.cifar.data import Cifar10, DeviceImages, file_minibatches, mean_image
 from repro.cifar.nets import NETS, CifarNet, param_groups
-from repro.config import CheckpointConfig, ConfigError, LoggingConfig
+from repro.config import CheckpointConfig, ConfigError, LoggingConfig, Sections
 from repro.exits import Refused
 from repro.optim import PaperSGD
 from repro.placement import Placed
@@ -69,7 +67,7 @@ class TrainConfig:
 
 
 @dataclass
-class CifarConfig:
+class CifarConfig(Sections):
     net: NetConfig = field(default_factory=NetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -78,12 +76,6 @@ class CifarConfig:
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(keep_last=1))
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(
         wandb="disabled", project="alexnet-repro-cifar"))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def validate(self, where: str) -> None:
         choices = {"net.name": tuple(NETS), "net.neuron": ("relu", "tanh"),
@@ -132,8 +124,9 @@ class PhaseSchedule:
         self.epoch = state["epoch"]
 
 
-class CifarTask:
+class CifarTask(loop.TaskDefaults):
     """A CIFAR-10 net on the device-held set (`data`, read once for a whole experiment)."""
+    data_name = "CIFAR-10"
 
     def __init__(self, cfg: CifarConfig, data: Cifar10, provenance: dict, device: torch.device):
         spec = NETS[cfg.net.name]
@@ -171,13 +164,6 @@ class CifarTask:
             return {}
         return test_error(self.placed.net, self.test_feed)
 
-    def state(self) -> dict:
-        return {}
-
-    def check_resume(self, state: dict, ckpt_path: Path) -> None:
-        if state["data"] != self.data:
-            raise Refused(f"{ckpt_path} was trained on other CIFAR-10 files than those in "
-                          f"{self.data_path}; resume on those")
 
     def describe(self) -> list[str]:
         c = self.cfg
@@ -196,9 +182,6 @@ class CifarTask:
     def done(self, run) -> bool:
         stop_below = self.cfg.train.stop_below
         return stop_below > 0 and any(p["train_err"] <= stop_below for p in curve(run.run_dir))
-
-    def next_steps(self, ckpt: Path) -> list[str]:
-        return []
 
 
 @torch.no_grad()
