@@ -41,13 +41,15 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+
+from repro.exits import EXIT_DONE, EXIT_INTERRUPTED, EXIT_TERMINATED, ReproError, entry_point
 from . import atomic, image
 from . import fall2011
 from .manifest import FORMAT_VERSION, MANIFEST, STATS, WORK, file_sha256, shard_name
 from .plan import Plan, read_shard, write_plan
 from .progress import Progress
 from .shardfile import ShardWriter
-from .sources import (EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, detect_layouts,
+from .sources import (EXPECTED, LAYOUTS, SPLITS, Record, Source, detect_layouts,
                       open_source, read_record)
 from .stats import Sums, finalize, save_stats
 
@@ -56,7 +58,7 @@ DEFAULT_QUALITY = 95
 DEFAULT_SEED = 0
 
 
-class BuildError(Exception):
+class BuildError(ReproError):
     """The build cannot go on as asked (the message says why and what to do)."""
 
 
@@ -635,6 +637,7 @@ def _terminated(signum, frame):
     raise Terminated
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.splits is not None:
@@ -657,20 +660,17 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("build_shards: terminated (SIGTERM); finished shards are kept: run the same "
               "command again to resume", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except (SourceError, BuildError) as e:
-        print(f"build_shards: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, EOFError, tarfile.TarError) as e:
-        # Damaged input the checks above did not foresee (a corrupt archive, a devkit or
-        # manifest that does not parse): name it and where it came from, no traceback.
-        print(f"build_shards: error: {type(e).__name__}: {e} (source {args.source}, out {args.out})",
-              file=sys.stderr)
-        return 2
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("build_shards: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, EOFError, tarfile.TarError) as e:
+        if isinstance(e, ReproError):     # names the file and what to do already
+            raise
+        # Damaged input the checks above did not foresee (a corrupt archive, a devkit or
+        # manifest that does not parse): name it and where it came from, no traceback.
+        raise BuildError(f"{type(e).__name__}: {e} (source {args.source}, out {args.out})") from None
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from repro.exits import ReproError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATS = "stats.npz"
@@ -37,7 +39,7 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-class ShardsError(ValueError):
+class ShardsError(ReproError, ValueError):
     """A shard directory's files cannot be used as they are (the message names the file)."""
 
 

@@ -19,12 +19,14 @@ import os
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from repro.exits import ReproError
+
 from . import atomic
 
 BLOCK = 512
 
 
-class TarError(ValueError):
+class TarError(ReproError, ValueError):
     """A tar that cannot be read (the message names the file and the byte offset)."""
 
 

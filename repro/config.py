@@ -18,12 +18,13 @@ from pathlib import Path
 import yaml
 
 from data_prep.image import IMAGE_SIZE  # the shard images' side (paper section 2: 256)
+from repro.exits import ReproError
 from repro.lrn import IMPLS
 from repro.model import ACTIVATIONS, INITS, LAYERS, LRN_MODES, REMOVABLE, feature_size
 from repro.precision import PRECISIONS
 
 
-class ConfigError(ValueError):
+class ConfigError(ReproError, ValueError):
     pass
 
 

@@ -17,6 +17,7 @@ from repro import checkpoint
 from repro.checkpoint import CheckpointError, load_latest
 from repro.cli import main
 from repro.config import load_config, model_kwargs
+from repro.exits import EXIT_NO_SPACE
 from repro.model import build_model
 from shard_helpers import other_stats, write_shards
 
@@ -37,8 +38,8 @@ def good(tmp_path_factory) -> Path:
     """A real eval checkpoint: the smoke config's model and its config."""
     cfg = load_config(SMOKE, SMALL)
     path = tmp_path_factory.mktemp("good") / "good.pt"
-    torch.save({"model": build_model(model_kwargs(cfg)).state_dict(), "config": cfg.to_dict()},
-               path)
+    torch.save({"model": build_model(model_kwargs(cfg)).state_dict(), "config": cfg.to_dict(),
+                "format_version": checkpoint.FORMAT_VERSION}, path)
     return path
 
 
@@ -56,6 +57,13 @@ def damage(good: Path, bad: Path, how: str) -> None:
         torch.save(torch.zeros(3), bad)
     elif how == "no config":
         torch.save({"model": torch.load(good, weights_only=False)["model"]}, bad)
+    elif how in ("no format version", "another format version"):
+        state = torch.load(good, weights_only=False)
+        if how == "no format version":
+            del state["format_version"]
+        else:
+            state["format_version"] = checkpoint.FORMAT_VERSION + 1
+        torch.save(state, bad)
 
 
 @pytest.mark.parametrize("how, says", [
@@ -65,6 +73,10 @@ def damage(good: Path, bad: Path, how: str) -> None:
     ("empty", "not a readable checkpoint of this project (EOFError"),
     ("tensor only", "not a checkpoint of this project (it holds a Tensor, not a dict"),
     ("no config", "not a checkpoint of this project: no config entry (has model)"),
+    ("no format version", f"checkpoint format_version None, this code reads "
+                          f"{checkpoint.FORMAT_VERSION}: written by another version"),
+    ("another format version", f"checkpoint format_version {checkpoint.FORMAT_VERSION + 1}, "
+                               f"this code reads {checkpoint.FORMAT_VERSION}"),
 ])
 def test_eval_refuses_a_damaged_checkpoint_in_one_line(shards, good, tmp_path, capsys, how, says):
     bad = tmp_path / "bad.pt"
@@ -329,7 +341,7 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(shards, small_disk, capsys):
     run = small_disk / "run"
-    assert main(train(shards, run, "schedule.epochs=2")) == checkpoint.EXIT_NO_SPACE == 74
+    assert main(train(shards, run, "schedule.epochs=2")) == EXIT_NO_SPACE == 74
     err = capsys.readouterr().err
     ckpts = run / "checkpoints"
     assert err.splitlines()[-1] == (f"error: no space left on device while writing "

@@ -9,6 +9,7 @@ import torch
 
 from repro import d2l
 from repro.config import load_config, model_kwargs
+from repro.exits import Refused
 from repro.lrn import LocalResponseNorm
 from repro.model import build_model
 
@@ -104,7 +105,7 @@ def test_the_train_switches_apply_as_in_repro_train(tmp_path):
     base = ["data.crop_size=67", "data.batch_size=8", "data.workers=0", "schedule.epochs=1",
             "train.device=cpu"]
     two = base + ["model.groups=2", "model.seed=0"]
-    with pytest.raises(SystemExit, match="apply to the one-device model"):
+    with pytest.raises(Refused, match="apply to the one-device model"):
         d2l.run(load_config(CONFIG, two + ["train.parallel=towers", "train.split_groups=true"]),
                 tmp_path)
     single = d2l.run(load_config(CONFIG, two), tmp_path)
