@@ -274,10 +274,6 @@ def _check_out(out: Path) -> None:
 
 
 # ---- the build ---------------------------------------------------------------------------
-def _progress_mode(choice: str) -> str:
-    return "bar" if choice == "on" else choice     # "on": the bar, as before lines existed
-
-
 def _nothing_to_build(src: Source, split: str) -> str:
     why = [f"{len(src.unlabelled[split])} image files could not be labelled"] if src.unlabelled[split] else []
     why += [f"{src.ignored[split]} files are not images by their suffix"] if src.ignored[split] else []
@@ -502,7 +498,7 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
         log(f"resuming: {len(parts)} shards already done, {len(todo)} to go")
     total = sum(t[4] for t in todo)
     t_build = time.time()
-    with Progress(total, "shards", "img", _progress_mode(args.progress)) as bar:
+    with Progress(total, "shards", "img", args.progress) as bar:
         for part in imap(build_planned, todo):
             split, index = part["name"].split("-")[0], int(part["name"].split("-")[1][:6])
             parts[(split, index)] = part
@@ -585,7 +581,7 @@ def _summary(m: dict, out: Path, seconds: float, built: int, build_s: float, wor
         exp = f", expected {s['expected_count']} ({s['expected_from']})" if s["expected_count"] is not None else ""
         log(f"  {split}: {s['count']} images in {len(s['shards'])} shards; {s['source_count']} in the source{exp}; "
             f"{len(s['skipped'])} skipped, {len(s['converted'])} converted")
-        if s.get("ignored_files"):
+        if s["ignored_files"]:
             log(f"    ignored {s['ignored_files']} files without an image suffix")
         if "count_warning" in s:
             log(f"    WARNING: {s['count_warning']}")
@@ -623,9 +619,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="on a finished build, also re-hash every shard (their sizes and stats.npz's "
                         "sha256 are always checked); damaged or missing files are rebuilt")
-    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "on", "off"),
+    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "off"),
                    help="bar: a tqdm bar; lines: a line every 10%% or minute (count, rate, ETA); "
-                        "auto = the bar on a terminal, lines elsewhere and under SLURM; on = bar")
+                        "auto = the bar on a terminal, lines elsewhere and under SLURM")
     return p
 
 

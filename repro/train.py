@@ -243,7 +243,7 @@ def resume(run: Run, data_dir: Path, allow_other_shards: bool = False) -> tuple[
     if ckpt_path is None:
         return None, False
     if run.dist.is_main:
-        checkpoint.repair_best(run.run_dir / "checkpoints")
+        checkpoint.check_best(run.run_dir / "checkpoints")
     changes = resume_changes(state["config"], run.cfg.to_dict())
     if changes:
         raise Refused(f"{ckpt_path} belongs to a run with other settings "

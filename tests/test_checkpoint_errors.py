@@ -228,19 +228,40 @@ def trained(shards, tmp_path_factory) -> Path:
     return run
 
 
-def test_resume_repairs_a_best_pt_left_unmatched_by_a_crash(shards, trained, tmp_path, capsys):
-    """An earlier version crashed between linking best.pt and best.pt.sha256: best.pt held
-    the new checkpoint, its digest file the previous best's digest."""
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
-    best = run / "checkpoints" / "best.pt"
-    (run / "checkpoints" / "best.pt.sha256").write_text(f"{'0' * 64}  step-000000001.pt\n")
-    with pytest.raises(CheckpointError, match="do not match best.pt.sha256"):
-        checkpoint.load(best)
-    capsys.readouterr()
-    assert main(train(shards, run)) == 0          # a resume (with no epoch left to train)
-    assert f"repaired {best}.sha256" in capsys.readouterr().err
-    assert checkpoint.load(best)["global_step"] == 3
+KILLED_BETWEEN_RENAMES = """
+import os, signal, sys, torch
+from pathlib import Path
+from repro import checkpoint
+
+ckpts, after_link = Path(sys.argv[1]), sys.argv[2] == "after"
+checkpoint.save({"global_step": 1, "model": torch.zeros(100)}, ckpts, 2, is_best=True)
+link = checkpoint._link_or_copy
+
+def link_and_die(src, dst):
+    if dst.name == "best.pt" and not after_link:
+        os.kill(os.getpid(), signal.SIGKILL)
+    link(src, dst)
+    if dst.name == "best.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint._link_or_copy = link_and_die
+checkpoint.save({"global_step": 2, "model": torch.ones(100)}, ckpts, 2, is_best=True)
+"""
+
+
+@pytest.mark.parametrize("when, best_step", [("before", 1), ("after", 2)])
+def test_a_save_killed_around_best_pt_leaves_a_pair_that_loads(tmp_path, capsys, when,
+                                                              best_step):
+    """Killed after best.pt's digest file lists the old and the new digest, before or after
+    best.pt is linked: whichever file best.pt holds, its digest is listed."""
+    ckpts = tmp_path / "checkpoints"
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(ckpts), when],
+                            cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    assert len((ckpts / "best.pt.sha256").read_text().splitlines()) == 2
+    assert checkpoint.load(ckpts / "best.pt")["global_step"] == best_step
+    checkpoint.check_best(ckpts)                 # what a resume does: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def test_figures_pass_over_a_damaged_best_pt_for_last_pt(shards, trained, tmp_path, capsys):
