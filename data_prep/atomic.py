@@ -14,10 +14,12 @@ import os
 import socket
 from pathlib import Path
 
+from repro.exits import ReproError
+
 TMP_MARK = ".tmp-"
 
 
-class OutputError(ValueError):
+class OutputError(ReproError, ValueError):
     """An output path that cannot be written as asked (the message says why)."""
 
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+
+from repro.exits import EXIT_DONE, EXIT_INTERRUPTED, EXIT_TERMINATED, ReproError, entry_point
 from . import atomic, image
 from . import fall2011
 from .manifest import (DEFAULT_QUALITY, DEFAULT_SEED, DEFAULT_SHARD_SIZE, FORMAT_VERSION, MANIFEST,
@@ -48,11 +50,11 @@ from .manifest import (DEFAULT_QUALITY, DEFAULT_SEED, DEFAULT_SHARD_SIZE, FORMAT
 from .plan import Plan, read_shard, write_plan
 from .progress import Progress
 from .shardfile import ShardWriter
-from .sources import (EXPECTED, LAYOUTS, SPLITS, Record, Source, SourceError, open_source,
+from .sources import (EXPECTED, LAYOUTS, SPLITS, Record, Source, open_source,
                       read_record)
 from .stats import Sums, finalize, save_stats
 
-class BuildError(Exception):
+class BuildError(ReproError):
     """The build cannot go on as asked (the message says why and what to do)."""
 
 
@@ -232,10 +234,6 @@ def _check_out(out: Path) -> None:
 
 
 # ---- the build ---------------------------------------------------------------------------
-def _progress_mode(choice: str) -> str:
-    return "bar" if choice == "on" else choice     # "on": the bar, as before lines existed
-
-
 def _nothing_to_build(src: Source, split: str) -> str:
     why = [f"{len(src.unlabelled[split])} image files could not be labelled"] if src.unlabelled[split] else []
     why += [f"{src.ignored[split]} files are not images by their suffix"] if src.ignored[split] else []
@@ -460,7 +458,7 @@ def _run(args, src, settings, out, workers, imap, imap_ordered, log, t0) -> dict
         log(f"resuming: {len(parts)} shards already done, {len(todo)} to go")
     total = sum(t[4] for t in todo)
     t_build = time.time()
-    with Progress(total, "shards", "img", _progress_mode(args.progress)) as bar:
+    with Progress(total, "shards", "img", args.progress) as bar:
         for part in imap(build_planned, todo):
             split, index = part["name"].split("-")[0], int(part["name"].split("-")[1][:6])
             parts[(split, index)] = part
@@ -543,7 +541,7 @@ def _summary(m: dict, out: Path, seconds: float, built: int, build_s: float, wor
         exp = f", expected {s['expected_count']} ({s['expected_from']})" if s["expected_count"] is not None else ""
         log(f"  {split}: {s['count']} images in {len(s['shards'])} shards; {s['source_count']} in the source{exp}; "
             f"{len(s['skipped'])} skipped, {len(s['converted'])} converted")
-        if s.get("ignored_files"):
+        if s["ignored_files"]:
             log(f"    ignored {s['ignored_files']} files without an image suffix")
         if "count_warning" in s:
             log(f"    WARNING: {s['count_warning']}")
@@ -581,9 +579,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="on a finished build, also re-hash every shard (their sizes and stats.npz's "
                         "sha256 are always checked); damaged or missing files are rebuilt")
-    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "on", "off"),
+    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "off"),
                    help="bar: a tqdm bar; lines: a line every 10%% or minute (count, rate, ETA); "
-                        "auto = the bar on a terminal, lines elsewhere and under SLURM; on = bar")
+                        "auto = the bar on a terminal, lines elsewhere and under SLURM")
     return p
 
 
@@ -595,6 +593,7 @@ def _terminated(signum, frame):
     raise Terminated
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.splits is not None:
@@ -617,20 +616,17 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("build_shards: terminated (SIGTERM); finished shards are kept: run the same "
               "command again to resume", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except (SourceError, BuildError) as e:
-        print(f"build_shards: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, EOFError, tarfile.TarError) as e:
-        # Damaged input the checks above did not foresee (a corrupt archive, a devkit or
-        # manifest that does not parse): name it and where it came from, no traceback.
-        print(f"build_shards: error: {type(e).__name__}: {e} (source {args.source}, out {args.out})",
-              file=sys.stderr)
-        return 2
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("build_shards: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, EOFError, tarfile.TarError) as e:
+        if isinstance(e, ReproError):     # names the file and what to do already
+            raise
+        # Damaged input the checks above did not foresee (a corrupt archive, a devkit or
+        # manifest that does not parse): name it and where it came from, no traceback.
+        raise BuildError(f"{type(e).__name__}: {e} (source {args.source}, out {args.out})") from None
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from repro.exits import EXIT_DONE, entry_point
 from .devkit import META, Release
 from .fall2011 import WHOLE_TAR
 from .sources import KAGGLE_DATA, KAGGLE_MAPPING, KAGGLE_VAL, LAYOUTS, RELEASES
@@ -351,6 +352,7 @@ def describe(p: dict, layout: str) -> dict:
     return desc
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_prep.make_fixture", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = " and ".join(f"{len(v)} {s}" for s, v in d["labels"].items())
     print(f"wrote {a.out} ({a.layout}): {len(d['classes'])} classes, {counts} files "
           f"({sum(map(len, d['unreadable'].values()))} unreadable on purpose)")
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

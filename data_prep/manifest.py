@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 
 from .sources import SPLITS, detect_layouts
+from repro.exits import ReproError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,7 +45,7 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-class ShardsError(ValueError):
+class ShardsError(ReproError, ValueError):
     """A shard directory's files cannot be used as they are (the message names the file)."""
 
 

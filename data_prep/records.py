@@ -5,13 +5,15 @@ import os
 import re
 from typing import NamedTuple
 
+from repro.exits import ReproError
+
 from .tarindex import read_at
 
 WNID = re.compile(r"n\d{8}")  # a WordNet noun id: the name of every ImageNet class folder
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
-class SourceError(Exception):
+class SourceError(ReproError):
     """The source directory is not (a complete) one of the known layouts."""
 
 

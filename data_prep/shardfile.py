@@ -22,8 +22,6 @@ from pathlib import Path
 from . import atomic
 from .tarindex import TarError, members
 
-ShardError = TarError   # a shard that cannot be read: the message names the file and byte
-
 BLOCK, RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 
 
@@ -116,10 +114,10 @@ def read_samples(path: str | Path, start: int = 0, stop: int | None = None):
                 continue
             ext = parts[2].lower()
             if ext in sample:
-                raise ShardError(f"{path}: sample {key} has two {ext} members")
+                raise TarError(f"{path}: sample {key} has two {ext} members")
             sample[ext] = f.read(size)          # no padded copy to slice: the data once
             f.seek(padded - size, 1)
     if start <= index:
         yield sample
     if stop is not None and index + 1 < stop:
-        raise ShardError(f"{path}: holds {index + 1} samples, {stop} expected (manifest out of date?)")
+        raise TarError(f"{path}: holds {index + 1} samples, {stop} expected (manifest out of date?)")

@@ -6,10 +6,11 @@ image's absolute (offset, size), so images are read with one ``os.pread``
 each: random access, in parallel, with nothing extracted to disk.
 
 ``members`` parses the tar headers itself (ustar, GNU and pax; checksums and
-truncation checked), ~8x faster than the tarfile module; the shard reader
-(``shardfile.read_samples``) uses it too. ``cached_index`` streams the index of
-many tars (21,841 inner tars for Fall 2011) and caches it on disk, never holding
-it all in memory.
+truncation checked): indexing a 1,000-member tar takes 13 ms, tarfile's
+``getmembers`` and ``offset_data`` 20 ms; the shard reader
+(``shardfile.read_samples``) uses it too, ~8x faster than tarfile there.
+``cached_index`` streams the index of many tars (21,841 inner tars for Fall
+2011) and caches it on disk, never holding it all in memory.
 """
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import os
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from repro.exits import ReproError
+
 from . import atomic
 
 BLOCK = 512
 
 
-class TarError(ValueError):
+class TarError(ReproError, ValueError):
     """A tar that cannot be read (the message names the file and the byte offset)."""
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from .image import DECODE_ERRORS, IMAGE_SIZE, error_text
-from .manifest import MANIFEST, STATS, file_sha256, load_manifest, no_manifest
+
+from repro.exits import EXIT_DONE, EXIT_PROBLEMS, entry_point
+from .image import DECODE_ERRORS, error_text
+from .manifest import MANIFEST, STATS, ShardsError, file_sha256, load_manifest, no_manifest
 from .progress import Progress
 from .stats import STATS_KEYS
 
@@ -103,7 +105,7 @@ def verify(directory: Path | str, decode: bool = False, progress: str = "off") -
     except (OSError, ValueError) as e:
         return [f"cannot read the manifest: {e}"]
     problems, named = [], set()
-    size = m.get("settings", {}).get("image", {}).get("size", IMAGE_SIZE)  # what the build cropped to
+    size = m["settings"]["image"]["size"]     # what the build cropped to
     entries = [(split, e) for split, s in m["splits"].items() for e in s["shards"]]
     if "words" in m and len(m["words"]) != len(m["classes"]):
         problems.append(f"words: {len(m['words'])} names for {len(m['classes'])} classes")
@@ -137,24 +139,24 @@ def verify(directory: Path | str, decode: bool = False, progress: str = "off") -
     return problems
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_prep.verify", description=__doc__.split("\n")[0])
     ap.add_argument("dir")
     ap.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     a = ap.parse_args(argv)
     if not (Path(a.dir) / MANIFEST).is_file():    # not shards at all: bad input, not a verdict
-        print(f"verify: error: {no_manifest(a.dir)}", file=sys.stderr)
-        return 2
+        raise ShardsError(no_manifest(a.dir))
     problems = verify(a.dir, a.decode, progress="auto")
     if problems:
         for p in problems:
             print(f"PROBLEM {p}")
         print(f"verify: {a.dir}: {len(problems)} problems")
-        return 1
+        return EXIT_PROBLEMS
     m = load_manifest(a.dir)
     print(f"verify: {a.dir} OK: " + ", ".join(f"{s} {v['count']} images in {len(v['shards'])} shards"
                                             for s, v in m["splits"].items()))
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from data_prep.atomic import write_json
 from data_prep.manifest import STATS
 from repro.augment import step_generator
+from repro.cli import add_config_arguments
 from repro.config import load_config, model_kwargs, packaged_config
 from repro.data.loader import device_loader, loader
 from repro.data.order import in_order
@@ -250,6 +251,12 @@ def bench_baseline(cfg, shards_dir, device, workers, batches) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repro bench", description=__doc__)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p) -> None:
+    add_config_arguments(p, default=CONFIG)
     p.add_argument("--data", help="shard directory (built by data_prep); stages b-e need it")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--steps", type=int, default=100, help="timed steps per synthetic variant")
@@ -273,8 +280,6 @@ def parser() -> argparse.ArgumentParser:
                    help="also profile STEPS synthetic steps of the last --variants entry and "
                         "print the ops/kernels that take the most time")
     p.add_argument("--json", default="bench.json", help="where to write the results")
-    p.add_argument("overrides", nargs="*", help="config overrides")
-    return p
 
 
 def variant_tokens(variant: str) -> set[str]:
@@ -299,7 +304,7 @@ def variant_config(variant: str, args, extra=()):
     pad = next((int(t[3:]) for t in tokens if t in ("pad4", "pad8")), 0)
     decode = (["data.decode=hybrid", f"data.gpu_share={int(hybrid[6:]) / 100}"] if hybrid
               else [f"data.decode={'gpu' if 'gpudec' in tokens else 'cpu'}"])
-    cfg = load_config(CONFIG, [*args.overrides, f"data.workers={args.workers}", *extra,
+    cfg = load_config(args.config, [*args.overrides, f"data.workers={args.workers}", *extra,
                                f"train.lrn_impl={'reference' if impl == 'ref' else impl}",
                                *decode,
                                f"train.compile_mode={COMPILE_MODES['cg' in tokens, 'autotune' in tokens]}",

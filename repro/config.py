@@ -19,11 +19,12 @@ from pathlib import Path
 import yaml
 
 from data_prep.image import IMAGE_SIZE  # the shard images' side (paper section 2: 256)
+from repro.exits import ReproError
 from repro.model_spec import (LRN_IMPLS, PRECISIONS, check, check_padding, check_towers,
                               conv_layers)
 
 
-class ConfigError(ValueError):
+class ConfigError(ReproError, ValueError):
     pass
 
 

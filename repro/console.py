@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from data_prep import interactive
 from data_prep.progress import duration
-from repro.preempt import EXIT_INTERRUPTED
+from repro.exits import EXIT_INTERRUPTED
 from repro.tracking import best_val, read_metrics
 
 

@@ -29,8 +29,7 @@ import torch
 import repro.train as loop
 from repro import exits, fashion_mnist, preempt
 from repro.augment import step_generator
-from repro.checkpoint import CheckpointError, RunLocked
-from repro.config import Config, ConfigError, load_config
+from repro.config import Config, load_config
 from repro.metrics import topk_correct
 from repro.exits import Refused
 from repro.placement import place_model
@@ -149,23 +148,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits.entry_point
 def main(argv=None) -> int:
     stop = preempt.StopFlag()      # before anything slow: a stop in the first instant counts
     args = parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.generate:
-            counts = args.generate.split(",")
-            if len(counts) != 2 or not all(c.strip().isdigit() for c in counts):
-                raise Refused(f"--generate takes N_TRAIN,N_TEST (two counts), got {args.generate!r}")
-            fashion_mnist.generate(args.root, *map(int, counts), cfg.train.seed)
-        if args.download:
-            from torchvision.datasets import FashionMNIST
-            FashionMNIST(root=str(args.root), download=True)
-        return run(cfg, args.root, args.out, stop)
-    except (exits.Refused, ConfigError, CheckpointError, RunLocked) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exits.EXIT_BAD_INPUT
+    cfg = load_config(args.config, args.overrides)
+    if args.generate:
+        counts = args.generate.split(",")
+        if len(counts) != 2 or not all(c.strip().isdigit() for c in counts):
+            raise Refused(f"--generate takes N_TRAIN,N_TEST (two counts), got {args.generate!r}")
+        fashion_mnist.generate(args.root, *map(int, counts), cfg.train.seed)
+    if args.download:
+        from torchvision.datasets import FashionMNIST
+        FashionMNIST(root=str(args.root), download=True)
+    return run(cfg, args.root, args.out, stop)
 
 
 if __name__ == "__main__":

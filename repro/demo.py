@@ -104,3 +104,15 @@ def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes)
     print(f"\n{', '.join(p.name for p in figures)} in {run / 'figures'}; "
           f"demo done in {time.time() - t0:.0f} s")
     return {"paths": paths, "summary": summary, "figures": figures}
+
+
+# ---- `repro demo`'s options (repro.cli runs it) --------------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("--out", default="demo_out", help="working directory (default ./demo_out)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--fast", action="store_true", help="the smallest sizes (the test suite's)")
+    p.add_argument("--classes", type=int)
+    p.add_argument("--train-per-class", type=int)
+    p.add_argument("--val-per-class", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from repro.exits import ReproError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(ReproError, RuntimeError):
     pass
 
 

@@ -23,16 +23,18 @@ from data_prep.manifest import MANIFEST, STATS
 from data_prep.progress import Progress
 from repro import checkpoint
 from repro.augment import Normalizer
+from repro.cli import count
 from repro.config import Config, config_from_dict
 from repro.data.loader import loader
 from repro.data.order import in_order
 from repro.data.shards import data_fingerprint, read_manifest, split_shards
 from repro.distributed import pick_device
+from repro.exits import ReproError
 from repro.metrics import ranked_hits
 from repro.placement import Placed, make_normalizer, place_model
 
 
-class EvalError(ValueError):
+class EvalError(ReproError, ValueError):
     """A checkpoint or data set that cannot be evaluated as asked (the message says why)."""
 
 
@@ -244,3 +246,29 @@ def format_result(summary: dict) -> str:
             f"({summary['n']} {summary['split']} images, {summary['crops']} "
             f"crop{'s' * (summary['crops'] > 1)}, "
             f"{models})")
+
+
+# ---- `repro eval`'s options (repro.cli runs it) --------------------------------------------
+def add_eval_options(p) -> None:
+    """The options of an eval that `repro eval` and `repro report` share."""
+    p.add_argument("--batch-size", type=count, default=0,
+                   help="val images a batch (x10 crops); 0 = the checkpoint's data.val_batch_size")
+    p.add_argument("--limit", type=count, default=0, help="only the first N images (0 = all)")
+    p.add_argument("--split", default="val", choices=("val", "test"),
+                   help="the shards' split: val, or test where the shards have labelled test "
+                        "images (ILSVRC-2010, the paper's Table 1)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="a checkpoint; repeat for the paper's averaged ensemble")
+    p.add_argument("--data", required=True, help="shard directory (its val split, stats.npz)")
+    p.add_argument("--ten-crop", action="store_true",
+                   help="the paper's 10 crops (corners, centre, mirrored) instead of the centre")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", help="directory for eval.json, per_class.csv, worst_confusions.*")
+    p.add_argument("--worst", type=count, default=10, help="classes in worst_confusions")
+    p.add_argument("--workers", type=count, default=0,
+                   help="loader processes; 0 = the checkpoint's data.workers")
+    add_eval_options(p)

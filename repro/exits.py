@@ -1,25 +1,55 @@
 """Exit statuses of `repro` and `python -m data_prep.*`, one convention for all (the table
-in README.md, "Exit statuses"):
+in README.md, "Exit statuses"), and the one exception type that carries them.
 
-    0    done (also: a finished run asked to train again)
-    1    verify found problems in the shards; or an unforeseen error (a bug: traceback)
-    2    bad input, refused before any work: a missing or wrong file or directory, a bad
-         config value, a resume with other settings or shards; one line on stderr says
-         what and where
-    3    repro train: the loss or the weights became non-finite (train.EXIT_NONFINITE);
-         the last good checkpoint is kept
-    74   repro train: the disk filled up while a checkpoint was written
-         (checkpoint.EXIT_NO_SPACE, EX_IOERR); the previous checkpoint is kept
-    75   repro train stopped by SIGUSR1/SIGTERM after writing a checkpoint
-         (preempt.EXIT_PREEMPTED, EX_TEMPFAIL: requeue, rerun the same command)
-    130  interrupted (Ctrl-C); build_shards: 143 on SIGTERM, finished shards kept
+Import-light (no torch): data_prep uses it too.
 """
 from __future__ import annotations
 
-EXIT_BAD_INPUT = 2
+import functools
+import re
+import sys
+
+EXIT_DONE = 0          # also: a finished run asked to train again
+EXIT_PROBLEMS = 1      # verify found problems in the shards; an unforeseen error (a bug: traceback)
+EXIT_BAD_INPUT = 2     # refused before any work: a missing or wrong file, a bad config value,
+                       # a resume with other settings or shards; one line on stderr
+EXIT_NONFINITE = 3     # repro train: the loss or weights became non-finite (last good
+                       # checkpoint kept)
+EXIT_NO_SPACE = 74     # EX_IOERR: the disk filled up under a checkpoint; a requeue would not help
+EXIT_PREEMPTED = 75    # EX_TEMPFAIL: stopped by SIGUSR1/SIGTERM after a checkpoint; run it again
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C (what a shell reports for a Ctrl-C'd command)
+EXIT_TERMINATED = 143  # 128 + SIGTERM: build_shards stopped, finished shards kept
 
 
-class Refused(SystemExit):
-    """Bad input found while setting up (the message says what, and what to do instead).
-    The CLI prints it as one line and exits EXIT_BAD_INPUT; it is a SystemExit so that a
-    script calling repro.train.train() stops with the message rather than going on."""
+class ReproError(Exception):
+    """A problem the user can fix, said in one line (the message names the file or setting
+    and what to do); `exit_status` is the command's status."""
+    exit_status = EXIT_BAD_INPUT
+
+
+class Refused(ReproError):
+    """Bad input found while setting up (the message says what, and what to do instead)."""
+
+
+def error_line(e: Exception) -> str:
+    """The message; for one re-raised from a DataLoader worker ("Caught X in DataLoader
+    worker process N. Original Traceback ..."), the original exception's own message."""
+    text = str(e)
+    if not text.startswith("Caught "):
+        return text
+    return re.sub(r"^[\w.]+: ", "", text.strip().splitlines()[-1])
+
+
+def entry_point(main):
+    """Wraps a command's main(argv) -> status: a ReproError is `error: <message>` on stderr
+    and its status, Ctrl-C is status 130; anything else stays a traceback (a bug)."""
+    @functools.wraps(main)
+    def guarded(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except ReproError as e:
+            print(f"error: {error_line(e)}", file=sys.stderr)
+            return e.exit_status
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    return guarded

@@ -18,6 +18,7 @@ from PIL import Image
 from data_prep.progress import Progress
 from data_prep.image import IMAGE_SIZE
 from repro.augment import eval_views
+from repro.cli import count, positive
 from repro.data.loader import loader
 from repro.data.order import in_order
 from repro.data.shards import read_manifest, split_shards
@@ -266,3 +267,15 @@ def make_figures(run_dir: str | Path, data_dir: str | Path | None = None,
         paths.append(save_curves(read_metrics(run_dir), out / "curves.png"))
     log_to_wandb(run_dir, member, paths)
     return paths
+
+
+# ---- `repro figures`' options (repro.cli runs it) ------------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="shard directory (needed for the nearest-neighbour figure)")
+    p.add_argument("--checkpoint", help="default RUN_DIR/checkpoints/best.pt (else last.pt)")
+    p.add_argument("--queries", type=positive, default=5, help="val images in the neighbour figure")
+    p.add_argument("--scan", type=count, default=0,
+                   help="training images searched for neighbours: 0 (default) the whole "
+                        "training split, as the paper; N the first N in shard order (quicker)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -17,6 +17,7 @@ import torch
 
 from data_prep.image import UnreadableImage, decode_256
 from data_prep.manifest import class_names
+from repro.cli import positive
 from repro.data.shards import read_manifest
 from repro.distributed import pick_device
 from repro.evaluate import EvalError, check_members, load_member, stats_path
@@ -77,3 +78,14 @@ def format_predictions(predictions: list[Prediction]) -> str:
         lines.append(f"{p.path}:")
         lines += [f"  {prob:7.2%}  {name}" for name, prob in p.top]
     return "\n".join(lines)
+
+
+# ---- `repro predict`'s options (repro.cli runs it) -----------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, ... files")
+    p.add_argument("--data", help="the shards it was trained on (stats.npz, class names); "
+                                  "default: the run's own, if the checkpoint is in a run dir")
+    p.add_argument("--top", type=positive, default=5)
+    p.add_argument("--centre", action="store_true", help="the centre crop, not the 10 crops")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -19,8 +19,8 @@ import os
 import signal
 import threading
 
-EXIT_PREEMPTED = 75     # EX_TEMPFAIL: a checkpoint was written on SIGUSR1/SIGTERM; run again to resume
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: the same after Ctrl-C (as a shell reports a Ctrl-C'd command)
+from repro.exits import EXIT_INTERRUPTED, EXIT_PREEMPTED
+
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT}
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from repro.ablations import CLAIMS, ablation_table, config_path
 from repro.config import (KEPT_ON_RESUME, MAY_CHANGE_ON_RESUME, Config, load_config,
                           packaged_config)
-from repro.evaluate import write_outputs
+from repro.evaluate import add_eval_options, write_outputs
+from repro.exits import ReproError
 from repro.tracking import best_val, read_metrics
 
 PAPER_CONFIG = packaged_config("alexnet_paper")
@@ -120,7 +121,7 @@ def render(run_dir: Path, cfg: Config, paper: Config, metrics: list[dict],
 def _run(run_dir: Path) -> tuple[Config, list[dict]]:
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path}: missing; is {run_dir} a `repro train` run directory?")
+        raise ReproError(f"{metrics_path}: missing; is {run_dir} a `repro train` run directory?")
     return load_config(run_dir / "config.yaml"), read_metrics(run_dir)
 
 
@@ -143,13 +144,13 @@ def ablation_section(base_dir: Path, run_dirs: list[Path]) -> str:
     base_cfg, base_metrics = _run(base_dir)
     base = training_summary(base_metrics)["best_val"]
     if base is None:
-        raise FileNotFoundError(f"{base_dir}: no validation in metrics.jsonl yet")
+        raise ReproError(f"{base_dir}: no validation in metrics.jsonl yet")
     runs = {}
     for d in run_dirs:
         cfg, metrics = _run(Path(d))
         best = training_summary(metrics)["best_val"]
         if best is None:
-            raise FileNotFoundError(f"{d}: no validation in metrics.jsonl yet")
+            raise ReproError(f"{d}: no validation in metrics.jsonl yet")
         runs[ablation_of(cfg, base_cfg, paper) or Path(d).name] = (best["top1_err"], best["top5_err"])
     return ("\n## Ablations: best centre-crop val error beside the paper's claims\n\n"
             + ablation_table(runs, (base["top1_err"], base["top5_err"]),
@@ -181,3 +182,18 @@ def write_report(run_dir: str | Path, evals: list[dict] = (), out: str | Path | 
     out = Path(out) if out else run_dir / "report.md"
     write_outputs({out: text.encode()})
     return out
+
+
+# ---- `repro report`'s options (repro.cli runs it) ------------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", action="append",
+                   help="default RUN_DIR/checkpoints/best.pt (else last.pt); repeat for an ensemble")
+    p.add_argument("--data", help="shard directory: adds the 10-crop eval of the checkpoint(s) "
+                                  "(default: the run's own shards, if they are still there)")
+    p.add_argument("--centre", action="store_true", help="evaluate the centre crop, not 10 crops")
+    p.add_argument("--out", help="markdown file (default RUN_DIR/report.md)")
+    p.add_argument("--ablations", nargs="+", default=[], metavar="RUN",
+                   help="ablation runs (configs/ablations/*) to set beside RUN_DIR and the "
+                        "paper's claimed deltas")
+    add_eval_options(p)

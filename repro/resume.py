@@ -38,7 +38,7 @@ def resume(run) -> tuple[Path | None, bool]:
     if ckpt_path is None:
         return None, False
     if run.dist.is_main:
-        checkpoint.repair_best(run.run_dir / "checkpoints")
+        checkpoint.check_best(run.run_dir / "checkpoints")
     changes = resume_changes(state["config"], task.cfg.to_dict())
     if changes:
         raise Refused(f"{ckpt_path} belongs to a run with other settings "

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from repro.exits import EXIT_NONFINITE, ReproError
 from repro.optim import PaperSGD, param_groups
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(ReproError):
+    """The loss or the weights became NaN/inf (the loop keeps the last good checkpoint)."""
+    exit_status = EXIT_NONFINITE
 
 
 def set_determinism(deterministic: bool) -> None:

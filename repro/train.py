@@ -30,14 +30,11 @@ from data_prep.atomic import check_output
 from repro import checkpoint, console, distributed, preempt
 from repro.augment import derived_seed
 from repro.distributed import DistContext, pick_device
-from repro.exits import Refused
+from repro.exits import EXIT_NONFINITE, Refused
 from repro.placement import Placed
 from repro.resume import Position, resume
 from repro.step import NonFiniteLoss, StepStats, set_determinism, train_step
 from repro.tracking import Tracker
-
-EXIT_NONFINITE = 3    # the loss became NaN/inf; the last good checkpoint (if any) is kept
-
 
 class Task(Protocol):
     """What an experiment brings to the loop. `cfg` has the sections train (seed, log_every,

@@ -17,6 +17,7 @@ from repro import checkpoint
 from repro.checkpoint import CheckpointError, load_latest
 from repro.cli import main
 from repro.config import load_config, model_kwargs
+from repro.exits import EXIT_NO_SPACE
 from repro.model import build_model
 from shard_helpers import other_stats, write_shards
 
@@ -37,8 +38,8 @@ def good(tmp_path_factory) -> Path:
     """A real eval checkpoint: the smoke config's model and its config."""
     cfg = load_config(SMOKE, SMALL)
     path = tmp_path_factory.mktemp("good") / "good.pt"
-    torch.save({"model": build_model(model_kwargs(cfg)).state_dict(), "config": cfg.to_dict()},
-               path)
+    torch.save({"model": build_model(model_kwargs(cfg)).state_dict(), "config": cfg.to_dict(),
+                "format_version": checkpoint.FORMAT_VERSION}, path)
     return path
 
 
@@ -56,6 +57,13 @@ def damage(good: Path, bad: Path, how: str) -> None:
         torch.save(torch.zeros(3), bad)
     elif how == "no config":
         torch.save({"model": torch.load(good, weights_only=False)["model"]}, bad)
+    elif how in ("no format version", "another format version"):
+        state = torch.load(good, weights_only=False)
+        if how == "no format version":
+            del state["format_version"]
+        else:
+            state["format_version"] = checkpoint.FORMAT_VERSION + 1
+        torch.save(state, bad)
 
 
 @pytest.mark.parametrize("how, says", [
@@ -65,6 +73,10 @@ def damage(good: Path, bad: Path, how: str) -> None:
     ("empty", "not a readable checkpoint of this project (EOFError"),
     ("tensor only", "not a checkpoint of this project (it holds a Tensor, not a dict"),
     ("no config", "not a checkpoint of this project: no config entry (has model)"),
+    ("no format version", f"checkpoint format_version None, this code reads "
+                          f"{checkpoint.FORMAT_VERSION}: written by another version"),
+    ("another format version", f"checkpoint format_version {checkpoint.FORMAT_VERSION + 1}, "
+                               f"this code reads {checkpoint.FORMAT_VERSION}"),
 ])
 def test_eval_refuses_a_damaged_checkpoint_in_one_line(shards, good, tmp_path, capsys, how, says):
     bad = tmp_path / "bad.pt"
@@ -216,19 +228,40 @@ def trained(shards, tmp_path_factory) -> Path:
     return run
 
 
-def test_resume_repairs_a_best_pt_left_unmatched_by_a_crash(shards, trained, tmp_path, capsys):
-    """An earlier version crashed between linking best.pt and best.pt.sha256: best.pt held
-    the new checkpoint, its digest file the previous best's digest."""
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
-    best = run / "checkpoints" / "best.pt"
-    (run / "checkpoints" / "best.pt.sha256").write_text(f"{'0' * 64}  step-000000001.pt\n")
-    with pytest.raises(CheckpointError, match="do not match best.pt.sha256"):
-        checkpoint.load(best)
-    capsys.readouterr()
-    assert main(train(shards, run)) == 0          # a resume (with no epoch left to train)
-    assert f"repaired {best}.sha256" in capsys.readouterr().err
-    assert checkpoint.load(best)["global_step"] == 3
+KILLED_BETWEEN_RENAMES = """
+import os, signal, sys, torch
+from pathlib import Path
+from repro import checkpoint
+
+ckpts, after_link = Path(sys.argv[1]), sys.argv[2] == "after"
+checkpoint.save({"global_step": 1, "model": torch.zeros(100)}, ckpts, 2, is_best=True)
+link = checkpoint._link_or_copy
+
+def link_and_die(src, dst):
+    if dst.name == "best.pt" and not after_link:
+        os.kill(os.getpid(), signal.SIGKILL)
+    link(src, dst)
+    if dst.name == "best.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint._link_or_copy = link_and_die
+checkpoint.save({"global_step": 2, "model": torch.ones(100)}, ckpts, 2, is_best=True)
+"""
+
+
+@pytest.mark.parametrize("when, best_step", [("before", 1), ("after", 2)])
+def test_a_save_killed_around_best_pt_leaves_a_pair_that_loads(tmp_path, capsys, when,
+                                                              best_step):
+    """Killed after best.pt's digest file lists the old and the new digest, before or after
+    best.pt is linked: whichever file best.pt holds, its digest is listed."""
+    ckpts = tmp_path / "checkpoints"
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(ckpts), when],
+                            cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    assert len((ckpts / "best.pt.sha256").read_text().splitlines()) == 2
+    assert checkpoint.load(ckpts / "best.pt")["global_step"] == best_step
+    checkpoint.check_best(ckpts)                 # what a resume does: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def test_figures_pass_over_a_damaged_best_pt_for_last_pt(shards, trained, tmp_path, capsys):
@@ -329,7 +362,7 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(shards, small_disk, capsys):
     run = small_disk / "run"
-    assert main(train(shards, run, "schedule.epochs=2")) == checkpoint.EXIT_NO_SPACE == 74
+    assert main(train(shards, run, "schedule.epochs=2")) == EXIT_NO_SPACE == 74
     err = capsys.readouterr().err
     ckpts = run / "checkpoints"
     assert err.splitlines()[-1] == (f"error: no space left on device while writing "

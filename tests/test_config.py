@@ -108,10 +108,10 @@ def test_round_trip_through_dict():
 
 
 def test_cli_prints_resolved_config(capsys):
-    assert main(["config", str(PAPER), "optim.lr=0.05"]) == 0
+    assert main(["config", "--config", str(PAPER), "optim.lr=0.05"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["optim"]["lr"] == 0.05 and printed["model"]["groups"] == 2
-    assert main(["config", str(PAPER), "optim.nope=1"]) == 2
+    assert main(["config", "--config", str(PAPER), "optim.nope=1"]) == 2
     assert "optim.nope" in capsys.readouterr().err
 
 

@@ -54,7 +54,7 @@ def test_xavier_is_d2ls_init():
 def test_generated_bands_reach_the_net_as_d2l_feeds_them(tmp_path):
     fashion_mnist.generate(tmp_path, 24, 12)
     data = fashion_mnist.load(tmp_path)
-    x = fashion_mnist.d2l_input(torch.from_numpy(data.train_images), 28)   # 28: no resize
+    x = fashion_mnist.d2l_input(torch.tensor(data.train_images), 28)   # 28: no resize
     assert x.shape == (24, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0
     for i in (0, 7, 13):
         bright = (x[i, 0].mean(1) > 0.5).nonzero().flatten().tolist()

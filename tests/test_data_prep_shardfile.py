@@ -10,7 +10,8 @@ import tarfile
 import pytest
 from webdataset.tariterators import tarfile_samples
 
-from data_prep.shardfile import ShardError, ShardWriter, _tobuf, member_header, read_samples
+from data_prep.shardfile import ShardWriter, _tobuf, member_header, read_samples
+from data_prep.tarindex import TarError
 
 
 def test_template_headers_equal_tarfiles():
@@ -124,7 +125,7 @@ def test_bad_shards_are_errors_that_name_the_file(tmp_path):
         for sample in random_samples(5):
             w.add(*sample)
     whole = path.read_bytes()
-    with pytest.raises(ShardError, match=r"s\.tar: holds 5 samples, 6 expected"):
+    with pytest.raises(TarError, match=r"s\.tar: holds 5 samples, 6 expected"):
         list(read_samples(path, 0, 6))
     with tarfile.open(path) as t:
         last = t.getmembers()[-1]
@@ -132,10 +133,10 @@ def test_bad_shards_are_errors_that_name_the_file(tmp_path):
     for cut in (2000, len(whole) // 2, members_end):
         path.write_bytes(whole[:cut])          # inside a member, or whole members but no end
         for start in (0, 4):                            # read, or skipped with a seek
-            with pytest.raises(ShardError, match=r"s\.tar: truncated"):
+            with pytest.raises(TarError, match=r"s\.tar: truncated"):
                 list(read_samples(path, start))
     path.write_bytes(whole[:100] + b"X" + whole[101:])            # a damaged header
-    with pytest.raises(ShardError, match=r"s\.tar: bad tar header checksum at byte 0"):
+    with pytest.raises(TarError, match=r"s\.tar: bad tar header checksum at byte 0"):
         list(read_samples(path))
 
 
@@ -146,5 +147,5 @@ def test_two_members_with_one_extension_are_an_error(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = 1
             t.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(ShardError, match=r"t\.tar: sample k has two jpg members"):
+    with pytest.raises(TarError, match=r"t\.tar: sample k has two jpg members"):
         list(read_samples(path))

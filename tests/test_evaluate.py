@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2.functional import ten_crop
 
+from repro import checkpoint
 from repro.cli import main
 from repro.config import config_from_dict, load_config, model_kwargs
 from repro.distributed import pick_device
@@ -52,7 +53,8 @@ def make_checkpoint(path: Path, *overrides: str, classes=None, shards=None) -> P
             common = fc7_by_hand(model.eval(), centre_inputs(shards, "train", CROP)).mean(0)
             model.fc8.weight *= 100
             model.fc8.bias.copy_(-model.fc8.weight @ common)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes}, path)
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes,
+                "format_version": checkpoint.FORMAT_VERSION}, path)
     return path
 
 

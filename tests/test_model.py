@@ -277,11 +277,12 @@ def test_pad_input_channels_below_the_input_is_refused():
 
 def test_towers_refuse_the_conv_switches():
     from repro.config import load_config
+    from repro.exits import Refused
     from repro.placement import place_model
 
     cfg = load_config(None, ["train.parallel=towers", "train.split_groups=true", "data.crop_size=67",
                              "model.num_classes=10"])
-    with pytest.raises(SystemExit, match="apply to the one-device model"):
+    with pytest.raises(Refused, match="apply to the one-device model"):
         place_model(cfg, torch.device("cpu"))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from repro.checkpoint import load
+from repro.checkpoint import FORMAT_VERSION, load
 from repro.tracking import read_metrics
 from shard_helpers import write_shards
 from slurm_cluster import SlurmCluster, free_port, started_or_skip
@@ -326,7 +326,7 @@ def test_eval_sbatch_ensemble_without_run_dir_writes_its_own_dir(cluster, shards
         cfg = load_config(SMOKE, TRAIN + [f"model.seed={seed}"])
         ckpts.append(tmp_path / f"m{seed}.pt")
         torch.save({"model": build_model(model_kwargs(cfg)).state_dict(),
-                    "config": cfg.to_dict()}, ckpts[-1])
+                    "config": cfg.to_dict(), "format_version": FORMAT_VERSION}, ckpts[-1])
     run = tmp_path / "runs" / "alexnet-train"
     (run / "eval").mkdir(parents=True)
     for f in (run / "eval" / "eval.json", run / "report.md"):

@@ -22,9 +22,8 @@ from repro.distributed import DistContext
 from repro.model import build_model
 from repro.tracking import read_metrics
 from repro.placement import make_normalizer
-from repro.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from repro.exits import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_PREEMPTED, Refused
 from repro.imagenet import train, validate
-from repro.train import EXIT_NONFINITE
 from shard_helpers import other_stats, write_shards
 
 ROOT = Path(__file__).parent.parent
@@ -187,7 +186,7 @@ def test_resume_refuses_other_settings(shards, uninterrupted, tmp_path, override
     shutil.copytree(uninterrupted, run)
     before = (run / "config.yaml").read_text()
     cfg = load_config(SMOKE, FAST + ["data.workers=2", "schedule.epochs=2", override])
-    with pytest.raises(SystemExit, match=f"belongs to a run with other settings .*{named}"):
+    with pytest.raises(Refused, match=f"belongs to a run with other settings .*{named}"):
         train(cfg, shards, run)
     assert (run / "config.yaml").read_text() == before
 
@@ -211,7 +210,7 @@ def test_resume_refuses_shards_with_other_classes(shards, uninterrupted, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     cfg = load_config(SMOKE, FAST + ["data.workers=2", "schedule.epochs=2"])
-    with pytest.raises(SystemExit, match="lists other classes than the shards"):
+    with pytest.raises(Refused, match="lists other classes than the shards"):
         train(cfg, other, run)
 
 
@@ -227,7 +226,7 @@ def test_resume_refuses_shards_with_other_stats_unless_allowed(shards, uninterru
     shutil.copytree(uninterrupted, run)
     assert load(run / "checkpoints" / "last.pt")["data"] == data_fingerprint(shards)
     cfg = load_config(SMOKE, FAST + ["data.workers=2", "schedule.epochs=2"])
-    with pytest.raises(SystemExit, match=r"was trained on shards with another stats.npz \(mean "
+    with pytest.raises(Refused, match=r"was trained on shards with another stats.npz \(mean "
                                          r"image and PCA\) and another manifest.json \(shard "
                                          r"set\) than .*other; resume on those shards, or pass "
                                          r"--allow-other-shards"):

@@ -1,15 +1,33 @@
 """Errors that point the right way, one line each, and one convention for exit statuses
 (repro.exits): bad input, a bad config and a refused resume are 2; nothing already written
 is changed."""
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+from data_prep.atomic import OutputError
+from data_prep.build_shards import BuildError
+from data_prep.manifest import ShardsError
+from data_prep.records import SourceError
+from data_prep.tarindex import TarError
 from data_prep_helpers import ROOT, build, fixture, manifest
+from repro import checkpoint
+from repro.checkpoint import CheckpointError, NoSpace, RunLocked, lock_run
+from repro.cifar.data import CifarDataError
 from repro.cli import main
+from repro.config import ConfigError, load_config, model_kwargs
+from repro.distributed import DeviceError
+from repro.evaluate import EvalError
+from repro.exits import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NO_SPACE, EXIT_NONFINITE,
+                         EXIT_PREEMPTED, EXIT_TERMINATED, Refused, ReproError)
+from repro.model import build_model
 from repro.tracking import Tracker
 from shard_helpers import write_shards
 
@@ -114,3 +132,67 @@ def test_a_wandb_failure_is_one_plain_line(tmp_path, capsys):
         err, "warning: W&B logging disabled for this run (metrics.jsonl has every record): "
              "IsADirectoryError"), err
     assert "UserWarning" not in err and ".py:" not in err
+
+
+# ---- one error type: each project error through the real `repro`, its documented status ----
+def eval_checkpoint(path: Path) -> Path:
+    """A checkpoint `repro eval` takes: the smoke model (FAST's size) and its config."""
+    cfg = load_config(SMOKE, FAST)
+    torch.save({"model": build_model(model_kwargs(cfg)).state_dict(), "config": cfg.to_dict(),
+                "format_version": checkpoint.FORMAT_VERSION}, path)
+    return path
+
+
+def test_each_project_error_is_one_line_and_its_status_through_repro(shards, tmp_path):
+    """Real bad input meets each error type in a `repro` process of its own; each reaches the
+    one handler as a ReproError: `error: <what>` on one line, and status 2 (README)."""
+    ckpt = eval_checkpoint(tmp_path / "good.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "afile").write_text("mine")
+    torn = tmp_path / "torn"                       # a val shard cut short after the build
+    shutil.copytree(shards, torn)
+    val = torn / manifest(torn)["splits"]["val"]["shards"][0]["name"]
+    val.write_bytes(val.read_bytes()[:3000])
+    locked = tmp_path / "locked"
+    train = ["train", "--config", SMOKE, "--data", shards, *FAST]
+    cases = {  # type: (command line, words its one line holds)
+        ConfigError: (["config", "--config", tmp_path / "nope.yaml"], ["config file not found"]),
+        ShardsError: ([*train[:3], "--data", tmp_path, "--out", tmp_path / "r1"],
+                      ["manifest.json: no manifest.json"]),
+        Refused: ([*train, "--out", tmp_path / "r2", "--resume"], ["--resume: no checkpoint in"]),
+        RunLocked: ([*train, "--out", locked], [f"{locked} is being trained by pid {os.getpid()}"]),
+        CheckpointError: ([*train, "--out", tmp_path / "r3", "--init-from", tmp_path / "none.pt"],
+                          ["none.pt: no such checkpoint file"]),
+        EvalError: (["eval", "--checkpoint", tmp_path / "none.pt", "--data", shards],
+                    ["none.pt: checkpoint not found"]),
+        OutputError: (["eval", "--checkpoint", ckpt, "--data", shards, "--out", tmp_path / "afile"],
+                      ["afile", "not a directory"]),
+        TarError: (["eval", "--checkpoint", ckpt, "--data", torn, "--device", "cpu",
+                    "--workers", "1"], [val.name, "truncated"]),
+    }
+    if not torch.cuda.is_available():
+        cases[DeviceError] = (["eval", "--checkpoint", ckpt, "--data", shards, "--device", "cuda"],
+                              ["no CUDA device is available"])
+    lock = lock_run(locked)                        # a live trainer of `locked`: this process
+    try:
+        procs = {kind: subprocess.Popen([sys.executable, "-m", "repro.cli", *map(str, argv)],
+                                        cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+                 for kind, (argv, _) in cases.items()}
+        results = {kind: (p.communicate()[1], p.returncode) for kind, p in procs.items()}
+    finally:
+        lock.close()
+    for kind, (err, code) in results.items():
+        assert issubclass(kind, ReproError) and kind.exit_status == EXIT_BAD_INPUT
+        assert code == 2 and one_line(err, "error: ", *cases[kind][1]), (kind.__name__, err)
+        assert not err.startswith("error: Caught"), err     # a loader worker's wrapping undone
+
+
+def test_a_full_disk_and_the_stop_statuses_are_the_documented_ones():
+    """README's table: 74 for a full disk (NoSpace), 75 after a stop signal, 130 Ctrl-C,
+    143 build_shards on SIGTERM, 3 non-finite."""
+    assert issubclass(NoSpace, ReproError) and NoSpace.exit_status == EXIT_NO_SPACE == 74
+    assert (EXIT_NONFINITE, EXIT_PREEMPTED, EXIT_INTERRUPTED, EXIT_TERMINATED) == (
+        3, 75, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+    assert issubclass(CifarDataError, ReproError) and issubclass(SourceError, ReproError)
+    assert issubclass(BuildError, ReproError)

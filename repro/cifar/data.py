@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from repro import provenance as prov
+from repro.exits import ReproError
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -44,7 +45,7 @@ LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 SIDE, PIXELS = 32, 3 * 32 * 32
 
 
-class CifarDataError(Exception):
+class CifarDataError(ReproError):
     """CIFAR-10 files missing or unreadable; the message names the file and the problem."""
 
 

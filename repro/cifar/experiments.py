@@ -35,11 +35,10 @@ from matplotlib.figure import Figure
 import copy
 
 from repro import exits, preempt
-from repro.cifar.data import CifarDataError, download, generate, load, provenance
+from repro.cifar.data import download, generate, load, provenance
 from repro.cifar.nets import NETS
 from repro.cifar.train import CifarConfig, train_run
-from repro.checkpoint import CheckpointError, RunLocked
-from repro.config import ConfigError, load_config
+from repro.config import load_config
 from repro.step import NonFiniteLoss
 
 PAPER = {"figure1_ratio": 6.0, "target_err": 25.0, "lrn_with": 11.0, "lrn_without": 13.0}
@@ -210,14 +209,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits.entry_point
 def main(argv=None) -> int:
     stop = preempt.StopFlag()       # a stop signal ends the run in progress with a checkpoint
     cli = parser()
     args = cli.parse_args(argv)
     if args.epochs == 0 or getattr(args, "sweep_epochs", 1) == 0:
         cli.error("--epochs and --sweep-epochs must be at least 1")
+    base = load_config(args.config, args.overrides, schema=CifarConfig)
     try:
-        base = load_config(args.config, args.overrides, schema=CifarConfig)
         prepare(args, cli, base.train.seed)
         if args.command == "figure1":
             scales = parse_counts(args.lr_scales, float, cli, "--lr-scales")
@@ -226,12 +226,6 @@ def main(argv=None) -> int:
         else:
             lrn(args.root, args.out, base, stop, net=args.net, epochs=args.epochs,
                 drop_epochs=args.drop_epochs)
-    except (CifarDataError, ConfigError, CheckpointError, RunLocked, exits.Refused) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return exits.EXIT_BAD_INPUT
-    except NonFiniteLoss as e:
-        print(f"error: training diverged ({e})", file=sys.stderr)
-        return 3
     except SystemExit as e:          # a run stopped by a signal: its status (75, 130)
         return e.code
     return 0

@@ -25,7 +25,7 @@ from repro.augment import step_generator
 from repro.cifar.data import Cifar10, DeviceImages, file_minibatches, mean_image
 from repro.cifar.nets import NETS, CifarNet, param_groups
 from repro.config import CheckpointConfig, ConfigError, LoggingConfig, Sections
-from repro.exits import Refused
+from repro.exits import EXIT_NONFINITE
 from repro.optim import PaperSGD
 from repro.placement import Placed
 from repro.precision import autocast_for
@@ -223,8 +223,8 @@ def train_run(cfg: CifarConfig, data: Cifar10, provenance: dict, out: str | Path
         stop.install()               # the run before this one ignored late signals when it ended
     status = loop.train(lambda dist, device: CifarTask(cfg, data, provenance, device), cfg, out,
                         stop=stop)
-    if status == loop.EXIT_NONFINITE:
-        raise NonFiniteLoss(f"{out}: the loss became non-finite")
+    if status == EXIT_NONFINITE:
+        raise NonFiniteLoss(f"{out}: training diverged (the loss became non-finite)")
     if status:
         raise SystemExit(status)         # stopped by a signal: the experiment stops with it
     records = read_metrics(Path(out))

@@ -17,15 +17,15 @@ class Shard:
 def read_manifest(shards_dir: str | Path) -> dict:
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(no_manifest(shards_dir))
+        raise ShardsError(no_manifest(shards_dir))
     return load_manifest(shards_dir)
 
 
 def split_shards(shards_dir: str | Path, split: str) -> list[Shard]:
     manifest = read_manifest(shards_dir)
     if split not in manifest["splits"]:
-        raise FileNotFoundError(f"{Path(shards_dir) / MANIFEST}: no '{split}' split "
-                                f"(built with --splits {','.join(manifest['splits'])})")
+        raise ShardsError(f"{Path(shards_dir) / MANIFEST}: no '{split}' split "
+                          f"(built with --splits {','.join(manifest['splits'])})")
     entries = manifest["splits"][split]["shards"]
     if not entries:
         raise ShardsError(f"{Path(shards_dir) / MANIFEST}: lists no {split} shards")
