@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
+from repro import provenance
 from repro.exits import EXIT_DONE, EXIT_INTERRUPTED, EXIT_TERMINATED, ReproError, entry_point
 from . import atomic, image
 from . import fall2011
@@ -130,6 +131,8 @@ def _settings(src: Source, args) -> dict:
                if src.layout == "fall2011" else {})  # only here: the other layouts' settings stay as they were
     return {
         "source": str(src.root), "layout": src.layout, "splits": list(args.splits),
+        # a generated stand-in (make_fixture leaves the marker) or real data: every run says
+        "data": "generated" if (src.root / provenance.MARKER).is_file() else "real",
         # the labels are indices into it: shards of two class lists must never mix
         "classes_sha256": hashlib.sha256("\n".join(src.wnids).encode()).hexdigest(),
         "shard_size": args.shard_size, "quality": args.quality, "seed": args.seed, "limit": args.limit,

@@ -42,6 +42,7 @@ import scipy.io
 from PIL import Image
 
 from repro.exits import EXIT_DONE, entry_point
+from repro.provenance import mark_generated
 from .devkit import META, Release
 from .fall2011 import WHOLE_TAR
 from .sources import KAGGLE_DATA, KAGGLE_MAPPING, KAGGLE_VAL, LAYOUTS, RELEASES
@@ -333,6 +334,8 @@ def make_fixture(out, layout: str, classes: int, train_per_class: int, val_per_c
         _write_tree(out, p, files, rng, layout)
     desc = describe(p, layout)
     (out / "fixture.json").write_text(json.dumps(desc, indent=1) + "\n")
+    mark_generated(out, f"data_prep.make_fixture (layout {layout}, {classes} classes, seed {seed}): "
+                        f"a stand-in of ImageNet, not ImageNet")
     return desc
 
 

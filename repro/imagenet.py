@@ -46,9 +46,11 @@ class ImageNetTask(loop.TaskDefaults):
                           f"world size {dist.world}")
         self.cfg, self.data_dir, self.dist, self.device = cfg, data_dir, dist, device
         self.allow_other_shards = allow_other_shards
-        self.classes = read_manifest(data_dir)["classes"]
+        manifest = read_manifest(data_dir)
+        self.classes = manifest["classes"]
         # before the slow start-up: stats.npz checked against the manifest
-        self.data_path, self.data = data_dir.resolve(), data_fingerprint(data_dir)
+        self.data_path = data_dir.resolve()
+        self.data = {"data": manifest["settings"]["data"], **data_fingerprint(data_dir)}
         if len(self.classes) != cfg.model.num_classes:
             raise Refused(f"{data_dir}/manifest.json has {len(self.classes)} classes but "
                           f"model.num_classes = {cfg.model.num_classes}; set "
@@ -121,7 +123,7 @@ class ImageNetTask(loop.TaskDefaults):
             f"{t.compile_mode if t.compile else False}, LRN {t.lrn_impl}, split_groups "
             f"{t.split_groups}, pad_input_channels {t.pad_input_channels}, deterministic "
             f"{t.deterministic}; JPEG decode {d.decode}, loader workers {max(1, d.workers)} a process",
-            f"  data: {self.data_dir}: {n_train} train images, {n_val} val images"
+            f"  data: {self.data_dir}: {self.data['data']} shards, {n_train} train images, {n_val} val images"
             f"{f' (validating on the first {d.val_limit})' if d.val_limit else ''}, "
             f"{len(self.classes)} classes",
         ]

@@ -26,7 +26,7 @@ def write_shards(out: Path, classes=4, train=40, val=12, shard_size=10, seed=0, 
                  first_wnid=0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    manifest = {"format_version": 1, "splits": {},
+    manifest = {"format_version": 1, "splits": {}, "settings": {"data": "generated"},
                 "classes": [f"n{i:08d}" for i in range(first_wnid, first_wnid + classes)]}
     pixels = []
     for split, n in (("train", train), ("val", val), ("test", test)):

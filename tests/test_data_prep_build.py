@@ -37,6 +37,7 @@ def test_layout_counts_labels_and_images(built, layout):
     source, out, desc = built[layout]
     m = manifest(out)
     assert m["settings"]["layout"] == layout
+    assert m["settings"]["data"] == "generated" and (source / "GENERATED").is_file()
     assert m["classes"] == sorted(desc["classes"])
     for split in ("train", "val"):
         samples = read_split(out, split)
@@ -277,3 +278,12 @@ def test_make_fixture_cli_writes_each_layout(tmp_path):
     folder = sorted(p.name for p in (tmp_path / "folder").rglob("*.JPEG"))
     kaggle = sorted(p.name for p in (tmp_path / "kaggle").rglob("*.JPEG"))
     assert folder == kaggle and len(folder) == 9
+
+
+def test_a_source_without_the_generators_marker_is_recorded_as_real(tmp_path):
+    """The manifest says whether the images were real or a generated stand-in (every run
+    prints and records it): real unless make_fixture's marker is in the source."""
+    fixture(tmp_path / "src", "folder", quirks=False)
+    (tmp_path / "src" / "GENERATED").unlink()
+    build(tmp_path / "src", tmp_path / "out")
+    assert manifest(tmp_path / "out")["settings"]["data"] == "real"

@@ -431,7 +431,7 @@ def test_the_run_says_what_it_is_how_far_and_where_its_best_checkpoint_is(shards
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"new run: {run}"
     assert out[1].startswith("  devices: cpu (") and out[1].endswith("; world size 1")
-    assert f"  data: {shards}: 44 train images, 12 val images, 4 classes" in out
+    assert f"  data: {shards}: generated shards, 44 train images, 12 val images, 4 classes" in out
     assert "  steps: 3 an epoch (batches of 16 images), 6 in 2 epochs (0 done)" in out  # 44/16
     assert f"  checkpoints: {run / 'checkpoints'} at every epoch's end and every 1000 min; " \
            "the last 2 kept, and best.pt" in out

@@ -395,28 +395,24 @@ class Session:
         return self.part("bench", commands, summarise, needs=("shards",))
 
     def d2l(self) -> dict:
-        root = self.data / "fashion-mnist"
-
-        def commands(d):
-            raw = root / "FashionMNIST" / "raw"          # torchvision's layout, unpacked
-            raw.mkdir(parents=True, exist_ok=True)
-            for name in FASHION_FILES:
-                with gzip.open(self.stash / "fashion-mnist" / name) as f:
-                    (raw / name[:-3]).write_bytes(f.read())
-            return [d2l_command(root, d / "run", self.sizes.d2l)]
+        def commands(d):                  # --root reads the four .gz files where they are
+            return [d2l_command(self.stash / "fashion-mnist", d / "run", self.sizes.d2l)]
 
         def summarise(d):
             rows = jsonl(d / "run" / "metrics.jsonl")
-            epochs = [r for r in rows if r["event"] == "epoch"]
-            done = next((r for r in rows if r["event"] == "done"), None)
+            epochs = [r for r in rows if r["event"] == "val"]
+            done = any(r["event"] == "done" for r in rows)
             last = epochs[-1]
-            ips = done["examples_per_s_overall"] if done else last["examples_per_s"]
-            return {"epochs": len(epochs), "finished": bool(done), "loss": last["loss"],
-                    "train_acc": last["train_acc"], "test_acc": last["test_acc"],
-                    "examples_per_s": ips}, [
-                f"{plural(len(epochs), 'epoch')}{'' if done else ' (unfinished)'}: loss {last['loss']:.3f}, "
-                f"train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}; "
-                f"{ips:,.1f} examples/s", SEEDS]
+            seconds = sum(r["train_images"] / r["train_images_per_s"] for r in epochs)
+            ips = sum(r["train_images"] for r in epochs) / seconds
+            data = next(r["data"] for r in rows if r["event"] == "data")
+            train_acc = 1 - last["train_top1_err"] / 100
+            return {"epochs": len(epochs), "finished": done, "data": data,
+                    "loss": last["train_loss"], "train_acc": train_acc,
+                    "test_acc": last["test_acc"], "examples_per_s": ips}, [
+                f"{plural(len(epochs), 'epoch')}{'' if done else ' (unfinished)'} on {data} data: "
+                f"loss {last['train_loss']:.3f}, train acc {train_acc:.3f}, test acc "
+                f"{last['test_acc']:.3f}; {ips:,.1f} examples/s", SEEDS]
         return self.part("d2l", commands, summarise)
 
     def cifar(self) -> dict:
@@ -434,9 +430,9 @@ class Session:
                       "with": "11pct with its normalisation", "without": "11pct without"}
             needed, per_epoch, lines = cifar_epochs_needed(), {}, []
             for net, run in runs.items():
-                last = [r for r in jsonl(d / run / "metrics.jsonl") if r["event"] == "epoch"][-1]
-                per_epoch[net] = CIFAR_TRAIN / last["images_per_s"]    # the last (warm) epoch
-                lines.append(f"{labels[net]:<30} {last['images_per_s']:>9,.0f} img/s   "
+                last = [r for r in jsonl(d / run / "metrics.jsonl") if r["event"] == "val"][-1]
+                per_epoch[net] = CIFAR_TRAIN / last["train_images_per_s"]   # the last (warm) epoch
+                lines.append(f"{labels[net]:<30} {last['train_images_per_s']:>9,.0f} img/s   "
                              f"{per_epoch[net]:7.1f} s a {CIFAR_TRAIN:,}-image epoch")
             hours = {exp: sum(needed[n] * per_epoch[n] for n in nets) / 3600
                      for exp, nets in (("figure1", ("relu", "tanh")), ("lrn", ("with", "without")))}
