@@ -9,7 +9,7 @@ import torch
 from repro.cifar import experiments as cifar
 from repro.cifar.train import lr_factor
 
-FAST = ["train.device=cpu", "logging.progress=off", "data.batch_size=8"]
+FAST = ["train.device=cpu", "logging.progress=off", "train.batch_size=8"]
 
 
 def test_schedule_and_epochs_to_target():
@@ -78,7 +78,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
     root = tmp_path / "data"
     generate(root, 40, 10, seed=0)
     data, prov = load(root), provenance(root)
-    cfg = variant(CifarConfig(), net__name="11pct", schedule__phases=[2, 1], data__batch_size=8,
+    cfg = variant(CifarConfig(), net__name="11pct", optim__phases=[2, 1], train__batch_size=8,
                   train__device="cpu", logging__progress="off")
     whole = train_run(cfg, data, prov, tmp_path / "whole")
     for reads in (4, 7):
@@ -102,7 +102,7 @@ def test_sigterm_exits_75_and_the_same_command_finishes(tmp_path):
     root, out = tmp_path / "data", tmp_path / "out"
     cmd = [sys.executable, "-m", "repro.cifar", "figure1", "--root", str(root), "--out", str(out),
            "--lr-scales", "1", "--epochs", "2", "--full", "train.device=cpu",
-           "logging.progress=lines", "data.batch_size=8"]
+           "logging.progress=lines", "train.batch_size=8"]
     proc = subprocess.Popen([*cmd, "--generate", "400,10"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     while not proc.stdout.readline().startswith("epoch 1 step 1/"):     # the first step's line

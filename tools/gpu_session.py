@@ -71,7 +71,7 @@ def cifar_command(experiment: str, root: Path, out: Path, epochs: int, batch: in
     return ["-m", "repro.cifar", experiment, "--root", str(root), "--out", str(out),
             "--epochs", str(epochs), *only[experiment],
             *(["--generate", generate] if generate else []),
-            f"data.batch_size={batch}", "logging.progress=off"]
+            f"train.batch_size={batch}", "logging.progress=off"]
 
 
 def cifar_epochs_needed() -> dict[str, int]:
@@ -106,7 +106,7 @@ TINY = Sizes(fixture=(3, 16, 8), workers=1,
              bench=("--steps", "1", "--batches", "1", "model.num_classes=3", "data.batch_size=4",
                     "data.val_batch_size=4", "data.crop_size=67"),
              d2l=("schedule.epochs=1", "data.steps_per_epoch=2", "data.val_limit=16",
-                  "data.batch_size=8", "data.crop_size=67", "data.workers=0"),
+                  "train.batch_size=8", "data.crop_size=67", "data.workers=0"),
              cifar=("16,4", 1, 8),
              learn=("model.num_classes=3", "schedule.epochs=1", "data.steps_per_epoch=2", "data.val_limit=8",
                     "data.batch_size=4", "data.val_batch_size=4", "data.crop_size=67",

@@ -74,7 +74,7 @@ def sweep(base: CifarConfig, neuron: str, scales: list[float], epochs: int, data
     table = []
     for scale in scales:
         cfg = variant(base, net__name=FIGURE1_NET, net__neuron=neuron, optim__lr_scale=scale,
-                      optim__regularise=False, schedule__phases=[epochs], train__test=False)
+                      optim__regularise=False, optim__phases=[epochs], train__test=False)
         try:
             curve = train_run(cfg, data, prov, out / f"{neuron}-lr{scale:g}", stop)["curve"]
             table.append({"neuron": neuron, "lr_scale": scale, "train_err": curve[-1]["train_err"]})
@@ -96,7 +96,7 @@ def figure1(root, out, base: CifarConfig = CifarConfig(), stop=None, *, lr_scale
         scale, table = (sweep(base, neuron, list(lr_scales), sweep_epochs, data, prov, out / "sweep", stop)
                         if len(lr_scales) > 1 else (lr_scales[0], []))
         cfg = variant(base, net__name=FIGURE1_NET, net__neuron=neuron, optim__lr_scale=scale,
-                      optim__regularise=False, schedule__phases=[epochs], train__test=False,
+                      optim__regularise=False, optim__phases=[epochs], train__test=False,
                       train__stop_below=0.0 if full else target)
         trained = train_run(cfg, data, prov, out / neuron, stop)
         result[neuron] = {"lr_scale": scale, "sweep": table, "curve": trained["curve"],
@@ -158,7 +158,7 @@ def lrn(root, out, base: CifarConfig = CifarConfig(), stop=None, *, net="11pct",
     result = {"net": net, "schedule": list(schedule), "paper": {"with": PAPER["lrn_with"],
                                                                  "without": PAPER["lrn_without"]}}
     for name, with_lrn in (("with", True), ("without", False)):
-        cfg = variant(base, net__name=net, net__lrn=with_lrn, schedule__phases=list(schedule),
+        cfg = variant(base, net__name=net, net__lrn=with_lrn, optim__phases=list(schedule),
                       train__test=True)
         trained = train_run(cfg, data, prov, out / name, stop)
         result[name] = {k: v for k, v in trained.items() if k.startswith("test_err")} | {
@@ -183,7 +183,7 @@ def count(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The two commands; each run's settings are the config's (CifarConfig: --config, and
-    section.key=value overrides such as train.device=cpu data.batch_size=64)."""
+    section.key=value overrides such as train.device=cpu train.batch_size=64)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", required=True, help="holds cifar-10-batches-py/ (or is it)")
     common.add_argument("--out", default="cifar_out", help="where the runs go (default cifar_out)")

@@ -5,10 +5,10 @@ exact resume, stop signals, exit statuses, metrics.jsonl and W&B).
 cuda-convnet's recipe: the training batches in their fixed file order (data_batch_1..5,
 each in file order; repro.cifar.data.file_minibatches), random crops and mirrors drawn
 from (seed, epoch, step), the paper's update rule (repro.optim.PaperSGD) with one group
-per weight and bias at the params file's rates, and its schedule: `schedule.phases`
+per weight and bias at the params file's rates, and its schedule: `optim.phases`
 epochs at those rates, each later phase's weight rates (epsW) /10 again, the biases' rate
 (epsB) kept. The training error is what cuda-convnet printed and the paper's Figure 1
-plots: the error on the training batches as they are trained, `data.points_per_epoch`
+plots: the error on the training batches as they are trained, `train.points_per_epoch`
 points an epoch (cuda-convnet printed one per 10,000-image batch file: 5).
 """
 from __future__ import annotations
@@ -44,21 +44,13 @@ class NetConfig:
 class OptimConfig:
     lr_scale: float = 1.0           # times every epsW, epsB of the params file
     regularise: bool = True         # False: no weight decay (Figure 1: "no regularization")
-
-
-@dataclass
-class ScheduleConfig:
     phases: list[int] = field(default_factory=lambda: [1])  # epochs at the files' rates, then /10 ...
 
 
 @dataclass
-class DataConfig:
+class TrainConfig:
     batch_size: int = 128           # cuda-convnet's --mini default
     points_per_epoch: int = 5       # training-error points an epoch (one per batch file)
-
-
-@dataclass
-class TrainConfig:
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda
     deterministic: bool = False
@@ -70,8 +62,6 @@ class TrainConfig:
 class CifarConfig(Sections):
     net: NetConfig = field(default_factory=NetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(keep_last=1))
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(
@@ -86,11 +76,11 @@ class CifarConfig(Sections):
             section, name = key.split(".")
             if getattr(getattr(self, section), name) not in options:
                 raise ConfigError(f"{where}: {key} must be one of {', '.join(options)}")
-        if not (self.optim.lr_scale > 0 and self.data.batch_size > 0
-                and self.data.points_per_epoch > 0 and self.schedule.phases
-                and self.schedule.phases[0] > 0 and min(self.schedule.phases) >= 0):
-            raise ConfigError(f"{where}: optim.lr_scale, data.batch_size, data.points_per_epoch "
-                              f"and schedule.phases[0] must be > 0 (later phases >= 0)")
+        if not (self.optim.lr_scale > 0 and self.train.batch_size > 0
+                and self.train.points_per_epoch > 0 and self.optim.phases
+                and self.optim.phases[0] > 0 and min(self.optim.phases) >= 0):
+            raise ConfigError(f"{where}: optim.lr_scale, train.batch_size, train.points_per_epoch "
+                              f"and optim.phases[0] must be > 0 (later phases >= 0)")
 
 
 def lr_factor(phases, epoch: int) -> float:
@@ -137,16 +127,16 @@ class CifarTask(loop.TaskDefaults):
                                  spec.test_views)
         self.test_feed = (DeviceImages(data.test_images, data.test_labels, mean, spec.crop,
                                        device, spec.test_views) if cfg.train.test else None)
-        self.ranges = file_minibatches(data.train_file_counts, cfg.data.batch_size)
+        self.ranges = file_minibatches(data.train_file_counts, cfg.train.batch_size)
         net = CifarNet(spec, cfg.net.neuron, cfg.net.lrn, seed=cfg.train.seed).to(device)
         self.placed = Placed(net, net, "fp32")
         groups = param_groups(net, cfg.optim.lr_scale, cfg.optim.regularise)
         self.optimizer = PaperSGD(groups, lr=groups[0]["lr"], momentum=0.9, weight_decay=0.0)
-        self.schedule = PhaseSchedule(cfg.schedule.phases)
-        self.epochs, self.batch_size = sum(cfg.schedule.phases), cfg.data.batch_size
-        self.log_every = max(1, math.ceil(len(self.ranges) / cfg.data.points_per_epoch))
+        self.schedule = PhaseSchedule(cfg.optim.phases)
+        self.epochs, self.batch_size = sum(cfg.optim.phases), cfg.train.batch_size
+        self.log_every = max(1, math.ceil(len(self.ranges) / cfg.train.points_per_epoch))
         self.val_name = "test"            # what the val records measure
-        self.stream = {"seed": cfg.train.seed, "batch_size": cfg.data.batch_size}
+        self.stream = {"seed": cfg.train.seed, "batch_size": cfg.train.batch_size}
 
     def epoch_steps(self, epoch: int) -> int:
         return len(self.ranges)
