@@ -47,7 +47,9 @@ class D2LTask(loop.TaskDefaults):
             raise Refused("python -m repro.d2l runs in one process (no torchrun or srun tasks)")
         data = fashion_mnist.load(root)
         self.cfg, self.device, self.dist = cfg, device, dist
-        self.data_path, self.data = data.folder.resolve(), fashion_mnist.provenance(root)
+        self.data_path = data.folder.resolve()
+        self.data = {**fashion_mnist.provenance(root), "train_examples": len(data.train_labels),
+                     "test_examples": len(data.test_labels)}
         self.train_images = torch.tensor(data.train_images, device=device)
         self.train_labels = torch.tensor(data.train_labels, device=device)
         n_test = min(cfg.data.val_limit or len(data.test_labels), len(data.test_labels))
@@ -97,8 +99,10 @@ class D2LTask(loop.TaskDefaults):
 
 
     def describe(self) -> list[str]:
-        return [f"  data: {self.data_path}: {self.data['data']} Fashion-MNIST, "
-                f"{len(self.train_labels)} train and {len(self.test_labels)} test examples, "
+        d, n_test = self.data, len(self.test_labels)
+        return [f"  data: {self.data_path}: {d['data']} Fashion-MNIST, {d['train_examples']} train "
+                f"and {d['test_examples']} test examples"
+                f"{f' (testing on the first {n_test})' if n_test < d['test_examples'] else ''}, "
                 f"resized to {self.cfg.data.crop_size}; precision {self.cfg.train.precision}"]
 
     def epoch_line(self, run, val: dict) -> str:

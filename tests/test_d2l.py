@@ -81,6 +81,7 @@ def test_runner_trains_one_epoch_and_writes_metrics(tmp_path, capsys):
     records = read_metrics(out)
     data = next(r for r in records if r["event"] == "data")
     assert data["data"] == "generated" and len(data["files"]) == 4
+    assert (data["train_examples"], data["test_examples"]) == (24, 12)
     (epoch,) = [r for r in records if r["event"] == "val"]
     assert epoch["train_images"] == 24 and epoch["global_step"] == 3 and epoch["n"] == 12
     assert np.isfinite(epoch["train_loss"]) and epoch["train_images_per_s"] > 0
@@ -155,3 +156,19 @@ def test_the_train_switches_apply_as_in_repro_train(tmp_path):
     single, towers = d2l.summary(tmp_path / "single"), d2l.summary(tmp_path / "towers")
     assert towers["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert (towers["train_acc"], towers["test_acc"]) == (single["train_acc"], single["test_acc"])
+
+
+@pytest.mark.skipif(not (fashion_mnist.SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="the real Fashion-MNIST is not installed (Debian: dataset-fashion-mnist)")
+def test_a_short_run_on_the_real_set_records_it_as_real(tmp_path, capsys):
+    """The issue's command: two steps on the real set, read from where Debian installs it."""
+    torch.set_num_threads(1)
+    assert d2l.main(["--root", str(fashion_mnist.SYSTEM_DIR), "--out", str(tmp_path / "run"),
+                     "data.steps_per_epoch=2", "data.val_limit=256", "schedule.epochs=1",
+                     "data.crop_size=67", "logging.progress=off"]) == 0
+    assert ("real Fashion-MNIST, 60000 train and 10000 test examples (testing on the first 256)"
+            in capsys.readouterr().out)
+    data = next(r for r in read_metrics(tmp_path / "run") if r["event"] == "data")
+    assert (data["data"], data["train_examples"], data["test_examples"]) == ("real", 60000, 10000)
+    (val,) = [r for r in read_metrics(tmp_path / "run") if r["event"] == "val"]
+    assert val["n"] == 256 and val["train_images"] == 256
