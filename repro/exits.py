@@ -1,18 +1,8 @@
-"""Exit statuses of `repro` and `python -m data_prep.*`, one convention for all (the table
-in README.md, "Exit statuses"):
-
-    0    done (also: a finished run asked to train again)
-    1    verify found problems in the shards; or an unforeseen error (a bug: traceback)
-    2    bad input, refused before any work: a missing or wrong file or directory, a bad
-         config value, a resume with other settings or shards; one line on stderr says
-         what and where
-    3    repro train: the loss or the weights became non-finite (train.EXIT_NONFINITE);
-         the last good checkpoint is kept
-    74   repro train: the disk filled up while a checkpoint was written
-         (checkpoint.EXIT_NO_SPACE, EX_IOERR); the previous checkpoint is kept
-    75   repro train stopped by SIGUSR1/SIGTERM after writing a checkpoint
-         (preempt.EXIT_PREEMPTED, EX_TEMPFAIL: requeue, rerun the same command)
-    130  interrupted (Ctrl-C); build_shards: 143 on SIGTERM, finished shards kept
+"""Exit statuses of `repro`, `python -m repro.cifar`, `python -m repro.d2l` and
+`python -m data_prep.*`, one convention for all: the table is in README.md, "Exit
+statuses". Each status is named where it arises: EXIT_BAD_INPUT (2) here,
+train.EXIT_NONFINITE (3), checkpoint.EXIT_NO_SPACE (74), preempt.EXIT_PREEMPTED (75)
+and preempt.EXIT_INTERRUPTED (130); build_shards returns 130 and 143 (128 + SIGTERM).
 """
 from __future__ import annotations
 
