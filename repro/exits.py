@@ -1,5 +1,6 @@
-"""Exit statuses of `repro` and `python -m data_prep.*`, one convention for all (the table
-in README.md, "Exit statuses"), and the one exception type that carries them.
+"""Exit statuses of `repro`, `python -m repro.cifar`, `python -m repro.d2l` and
+`python -m data_prep.*`, one convention for all (the table in README.md, "Exit
+statuses"), and the one exception type that carries them.
 
 Import-light (no torch): data_prep uses it too.
 """
