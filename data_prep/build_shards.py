@@ -260,6 +260,11 @@ def _count_check(src: Source, split: str, plan: Plan, log) -> dict:
             have = plan.per_class
             info["class_count_mismatch"] = {w: {"found": have.get(w, 0), "expected": n}
                                             for w, n in src.devkit.num_train_images.items() if have.get(w, 0) != n}
+    # A class list read from a file (devkit, mapping) keeps a class the images lack: name it.
+    none = [w for w in src.wnids if not plan.per_class.get(w)] if split == "train" else []
+    if none:
+        log(f"WARNING {split}: no images of {len(none)} classes, whose labels are kept but "
+            f"nothing trains them: {', '.join(none[:10])}{' ...' if len(none) > 10 else ''}")
     return info
 
 

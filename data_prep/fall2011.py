@@ -14,6 +14,10 @@ No validation split was released, so one is held out: from each synset, the
 (50 a synset, as ImageNet-21K-P holds out, but never more than a tenth of one: a
 synset of 30 images gives 3, one under 10 none). The rule reads nothing but the keys
 (not --seed), so every build holds out the same images.
+
+The synsets found are the class list, so a synset without images (an empty tar or
+folder) is refused, as the folder layout refuses an empty class folder: it would be a
+class that nothing trains, and it shifts every label after it.
 """
 from __future__ import annotations
 
@@ -54,6 +58,12 @@ class Synsets:
         if self.whole is not None:
             return sorted({p.label[:-4] for p in self.whole})
         return sorted(self.tars + self.dirs)
+
+    def origin(self, wnid: str) -> str:
+        """Where a synset's images are, for a person."""
+        if self.whole is not None:
+            return f"{self.root / WHOLE_TAR}/{wnid}.tar"
+        return f"{self.root / wnid}{'.tar' if wnid in self.tars else '/'}"
 
     def describe(self) -> str:
         if self.whole is not None:
@@ -108,7 +118,8 @@ def _tar_groups(s: Synsets, cache_dir: Path | None, imap) -> Iterator[tuple[str,
 
 
 def _synset_images(s: Synsets, split: str, cache_dir, imap, ignored: list[int]) -> Iterator[list[Record]]:
-    """Each synset's images and, counted in ignored[0], its other files."""
+    """Each synset's images (a tar without members: none) and, counted in ignored[0], its
+    other files."""
     prefix = f"{WHOLE_TAR}/" if s.whole is not None else ""
     for wnid, members, path in _tar_groups(s, cache_dir, imap):
         images = [m for m in members if is_image(m.name)]
@@ -121,7 +132,16 @@ def _synset_images(s: Synsets, split: str, cache_dir, imap, ignored: list[int]) 
 
 
 def records(s: Synsets, split: str, cache_dir: Path | None, imap, ignored: list[int]) -> Iterator[Record]:
-    """The images of `split` ("train" or the held-out "val"), synset by synset."""
+    """The images of `split` ("train" or the held-out "val"), synset by synset; SourceError
+    at the end if a synset has none."""
+    found = set()
     for images in _synset_images(s, split, cache_dir, imap, ignored):
+        found.update(r.wnid for r in images[:1])
         val = held_out([r.key for r in images])
         yield from (r for r in images if (r.key in val) == (split == "val"))
+    empty = [w for w in s.wnids if w not in found]
+    if empty and found:          # none at all: the build says the split is empty, and why
+        raise SourceError(f"{s.origin(empty[0])}: a synset with no images ({len(empty)} such: "
+                          f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}); its class "
+                          f"would have nothing to train it and shift every label after it: "
+                          f"remove it, or add its images")

@@ -7,7 +7,8 @@ central 256x256 patch. Here precisely:
   greyscale JPEGs; ILSVRC-2010's train tar gzip-compressed JPEGs, unzipped here as
   Fuel's converter does); warnings (corrupt EXIF, extraneous bytes) are collected,
   never fatal; EXIF orientation and ICC profiles are ignored, as PIL-based
-  loaders (torchvision's ImageFolder) ignore them;
+  loaders (torchvision's ImageFolder) ignore them (``exif=True``, for a user's own
+  photo in ``repro predict``, turns the image upright first);
 * convert to RGB: CMYK/L/YCbCr by Pillow's conversion, 16-bit and float
   greyscale scaled to 0-255, anything with transparency (RGBA, LA, P with a
   transparent colour) composited on white;
@@ -30,7 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_SIZE = 256
 RESAMPLE = Image.Resampling.BICUBIC
@@ -100,8 +101,10 @@ def _gunzip(data: bytes) -> bytes:
         raise UnreadableImage(f"gzip: {error_text(e)}") from None
 
 
-def decode_256(data: bytes, size: int = IMAGE_SIZE, draft: bool = True) -> Decoded:
-    """Decode `data` and return its `size` x `size` RGB centre crop (see module doc)."""
+def decode_256(data: bytes, size: int = IMAGE_SIZE, draft: bool = True,
+               exif: bool = False) -> Decoded:
+    """Decode `data` and return its `size` x `size` RGB centre crop (see module doc);
+    exif: turned as its EXIF orientation says first."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
     notes: list[str] = []
@@ -122,6 +125,11 @@ def decode_256(data: bytes, size: int = IMAGE_SIZE, draft: bool = True) -> Decod
                 if res is not None:
                     scale = width / res[1][2]
             im.load()
+            if exif:
+                upright = ImageOps.exif_transpose(im)
+                if upright.size != im.size:          # a quarter turn: the sides swap
+                    width, height = height, width
+                im = upright
             im = _to_rgb(im, notes)
         except DECODE_ERRORS as e:
             raise UnreadableImage(error_text(e)) from None

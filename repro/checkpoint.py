@@ -1,8 +1,11 @@
 """Checkpoints: atomic writes (temp file + rename), the last K kept plus the best; a damaged
 file is a CheckpointError naming it (load), skipped for an older one on resume (load_latest).
 Each file has a <name>.sha256 beside it, so that bytes damaged after the write (a bad disk,
-a torn copy between file systems) are caught too; files without one load unchecked. Each
-holds FORMAT_VERSION: a checkpoint of another version of this code is refused, not guessed at.
+a torn copy between file systems) are caught too. A file separated from its digest file (copied
+alone, or its .sha256 deleted) is still checked where it matters: save() records inside it
+the sha256 of all its tensors (TENSORS_KEY), which load() recomputes when no digest file is
+beside it; a file with neither (torch.save'd by hand) loads unchecked. Each holds
+FORMAT_VERSION: a checkpoint of another version of this code is refused, not guessed at.
 
 A file and its digest are two names, replaced one after the other while a reader (`repro
 eval` of a live run) may be reading them. They stay one unit to a reader this way: the
@@ -37,6 +40,7 @@ from repro.exits import EXIT_NO_SPACE, ReproError
 # What `repro train` needs to resume (it also writes config, best_top1_err, stream, classes).
 TRAIN_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "global_step")
 FORMAT_VERSION = 1     # save() writes it; load() refuses any other (or none)
+TENSORS_KEY = "tensors_sha256"   # save() writes it: tensors_digest() of the rest
 
 
 class CheckpointError(ReproError):
@@ -76,7 +80,8 @@ def lock_run(run_dir: Path):
 
 
 class NoSpace(ReproError):
-    """The disk filled up while a checkpoint was written; the previous checkpoint is intact."""
+    """The disk filled up while a checkpoint (or a command's result files) was written;
+    what was there before is intact."""
     exit_status = EXIT_NO_SPACE
 
 
@@ -100,6 +105,28 @@ class _Hashing:
 
     def flush(self) -> None:
         self.f.flush()
+
+
+def tensors_digest(state: dict) -> str:
+    """The sha256 of every tensor in `state` (nested dicts and lists too) with its place,
+    dtype and shape: the weights and optimizer state a flipped bit would change silently.
+    Other entries (config, counters) may be edited by hand without touching it."""
+    digest = hashlib.sha256()
+
+    def walk(obj, where: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where} {t.dtype} {tuple(obj.shape)}\n".encode())
+            digest.update(t.view(torch.uint8).numpy())
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}/{i}")
+
+    walk({k: v for k, v in state.items() if k != TENSORS_KEY}, "")
+    return digest.hexdigest()
 
 
 def atomic_save(obj, path: Path) -> str:
@@ -172,7 +199,8 @@ def save(state: dict, ckpt_dir: Path, keep_last: int, is_best: bool) -> Path:
     path = writing = ckpt_dir / f"step-{state['global_step']:09d}.pt"
     try:
         # Hashed as it is written: no second read.
-        digest = atomic_save({**state, "format_version": FORMAT_VERSION}, path)
+        digest = atomic_save({**state, "format_version": FORMAT_VERSION,
+                              TENSORS_KEY: tensors_digest(state)}, path)
         for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
             writing = ckpt_dir / name
             _announce(writing, digest)
@@ -214,8 +242,9 @@ def _parse(path: Path, data: bytes, map_location, keys) -> dict:
 
 
 def _read_checked(path: Path, parse=lambda data: None):
-    """parse(the bytes at `path`), once the bytes are known to be the ones written: listed
-    in the digest file, or read again if the name was given another file meanwhile."""
+    """(parse(the bytes at `path`), whether a digest file listed them), once the bytes are
+    known to be the ones written: listed in the digest file (or no digest file is there),
+    or read again if the name was given another file meanwhile."""
     path = Path(path)
     for _ in range(READ_TRIES):
         try:
@@ -226,7 +255,7 @@ def _read_checked(path: Path, parse=lambda data: None):
         parsed = parse(data)
         listed = _digests(path)
         if listed is None or hashlib.sha256(data).hexdigest() in listed:
-            return parsed
+            return parsed, listed is not None
         try:
             now = os.stat(path)
         except FileNotFoundError:            # removed while read: reading again says so
@@ -241,8 +270,15 @@ def _read_checked(path: Path, parse=lambda data: None):
 
 def load(path: Path, map_location="cpu", keys=()) -> dict:
     """The checkpoint at `path`; CheckpointError if the file cannot be read as one (damaged,
-    not torch.save'd, not a dict, not the bytes its .sha256 says) or lacks any of `keys`."""
-    return _read_checked(path, lambda data: _parse(path, data, map_location, keys))
+    not torch.save'd, not a dict, not the bytes its .sha256 says, or without a .sha256 its
+    tensors not those save() recorded inside it) or lacks any of `keys`."""
+    state, listed = _read_checked(path, lambda data: _parse(path, data, map_location, keys))
+    recorded = state.get(TENSORS_KEY)
+    if not listed and recorded is not None and tensors_digest(state) != recorded:
+        raise CheckpointError(f"{path}: its tensors do not match the {TENSORS_KEY} saved inside "
+                              f"it: damaged after it was written (or its weights edited by "
+                              f"hand); use another checkpoint or an intact copy")
+    return state
 
 
 def verify(path: Path) -> None:

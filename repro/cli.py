@@ -136,7 +136,7 @@ def cmd_figures(args) -> int:
               "no --data: skipping the nearest-neighbour figure (it needs the shards)",
               file=sys.stderr)
     for path in make_figures(args.run_dir, args.data, args.checkpoint, args.queries, args.scan,
-                             args.device):
+                             args.device, args.split):
         print(path)
     return 0
 

@@ -5,9 +5,10 @@ the paper's model unchanged, a few short epochs) -> 10-crop eval -> report -> fi
 everything under --out. The fixture has so few images and steps that the errors stay
 near chance: the demo shows the pipeline working, not AlexNet's accuracy.
 
-Run again in the same --out, the demo skips what is done (the fixture, the shards, a
-finished training run) and redoes eval, report and figures. If the sizes differ from
-the last run's (--out/demo.json), it first deletes its own outputs, and nothing else.
+Run again in the same --out, the demo skips what is done: the fixture, the shards, a
+finished training run, and the eval and figures when they are newer than the checkpoint
+they show (the report, a markdown file, is written again). If the sizes differ from the
+last run's (--out/demo.json), it first deletes its own outputs, and nothing else.
 """
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def stage(n: int, text: str) -> None:
     print(f"\n[{n}/6] {text}", flush=True)
 
 
+def done(outputs: list[Path], inputs: list[Path]) -> bool:
+    """Whether every output exists and was written after every input was."""
+    newest = max(p.stat().st_mtime for p in inputs)
+    return all(p.is_file() and p.stat().st_mtime >= newest for p in outputs)
+
+
 def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes) -> dict:
     """The pipeline into `out`; `sizes` override SIZES entries (None = keep). Returns paths
     and the eval summary."""
@@ -86,18 +93,28 @@ def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes)
 
     stage(4, "eval: 10 crops, softmax averaged")
     ckpt = default_checkpoint(run)
-    result = evaluate([ckpt], shards, ten_crop=True, device=device)
-    summary = result.summary()
-    write_breakdown(result, out / "eval")
+    evaluated = out / "eval" / "eval.json"
+    summary = json.loads(evaluated.read_text()) if done([evaluated], [ckpt]) else {}
+    if summary.get("checkpoints") == [str(ckpt)]:
+        print(f"{evaluated} is newer than {ckpt}: kept")
+    else:
+        result = evaluate([ckpt], shards, ten_crop=True, device=device)
+        summary = result.summary()
+        write_breakdown(result, out / "eval")
     print(format_result(summary))
 
     stage(5, "report")
     report = write_report(run, [summary])
-    stage(6, "figures")
-    figures = make_figures(run, shards, ckpt, queries=s["queries"], scan=s["scan"], device=device)
+    print("\n".join(line for line in report.read_text().splitlines() if line.startswith("|")))
 
-    table = [line for line in report.read_text().splitlines() if line.startswith("|")]
-    print("\n" + "\n".join(table))
+    stage(6, "figures")
+    figures = [run / "figures" / f"{name}.png"
+               for name in ("filters", "predictions", "neighbours", "curves")]
+    if done(figures, [ckpt, run / "metrics.jsonl"]):
+        print(f"{run / 'figures'} is newer than {ckpt}: kept")
+    else:
+        figures = make_figures(run, shards, ckpt, queries=s["queries"], scan=s["scan"],
+                               device=device)
     paths = {"fixture": fixture, "shards": shards, "run": run, "checkpoint": ckpt,
              "eval": out / "eval", "report": report, "figures": run / "figures"}
     print("\n" + "\n".join(f"{k:>10}: {v}" for k, v in paths.items()))

@@ -9,6 +9,7 @@ is averaged over the crops, then over the models.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import sys
@@ -88,13 +89,23 @@ class Member:
         return logits.float().softmax(1).view(-1, len(images), logits.shape[1]).mean(0)
 
 
-def load_member(path: str | Path, stats: Path | None, device: torch.device) -> Member:
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` if it is a file; EvalError if it is missing, or a directory (naming the
+    checkpoint it most likely means: a run's, or a checkpoints folder's, best.pt)."""
     path = Path(path)
     if path.is_dir():
-        raise EvalError(f"{path}: is a directory; give a checkpoint file, e.g. "
-                        f"{path / 'checkpoints' / 'best.pt'}")
+        holds = path.name == "checkpoints" or any(path.glob("*.pt"))    # else a run's dir
+        ckpts = path if holds else path / "checkpoints"
+        best = ckpts / "best.pt"
+        meant = best if best.is_file() or not (ckpts / "last.pt").is_file() else ckpts / "last.pt"
+        raise EvalError(f"{path}: is a directory; give a checkpoint file, e.g. {meant}")
     if not path.is_file():
         raise EvalError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_member(path: str | Path, stats: Path | None, device: torch.device) -> Member:
+    path = checkpoint_file(path)
     state = checkpoint.load(path, keys=("config", "model"))   # CheckpointError if unusable
     cfg = config_from_dict(state["config"], where=str(path))
     try:
@@ -230,13 +241,17 @@ def write_breakdown(result: EvalResult, out_dir: str | Path, worst: int = 10,
 
 def write_outputs(files: dict[Path, bytes]) -> None:
     """Write result files together (data_prep.atomic.write_set): a failed write leaves the
-    previous ones as they were."""
+    previous ones as they were. A full disk is checkpoint.NoSpace (exit 74), as in training."""
     try:
         for directory in {p.parent for p in files}:
             directory.mkdir(parents=True, exist_ok=True)
         write_set(files)
     except OSError as e:
-        raise EvalError(f"{e.filename or next(iter(files))}: cannot write ({e.strerror or e})") from None
+        where = e.filename or next(iter(files))
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise checkpoint.NoSpace(f"no space left on device while writing {where}; "
+                                     f"no earlier file was replaced") from None
+        raise EvalError(f"{where}: cannot write ({e.strerror or e})") from None
 
 
 def format_result(summary: dict) -> str:

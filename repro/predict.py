@@ -3,7 +3,9 @@ images: shorter side to 256, the centre 256x256 (exactly as data_prep builds the
 shards), the ten 227 crops with the mean image subtracted, softmax averaged; the five
 most probable classes by name. The 256x256 pixels go to the net as decoded: the shards'
 JPEG re-encode (quality 95) is skipped, so a shard image and the same file given here
-differ by that one lossy step.
+differ by that one lossy step. A photo is first turned upright as its EXIF orientation
+says (a phone stores a portrait shot sideways); the shards ignore EXIF, as torchvision's
+ImageFolder does, so that they hold what other loaders read (PAPER_NOTES, "EXIF").
 
 The mean image and the class names come from the shards the checkpoint was trained on:
 `--data SHARDS`, or the run's own shards when the checkpoint sits in a run directory.
@@ -20,7 +22,7 @@ from data_prep.manifest import class_names
 from repro.cli import positive
 from repro.data.shards import read_manifest
 from repro.distributed import pick_device
-from repro.evaluate import EvalError, check_members, load_member, stats_path
+from repro.evaluate import EvalError, check_members, checkpoint_file, load_member, stats_path
 from repro.tracking import run_data_dir
 
 
@@ -35,7 +37,7 @@ class Prediction:
 
 def shards_for(checkpoint: Path, data: str | Path | None) -> Path:
     """--data, else the shards of the run the checkpoint belongs to (RUN/checkpoints/C)."""
-    data = data or run_data_dir(Path(checkpoint).resolve().parent.parent)
+    data = data or run_data_dir(checkpoint_file(checkpoint).resolve().parent.parent)
     if data is None:
         raise EvalError(f"{checkpoint}: give --data SHARDS (the shards it was trained on: their "
                         f"stats.npz holds the mean image, their manifest the class names)")
@@ -43,13 +45,14 @@ def shards_for(checkpoint: Path, data: str | Path | None) -> Path:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3,256,256): the file's shorter side to 256, its centre, as the shards hold it."""
+    """uint8 (3,256,256): the file upright, its shorter side to 256, its centre, as the
+    shards hold an image."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise EvalError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
-        pixels = decode_256(data).pixels
+        pixels = decode_256(data, exif=True).pixels
     except UnreadableImage as e:
         raise EvalError(f"{path}: not an image this can read ({e})") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)

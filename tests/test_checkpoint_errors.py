@@ -1,6 +1,7 @@
 """Damaged checkpoints and missing inputs: one-line errors naming the file (repro eval,
 repro train), resuming from the newest checkpoint that loads (checkpoint.load_latest), and
 the temp files of a checkpoint write killed mid-way. Real torch.save'd files, really damaged."""
+import contextlib
 import os
 import random
 import shutil
@@ -347,17 +348,25 @@ def train(shards, run, *overrides) -> list[str]:
 
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 240 MB tmpfs: room for one checkpoint of these tests' model (161 MB), not for two."""
-    disk = tmp_path / "disk"
+@contextlib.contextmanager
+def tmpfs(disk: Path, size: str):
+    """A tmpfs of `size` mounted at `disk`, to fill (skips the test where it cannot mount)."""
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=240m", "tmpfs", str(disk)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                              capture_output=True, text=True)
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 240 MB tmpfs: room for one checkpoint of these tests' model (161 MB), not for two."""
+    with tmpfs(tmp_path / "disk", "240m") as disk:
+        yield disk
 
 
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(shards, small_disk, capsys):

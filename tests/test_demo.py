@@ -23,12 +23,20 @@ def test_demo_end_to_end_then_again(tmp_path, capsys):
         "curves.png", "filters.png", "neighbours.png", "predictions.png"]
     printed = capsys.readouterr().out
     assert "| paper: 5 CNNs averaged, 10 crops | 38.1 | 16.4 |" in printed
+    report_stage, figures_stage = printed.split("[5/6] report")[1].split("[6/6] figures")
+    assert "| paper: 5 CNNs averaged" in report_stage and "|" not in figures_stage
     assert str(paths["report"]) in printed
     trained = [r for r in read_metrics(paths["run"]) if r["event"] == "train"]
     assert len(trained) == fast["epochs"] * fast["steps_per_epoch"]
 
+    figures = {p.name: p.stat().st_mtime_ns for p in paths["figures"].iterdir()}
+    evaluated = (out / "eval" / "eval.json").stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--fast", "--device", "cpu"]) == 0
     again = capsys.readouterr().out
     assert "exists: kept" in again and "nothing to do" in again
+    assert f"{out / 'eval' / 'eval.json'} is newer than {paths['checkpoint']}: kept" in again
+    assert f"{paths['figures']} is newer than {paths['checkpoint']}: kept" in again
+    assert (out / "eval" / "eval.json").stat().st_mtime_ns == evaluated
+    assert {p.name: p.stat().st_mtime_ns for p in paths["figures"].iterdir()} == figures
     assert [r for r in read_metrics(paths["run"]) if r["event"] == "train"] == trained
     assert json.loads((out / "eval" / "eval.json").read_text()) == first["summary"]

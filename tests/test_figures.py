@@ -12,7 +12,7 @@ from PIL import Image
 from repro.cli import main
 from repro.distributed import pick_device
 from repro.evaluate import load_member
-from repro.figures import filter_grid, nearest_neighbours, top5_predictions
+from repro.figures import TITLE_H, filter_grid, nearest_neighbours, top5_predictions
 from shard_helpers import write_shards
 from test_evaluate import (CLASSES, CROP, centre_inputs, fc7_by_hand, make_checkpoint,
                            reference_probs, split_images)
@@ -82,8 +82,13 @@ def test_figures_cli_writes_pngs(shards, run_dir, capsys):
                  "--scan", "10", "--device", "cpu"]) == 0
     names = sorted(p.name for p in (run_dir / "figures").iterdir())
     assert names == ["curves.png", "filters.png", "neighbours.png", "predictions.png"]
-    with Image.open(run_dir / "figures" / "filters.png") as img:
-        assert img.size == (GRID_W, GRID_H)
+    with Image.open(run_dir / "figures" / "filters.png") as img:   # the grid under its title
+        assert img.size == (GRID_W, GRID_H + TITLE_H)
+        pixels = np.asarray(img.convert("RGB"))
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    conv1 = state["model"]["conv1.weight"].float().numpy()
+    assert np.array_equal(pixels[TITLE_H:], filter_grid(conv1, towers=2))
+    assert (pixels[:TITLE_H] < 128).any()                     # the title's text
     for name in ("curves.png", "neighbours.png", "predictions.png"):
         with Image.open(run_dir / "figures" / name) as img:
             assert img.format == "PNG" and min(img.size) > 100

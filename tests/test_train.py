@@ -459,6 +459,7 @@ def test_the_run_says_what_it_is_how_far_and_where_its_best_checkpoint_is(shards
                  shards, run) == 0
     again = capsys.readouterr().out.splitlines()
     assert again[0] == f"resuming {run}/checkpoints/last.pt at epoch 3 step 0"
+    assert sum(line.startswith("resuming") for line in again) == 1     # said once, in the banner
     assert "  steps: 3 an epoch (batches of 16 images), 9 in 3 epochs (6 done)" in again
     assert [line[:16] for line in again if line.startswith("epoch 3 step")] == [
         "epoch 3 step 1/3", "epoch 3 step 3/3"]

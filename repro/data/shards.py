@@ -6,6 +6,7 @@ from pathlib import Path
 
 from data_prep.manifest import (MANIFEST, ShardsError, file_sha256, load_manifest, no_manifest,
                                 stats_digest)
+from data_prep.sources import LAYOUT_SPLITS
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,12 @@ def read_manifest(shards_dir: str | Path) -> dict:
 def split_shards(shards_dir: str | Path, split: str) -> list[Shard]:
     manifest = read_manifest(shards_dir)
     if split not in manifest["splits"]:
+        layout = manifest.get("settings", {}).get("layout")
+        if layout in LAYOUT_SPLITS and split not in LAYOUT_SPLITS[layout]:
+            have = [name for name, splits in LAYOUT_SPLITS.items() if split in splits]
+            raise ShardsError(f"{Path(shards_dir) / MANIFEST}: no '{split}' split: the {layout} "
+                              f"layout has no labelled {split} images (only {', '.join(have)} "
+                              f"has; these shards have {', '.join(manifest['splits'])})")
         raise ShardsError(f"{Path(shards_dir) / MANIFEST}: no '{split}' split "
                           f"(built with --splits {','.join(manifest['splits'])})")
     entries = manifest["splits"][split]["shards"]
