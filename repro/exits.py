@@ -16,7 +16,8 @@ EXIT_BAD_INPUT = 2     # refused before any work: a missing or wrong file, a bad
                        # a resume with other settings or shards; one line on stderr
 EXIT_NONFINITE = 3     # repro train: the loss or weights became non-finite (last good
                        # checkpoint kept)
-EXIT_NO_SPACE = 74     # EX_IOERR: the disk filled up under a checkpoint; a requeue would not help
+EXIT_NO_SPACE = 74     # EX_IOERR: the disk filled up under a checkpoint, figures, a report or
+                       # eval --out; a requeue would not help
 EXIT_PREEMPTED = 75    # EX_TEMPFAIL: stopped by SIGUSR1/SIGTERM after a checkpoint; run it again
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C (what a shell reports for a Ctrl-C'd command)
 EXIT_TERMINATED = 143  # 128 + SIGTERM: build_shards stopped, finished shards kept
