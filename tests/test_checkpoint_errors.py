@@ -20,18 +20,12 @@ from repro.cli import main
 from repro.config import load_config, model_kwargs
 from repro.exits import EXIT_NO_SPACE
 from repro.model import build_model
-from shard_helpers import other_stats, write_shards
+from run_helpers import ROOT, SMALL_RUN, SMOKE, TRAINED_SHARDS
+from shard_helpers import other_stats
 
-ROOT = Path(__file__).parent.parent
-SMOKE = ROOT / "configs" / "smoke.yaml"
-SMALL = ["model.num_classes=4", "data.crop_size=67", "data.steps_per_epoch=0",
-         "train.deterministic=true", "checkpoint.every_minutes=1000", "data.workers=1"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=48, val=4,
-                        shard_size=16)      # 3 steps an epoch (batch 16)
+# `trained` (conftest) is one epoch of train(shards, run) on these shards.
+SHARDS = TRAINED_SHARDS
+SMALL = [*SMALL_RUN, "checkpoint.every_minutes=1000", "data.workers=1"]
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +215,6 @@ def test_reading_while_the_trainer_saves_never_reports_damage(tmp_path):
 
 
 # ---- best.pt: repaired on resume, passed over by report and figures -----------------------
-@pytest.fixture(scope="module")
-def trained(shards, tmp_path_factory) -> Path:
-    """One epoch of `repro train`: last.pt and best.pt are the same step-000000003.pt."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    assert main(train(shards, run)) == 0
-    return run
-
-
 KILLED_BETWEEN_RENAMES = """
 import os, signal, sys, torch
 from pathlib import Path

@@ -13,17 +13,9 @@ from data_prep.atomic import TMP_MARK
 from repro.cli import main
 from repro.config import load_config
 from repro.evaluate import EvalError, write_outputs
-from shard_helpers import write_shards
-from test_evaluate import make_checkpoint
+from run_helpers import CLASSES, SMOKE, make_checkpoint
 
-CLASSES = 7
-SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=8, val=6,
-                        shard_size=6)
+SHARDS = dict(classes=CLASSES, train=8, val=6, shard_size=6)
 
 
 @pytest.fixture(scope="module")
