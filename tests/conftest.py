@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from repro.data.shards import split_shards
-from run_helpers import SMALL_RUN, SMOKE, TRAINED_SHARDS
+from repro.data.shards import read_manifest, split_shards
+from run_helpers import SMALL_RUN, SMOKE, TRAINED_SHARDS, make_checkpoint
 from shard_helpers import write_shards
 
 # The trainer tests' set: 44 training images are 3 steps of the smoke config's batch of 16.
@@ -30,6 +30,16 @@ def shards(request, make_shards):
     """The shard set of the test module: its SHARDS (write_shards's sizes), else the
     trainer tests' set."""
     return make_shards(**getattr(request.module, "SHARDS", TRAINER_SHARDS))
+
+
+@pytest.fixture(scope="module")
+def ckpts(shards, tmp_path_factory):
+    """Two random models (seeds 0 and 1, run_helpers.make_checkpoint) for the module's
+    shards: their class list, and fc8 fitted so that predictions vary from image to image."""
+    d = tmp_path_factory.mktemp("ckpt")
+    classes = read_manifest(shards)["classes"]
+    return (make_checkpoint(d / "a.pt", classes=classes, shards=shards),
+            make_checkpoint(d / "b.pt", "model.seed=1", classes=classes, shards=shards))
 
 
 @pytest.fixture(scope="session")

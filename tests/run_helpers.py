@@ -3,12 +3,15 @@ checkpoints of a random model (no training), the paper's test procedure written 
 independently of repro.evaluate, and comparisons of finished runs."""
 from __future__ import annotations
 
+import contextlib
 import io
+import subprocess
 import json
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -39,6 +42,8 @@ D2L_TINY = ["data.crop_size=67", "data.batch_size=8", "data.workers=0", "train.d
 # the patches themselves, as the paper says, whatever the margin.
 CLASSES = 7
 CROP = 68
+# The shards those checkpoints are made for, in test_evaluate.py: val batches of 5, 5, 2.
+EVAL_SHARDS = dict(classes=CLASSES, train=8, val=12, shard_size=5)
 CHECKPOINT_CONFIG = [f"model.num_classes={CLASSES}", f"data.crop_size={CROP}", "model.init=torch",
                      "data.val_batch_size=5"]
 
@@ -121,3 +126,17 @@ def metrics_so_far(run: Path) -> list[dict]:
         return read_metrics(run)
     except (FileNotFoundError, json.JSONDecodeError):
         return []
+
+
+@contextlib.contextmanager
+def tmpfs(disk: Path, size: str):
+    """A tmpfs of `size` mounted at `disk`, to fill (skips the test where it cannot mount)."""
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

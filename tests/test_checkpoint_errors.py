@@ -1,7 +1,6 @@
 """Damaged checkpoints and missing inputs: one-line errors naming the file (repro eval,
 repro train), resuming from the newest checkpoint that loads (checkpoint.load_latest), and
 the temp files of a checkpoint write killed mid-way. Real torch.save'd files, really damaged."""
-import contextlib
 import os
 import random
 import shutil
@@ -20,7 +19,7 @@ from repro.cli import main
 from repro.config import load_config, model_kwargs
 from repro.exits import EXIT_NO_SPACE
 from repro.model import build_model
-from run_helpers import ROOT, SMALL_RUN, SMOKE, TRAINED_SHARDS
+from run_helpers import ROOT, SMALL_RUN, SMOKE, TRAINED_SHARDS, tmpfs
 from shard_helpers import other_stats
 
 # `trained` (conftest) is one epoch of train(shards, run) on these shards.
@@ -332,20 +331,6 @@ def train(shards, run, *overrides) -> list[str]:
     return ["train", "--config", str(SMOKE), "--data", str(shards), "--out", str(run),
             *SMALL, "schedule.epochs=1", *overrides]
 
-
-
-@contextlib.contextmanager
-def tmpfs(disk: Path, size: str):
-    """A tmpfs of `size` mounted at `disk`, to fill (skips the test where it cannot mount)."""
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.fixture

@@ -13,18 +13,11 @@ from repro.distributed import pick_device
 from repro.augment import eval_views
 from repro.evaluate import EvalError, EvalResult, ensemble_probs, evaluate, load_member
 from repro.metrics import topk_correct
-from run_helpers import CLASSES, make_checkpoint, reference_probs, split_images
+from run_helpers import (CLASSES, EVAL_SHARDS, make_checkpoint, reference_probs,
+                         split_images)
 from shard_helpers import write_shards
 
-SHARDS = dict(classes=CLASSES, train=8, val=12, shard_size=5)   # val batches of 5, 5, 2
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, shards):
-    d = tmp_path_factory.mktemp("ckpt")
-    classes = json.loads((shards / "manifest.json").read_text())["classes"]
-    return (make_checkpoint(d / "a.pt", classes=classes, shards=shards),
-            make_checkpoint(d / "b.pt", "model.seed=1", classes=classes, shards=shards))
+SHARDS = EVAL_SHARDS
 
 
 def errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
