@@ -123,31 +123,45 @@ def test_build_array_equals_single_process_build(cluster, tmp_path):
 # ---- train.sbatch: time limit -> USR1 -> checkpoint -> requeue -> exact resume -----------
 @pytest.fixture(scope="module")
 def requeued(cluster, shards, tmp_path_factory):
-    """A train.sbatch job with a 1-minute limit and --signal=B:USR1@45, whose training is
-    held (SIGSTOP to its step) from its first logged step until Slurm's warning has reached
-    the batch shell, so the warning always lands mid-training however fast this machine
-    is; and an uninterrupted torchrun run of the same config (world size 2) meanwhile."""
+    """A train.sbatch job with --signal=B:USR1@105 whose time limit is cut only once its
+    training is under way: it starts with 10 minutes (the warning is 8 minutes off, however
+    slowly a loaded machine starts it); at its first logged step the training is held
+    (SIGSTOP to its step) and the limit set to the whole minute 60-120 s ahead, so that the
+    warning is due within 15 s and the trainer has over 60 s to checkpoint; once the
+    warning has reached the batch shell, the training goes on and the limit is 10 minutes
+    again, for the requeued run. Meanwhile, an uninterrupted torchrun run of the same
+    config (world size 2)."""
     base = tmp_path_factory.mktemp("train")
     run, ref, logs = base / "run", base / "reference", base / "logs"
     logs.mkdir()
     overrides = [*TRAIN, f"schedule.epochs={EPOCHS}"]
     t0 = time.time()
-    job = cluster.sbatch("--time=1", "--signal=B:USR1@45", "--cpus-per-task=1",
+    job = cluster.sbatch("--time=10", "--signal=B:USR1@105", "--cpus-per-task=1",
                          f"--output={logs}/%x-%j.out", SLURM / "train.sbatch", *overrides,
                          env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE,
                                      MAX_REQUEUES=MAX_REQUEUES), cwd=ROOT)
     reference = torchrun(2, shards, ref, overrides)
     log = logs / f"alexnet-train-{job}.out"
-    wait_for(lambda: any(r["event"] == "train" for r in metrics_so_far(run)), 120, cluster, job)
+    wait_for(lambda: any(r["event"] == "train" for r in metrics_so_far(run)), 300, cluster, job)
     cluster.run(["scancel", "--signal=STOP", f"{job}.0"])          # hold the training
     held = time.time()
+    ran = seconds(cluster.job(job)[0]["RunTime"])
+    cluster.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={ran // 60 + 2}"])
     wait_for(lambda: "got SIGUSR1" in log.read_text(), 90, cluster, job)   # Slurm's warning
+    cluster.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"])
     cluster.run(["scancel", "--signal=CONT", f"{job}.0"])
     warned = time.time()
     info = wait_both(cluster, job, reference, timeout=300)
     print(f"train.sbatch job {job}: warned {warned - held:.0f} s after the hold, "
           f"{info['JobState']} after {info['Restarts']} requeues, {time.time() - t0:.0f} s")
     return {"job": job, "info": info, "run": run, "ref": ref, "log": log.read_text()}
+
+
+def seconds(run_time: str) -> int:
+    """Slurm's [D-]HH:MM:SS as seconds."""
+    days, _, hms = run_time.rpartition("-")
+    h, m, sec = map(int, hms.split(":"))
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + sec
 
 
 @pytest.mark.slurm
