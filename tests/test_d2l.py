@@ -14,7 +14,7 @@ from repro.config import load_config, model_kwargs
 from repro.lrn import LocalResponseNorm
 from repro.model import build_model
 from repro.tracking import read_metrics
-from run_helpers import D2L_CONFIG, D2L_TINY
+from run_helpers import D2L_CONFIG, D2L_TINY, assert_same_weights
 from stops import StopAfter
 
 
@@ -103,7 +103,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
     assert d2l.run(cfg, tmp_path / "data", parts, stop=StopAfter(5)) == 75
     assert d2l.run(cfg, tmp_path / "data", parts) == 0
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (whole, parts))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_weights(a["model"], b["model"])
     vals = [[(r["epoch"], r["top1_err"]) for r in read_metrics(d) if r["event"] == "val"]
             for d in (whole, parts)]
     assert vals[0] == vals[1] and len(vals[0]) == 2
