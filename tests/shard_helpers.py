@@ -12,6 +12,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from repro.data.order import EpochPlan
+
 
 def class_image(rng: np.random.Generator, label: int, classes: int) -> np.ndarray:
     """256x256 RGB: a class-specific colour and stripe frequency plus noise (learnable)."""
@@ -77,3 +79,11 @@ def other_stats(shards: Path, out: Path, in_manifest: bool = True) -> Path:
         manifest["stats"]["sha256"] = sha256(out / "stats.npz")
         (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def plan(shards, **kw) -> EpochPlan:
+    """An epoch of `shards` (a split's Shard list) as the loader tests read it: one worker,
+    batches of 5, random 227 crops and mirrors, shuffled; `kw` changes any of it."""
+    base = dict(shards=tuple(shards), epoch=0, seed=1, rank=0, world=1, batch_size=5, workers=1,
+                crop="random", crop_size=227, flip=True, shuffle=True, shuffle_buffer=16)
+    return EpochPlan(**base | kw)

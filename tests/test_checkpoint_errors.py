@@ -1,7 +1,6 @@
 """Damaged checkpoints and missing inputs: one-line errors naming the file (repro eval,
 repro train), resuming from the newest checkpoint that loads (checkpoint.load_latest), and
 the temp files of a checkpoint write killed mid-way. Real torch.save'd files, really damaged."""
-import contextlib
 import os
 import random
 import shutil
@@ -20,18 +19,12 @@ from repro.cli import main
 from repro.config import load_config, model_kwargs
 from repro.exits import EXIT_NO_SPACE
 from repro.model import build_model
-from shard_helpers import other_stats, write_shards
+from run_helpers import ROOT, SMALL_RUN, SMOKE, TRAINED_SHARDS, tmpfs
+from shard_helpers import other_stats
 
-ROOT = Path(__file__).parent.parent
-SMOKE = ROOT / "configs" / "smoke.yaml"
-SMALL = ["model.num_classes=4", "data.crop_size=67", "data.steps_per_epoch=0",
-         "train.deterministic=true", "checkpoint.every_minutes=1000", "data.workers=1"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=48, val=4,
-                        shard_size=16)      # 3 steps an epoch (batch 16)
+# `trained` (conftest) is one epoch of train(shards, run) on these shards.
+SHARDS = TRAINED_SHARDS
+SMALL = [*SMALL_RUN, "checkpoint.every_minutes=1000", "data.workers=1"]
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +214,6 @@ def test_reading_while_the_trainer_saves_never_reports_damage(tmp_path):
 
 
 # ---- best.pt: repaired on resume, passed over by report and figures -----------------------
-@pytest.fixture(scope="module")
-def trained(shards, tmp_path_factory) -> Path:
-    """One epoch of `repro train`: last.pt and best.pt are the same step-000000003.pt."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    assert main(train(shards, run)) == 0
-    return run
-
-
 KILLED_BETWEEN_RENAMES = """
 import os, signal, sys, torch
 from pathlib import Path
@@ -346,20 +331,6 @@ def train(shards, run, *overrides) -> list[str]:
     return ["train", "--config", str(SMOKE), "--data", str(shards), "--out", str(run),
             *SMALL, "schedule.epochs=1", *overrides]
 
-
-
-@contextlib.contextmanager
-def tmpfs(disk: Path, size: str):
-    """A tmpfs of `size` mounted at `disk`, to fill (skips the test where it cannot mount)."""
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.fixture

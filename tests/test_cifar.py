@@ -8,6 +8,7 @@ import torch
 
 from repro.cifar import experiments as cifar
 from repro.cifar.train import lr_factor
+from run_helpers import assert_same_weights
 
 FAST = ["train.device=cpu", "logging.progress=off", "train.batch_size=8"]
 
@@ -91,7 +92,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
     assert parts["test_err"] == whole["test_err"] and points(parts["curve"]) == points(whole["curve"])
     a, b = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=False)["model"]
             for d in ("whole", "parts"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(a, b)
 
 
 def test_sigterm_exits_75_and_the_same_command_finishes(tmp_path):

@@ -1,12 +1,9 @@
 """The d2l.ai variant: its config builds the book's net, and `python -m repro.d2l` trains
 it on Fashion-MNIST's IDX files (a tiny generated set here; tests/test_fashion_mnist.py
 reads the real one) through the project's one training loop."""
-import json
-import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,15 +14,12 @@ from repro.config import load_config, model_kwargs
 from repro.lrn import LocalResponseNorm
 from repro.model import build_model
 from repro.tracking import read_metrics
+from run_helpers import D2L_CONFIG, D2L_TINY, assert_same_weights
 from stops import StopAfter
-
-CONFIG = Path(__file__).parent.parent / "configs" / "d2l_fashion_mnist.yaml"
-TINY = ["data.crop_size=67", "data.batch_size=8", "data.workers=0", "train.device=cpu",
-        "logging.progress=off"]
 
 
 def test_config_is_the_books_net():
-    cfg = load_config(CONFIG)
+    cfg = load_config(D2L_CONFIG)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.0, 0.0)
     assert (cfg.data.batch_size, cfg.schedule.epochs, cfg.schedule.kind) == (128, 10, "constant")
     model = build_model(model_kwargs(cfg))
@@ -37,7 +31,7 @@ def test_config_is_the_books_net():
 
 
 def test_xavier_is_d2ls_init():
-    cfg = load_config(CONFIG, ["data.crop_size=67"])
+    cfg = load_config(D2L_CONFIG, ["data.crop_size=67"])
     assert cfg.model.init == "xavier"
     model = build_model(model_kwargs(cfg))
     bias = build_model(model_kwargs(cfg) | {"init": "torch"}).fc7.bias
@@ -63,7 +57,7 @@ def test_generated_bands_reach_the_net_as_d2l_feeds_them(tmp_path):
 
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys):
-    assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path), "--out",
+    assert d2l.main(["--config", str(D2L_CONFIG), "--root", str(tmp_path), "--out",
                      str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path) in err and len(err.splitlines()) == 1
@@ -73,8 +67,8 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys):
 def test_runner_trains_one_epoch_and_writes_metrics(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "run"
-    assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path / "data"), "--out", str(out),
-                     "--generate", "24,12", *TINY, "schedule.epochs=1"]) == 0
+    assert d2l.main(["--config", str(D2L_CONFIG), "--root", str(tmp_path / "data"), "--out", str(out),
+                     "--generate", "24,12", *D2L_TINY, "schedule.epochs=1"]) == 0
     printed = capsys.readouterr().out
     assert "epoch 1/1: loss" in printed and "examples/sec on cpu" in printed
     assert "generated Fashion-MNIST, 24 train and 12 test examples" in printed
@@ -92,7 +86,7 @@ def test_runner_trains_one_epoch_and_writes_metrics(tmp_path, capsys):
 
 
 def test_generate_wants_two_counts(tmp_path, capsys):
-    assert d2l.main(["--config", str(CONFIG), "--root", str(tmp_path), "--generate", "100"]) == 2
+    assert d2l.main(["--config", str(D2L_CONFIG), "--root", str(tmp_path), "--generate", "100"]) == 2
     assert "N_TRAIN,N_TEST (two counts), got '100'" in capsys.readouterr().err
     assert not (tmp_path / "FashionMNIST").exists()
 
@@ -102,14 +96,14 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
     same command finishes with the weights and records of a run never stopped."""
     torch.set_num_threads(1)
     fashion_mnist.generate(tmp_path / "data", 40, 16, seed=0)
-    cfg = load_config(CONFIG, TINY + ["schedule.epochs=2"])
+    cfg = load_config(D2L_CONFIG, D2L_TINY + ["schedule.epochs=2"])
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert d2l.run(cfg, tmp_path / "data", whole) == 0
     assert d2l.run(cfg, tmp_path / "data", parts, stop=StopAfter(3)) == 75
     assert d2l.run(cfg, tmp_path / "data", parts, stop=StopAfter(5)) == 75
     assert d2l.run(cfg, tmp_path / "data", parts) == 0
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (whole, parts))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_weights(a["model"], b["model"])
     vals = [[(r["epoch"], r["top1_err"]) for r in read_metrics(d) if r["event"] == "val"]
             for d in (whole, parts)]
     assert vals[0] == vals[1] and len(vals[0]) == 2
@@ -120,8 +114,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
 def test_a_stop_signal_checkpoints_and_a_second_run_is_locked_out(tmp_path, signum, status, says):
     """SIGTERM (SLURM) exits 75, Ctrl-C 130: each after a checkpoint, in one line."""
     fashion_mnist.generate(tmp_path / "data", 800, 8, seed=0)
-    cmd = [sys.executable, "-m", "repro.d2l", "--config", str(CONFIG), "--root",
-           str(tmp_path / "data"), "--out", str(tmp_path / "run"), *TINY, "schedule.epochs=1",
+    cmd = [sys.executable, "-m", "repro.d2l", "--config", str(D2L_CONFIG), "--root",
+           str(tmp_path / "data"), "--out", str(tmp_path / "run"), *D2L_TINY, "schedule.epochs=1",
            "logging.progress=lines"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not proc.stdout.readline().startswith("epoch 1 step 1/"):     # the first step's line
@@ -147,12 +141,12 @@ def test_the_train_switches_apply_as_in_repro_train(tmp_path):
 
     torch.set_num_threads(1)
     fashion_mnist.generate(tmp_path, 16, 8, seed=0)
-    two = TINY + ["schedule.epochs=1", "model.groups=2", "model.seed=0"]
+    two = D2L_TINY + ["schedule.epochs=1", "model.groups=2", "model.seed=0"]
     with pytest.raises(Refused, match="apply to the one-device model"):
-        d2l.run(load_config(CONFIG, two + ["train.parallel=towers", "train.split_groups=true"]),
+        d2l.run(load_config(D2L_CONFIG, two + ["train.parallel=towers", "train.split_groups=true"]),
                 tmp_path, tmp_path / "refused")
-    assert d2l.run(load_config(CONFIG, two), tmp_path, tmp_path / "single") == 0
-    assert d2l.run(load_config(CONFIG, two + ["train.parallel=towers"]), tmp_path, tmp_path / "towers") == 0
+    assert d2l.run(load_config(D2L_CONFIG, two), tmp_path, tmp_path / "single") == 0
+    assert d2l.run(load_config(D2L_CONFIG, two + ["train.parallel=towers"]), tmp_path, tmp_path / "towers") == 0
     single, towers = d2l.summary(tmp_path / "single"), d2l.summary(tmp_path / "towers")
     assert towers["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert (towers["train_acc"], towers["test_acc"]) == (single["train_acc"], single["test_acc"])

@@ -21,7 +21,7 @@ LAYOUTS = ("official", "folder", "kaggle")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def layouts(tmp_path_factory):
     """Each layout of the same quirky fixture, built with 2 workers: {layout: (source, out, desc)}."""
     root = tmp_path_factory.mktemp("layouts")
     res = {}
@@ -33,8 +33,8 @@ def built(tmp_path_factory):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_layout_counts_labels_and_images(built, layout):
-    source, out, desc = built[layout]
+def test_layout_counts_labels_and_images(layouts, layout):
+    source, out, desc = layouts[layout]
     m = manifest(out)
     assert m["settings"]["layout"] == layout
     assert m["settings"]["data"] == "generated" and (source / "GENERATED").is_file()
@@ -61,8 +61,8 @@ def test_layout_counts_labels_and_images(built, layout):
     assert verify(out, decode=True) == []
 
 
-def test_training_shards_mix_classes(built):
-    _, out, _ = built["official"]
+def test_training_shards_mix_classes(layouts):
+    _, out, _ = layouts["official"]
     first = [wnid for *_, wnid in read_split(out, "train")][:8]
     assert len(set(first)) >= 3
 
@@ -76,9 +76,9 @@ def read_devkit(source):
     return meta, truth
 
 
-def test_val_labels_follow_the_devkit_ids(built):
+def test_val_labels_follow_the_devkit_ids(layouts):
     """Read the devkit with scipy directly: ground-truth ILSVRC2012_ID -> WNID -> sorted index."""
-    source, out, _ = built["official"]
+    source, out, _ = layouts["official"]
     meta, truth = read_devkit(source)
     id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in meta.ravel() if int(s["num_children"]) == 0}
     assert len(meta.ravel()) > len(id_to_wnid)  # inner synsets are there, and ignored
@@ -92,46 +92,46 @@ def test_val_labels_follow_the_devkit_ids(built):
         assert cls == wnids.index(wnid)
 
 
-def test_manifest_words_where_the_source_names_its_classes(built):
+def test_manifest_words_where_the_source_names_its_classes(layouts):
     """meta.mat's words (official), LOC_synset_mapping.txt's (kaggle), parallel to classes; a
     folder tree names none, and class_names falls back to the WNIDs."""
-    meta, _ = read_devkit(built["official"][0])
+    meta, _ = read_devkit(layouts["official"][0])
     words = {str(s["WNID"]): str(s["words"]) for s in meta.ravel() if int(s["num_children"]) == 0}
     mapping = dict(line.split(" ", 1) for line in
-                   (built["kaggle"][0] / "LOC_synset_mapping.txt").read_text().splitlines())
-    official, kaggle, folder = (manifest(built[layout][1]) for layout in ("official", "kaggle", "folder"))
+                   (layouts["kaggle"][0] / "LOC_synset_mapping.txt").read_text().splitlines())
+    official, kaggle, folder = (manifest(layouts[layout][1]) for layout in ("official", "kaggle", "folder"))
     assert official["words"] == [words[w] for w in official["classes"]] == class_names(official)
     assert kaggle["words"] == [mapping[w] for w in kaggle["classes"]]
     assert "words" not in folder and class_names(folder) == folder["classes"]
 
 
-def test_three_layouts_give_identical_shards_and_stats(built):
-    digests = [output_digest(built[layout][1]) for layout in LAYOUTS]
+def test_three_layouts_give_identical_shards_and_stats(layouts):
+    digests = [output_digest(layouts[layout][1]) for layout in LAYOUTS]
     assert digests[0] == digests[1] == digests[2]
-    ms = [manifest(built[layout][1]) for layout in LAYOUTS]
+    ms = [manifest(layouts[layout][1]) for layout in LAYOUTS]
     for split in ("train", "val"):
         assert ms[0]["splits"][split]["shards"] == ms[1]["splits"][split]["shards"] == ms[2]["splits"][split]["shards"]
 
 
-def test_the_manifest_names_the_classes_for_people(built):
+def test_the_manifest_names_the_classes_for_people(layouts):
     """The devkit's words (official), the Kaggle synset mapping's; by class index."""
     from data_prep.make_fixture import REAL_WNIDS
 
     for layout in ("official", "kaggle"):
-        m = manifest(built[layout][1])
+        m = manifest(layouts[layout][1])
         assert m["words"] == [REAL_WNIDS.get(w, f"synthetic class {w}") for w in m["classes"]]
         assert m["words"][m["classes"].index("n01440764")] == "tench, Tinca tinca"
 
 
-def test_worker_count_does_not_change_the_output(built, tmp_path):
-    source, out2, _ = built["folder"]
+def test_worker_count_does_not_change_the_output(layouts, tmp_path):
+    source, out2, _ = layouts["folder"]
     build(source, tmp_path / "w1", workers=1)
     assert output_digest(tmp_path / "w1") == output_digest(out2)
     assert manifest(tmp_path / "w1") == manifest(out2)
 
 
-def test_rerun_of_a_complete_build_is_a_noop(built):
-    source, out, _ = built["kaggle"]
+def test_rerun_of_a_complete_build_is_a_noop(layouts):
+    source, out, _ = layouts["kaggle"]
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r = cli("data_prep.build_shards", "--source", str(source), "--out", str(out), "--shard-size", "8")
     assert r.returncode == 0, r.stderr
@@ -139,11 +139,11 @@ def test_rerun_of_a_complete_build_is_a_noop(built):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_a_damaged_finished_build_is_rebuilt_by_the_rerun(built, tmp_path):
+def test_a_damaged_finished_build_is_rebuilt_by_the_rerun(layouts, tmp_path):
     """stats.npz truncated and a shard deleted after the build: the same command rebuilds
     them byte for byte. Sizes are always checked; a shard changed in place at the same size
     only by --verify, which re-hashes every shard."""
-    source, out, _ = built["official"]
+    source, out, _ = layouts["official"]
     work = tmp_path / "out"
     shutil.copytree(out, work)
     rerun = ["data_prep.build_shards", "--source", str(source), "--out", str(work),
@@ -165,8 +165,8 @@ def test_a_damaged_finished_build_is_rebuilt_by_the_rerun(built, tmp_path):
     assert not (work / ".build").exists()
 
 
-def test_refuses_to_mix_settings(built, tmp_path):
-    source, out, _ = built["kaggle"]
+def test_refuses_to_mix_settings(layouts, tmp_path):
+    source, out, _ = layouts["kaggle"]
     with pytest.raises(BuildError, match="quality"):
         build(source, out, quality=90)
     # an unfinished build with other settings is refused too
@@ -183,8 +183,8 @@ def test_refuses_to_mix_settings(built, tmp_path):
         build(source, work)
 
 
-def test_limit_takes_a_prefix_of_the_fixed_order(built, tmp_path):
-    source, full, _ = built["folder"]
+def test_limit_takes_a_prefix_of_the_fixed_order(layouts, tmp_path):
+    source, full, _ = layouts["folder"]
     build(source, tmp_path / "lim", limit=5, shard_size=3)
     m = manifest(tmp_path / "lim")
     assert m["settings"]["limit"] == 5
@@ -214,9 +214,9 @@ def test_incomplete_official_layout_says_what_is_missing(tmp_path):
         build(tmp_path / "src", tmp_path / "out")
 
 
-def test_count_disagreeing_with_the_devkit_is_reported(built, tmp_path):
+def test_count_disagreeing_with_the_devkit_is_reported(layouts, tmp_path):
     """A folder tree with the devkit beside it (torchvision's root), one training image missing."""
-    official, _, desc = built["official"]
+    official, _, desc = layouts["official"]
     src = tmp_path / "src"
     fixture(src, "folder")
     shutil.copy(official / "ILSVRC2012_devkit_t12.tar.gz", src)
@@ -246,8 +246,8 @@ def test_cli_summary_lists_skipped_files(tmp_path):
     assert v.returncode == 0 and "OK" in v.stdout
 
 
-def test_verify_finds_corruption_missing_and_stray_shards(built, tmp_path):
-    _, out, _ = built["official"]
+def test_verify_finds_corruption_missing_and_stray_shards(layouts, tmp_path):
+    _, out, _ = layouts["official"]
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)
     data = bytearray((bad / "train-000001.tar").read_bytes())

@@ -16,7 +16,7 @@ from data_prep_helpers import build, cli, fixture, manifest
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def quirky_build(tmp_path_factory):
     """A quirky folder-layout build whose train tree also holds a text file named .JPEG."""
     root = tmp_path_factory.mktemp("verify")
     fixture(root / "src", "folder")
@@ -63,8 +63,8 @@ def _jpeg(mode: str, size: int) -> bytes:
     return b.getvalue()
 
 
-def test_bad_cls_and_wnid_are_reported_and_checking_goes_on(built, tmp_path):
-    out = _copy(built, tmp_path)
+def test_bad_cls_and_wnid_are_reported_and_checking_goes_on(quirky_build, tmp_path):
+    out = _copy(quirky_build, tmp_path)
     k1 = _replace(out, "train-000000.tar", 1, "cls", b"seven")
     k2 = _replace(out, "train-000001.tar", 2, "wnid", b"n0\xff\xfe")
     (out / "val-000000.tar").write_bytes(b"\0" * 10240)  # a later shard is still checked
@@ -78,8 +78,8 @@ def test_bad_cls_and_wnid_are_reported_and_checking_goes_on(built, tmp_path):
     assert f"PROBLEM train-000001.tar: sample {k2} wnid" in r.stdout
 
 
-def test_decode_reports_images_that_do_not_fully_decode_or_are_the_wrong_shape(built, tmp_path):
-    out = _copy(built, tmp_path)
+def test_decode_reports_images_that_do_not_fully_decode_or_are_the_wrong_shape(quirky_build, tmp_path):
+    out = _copy(quirky_build, tmp_path)
     good = _jpeg("RGB", 256)
     bad = {
         _replace(out, "train-000000.tar", 0, "jpg", b"not a jpeg"): "does not decode (UnidentifiedImageError",
@@ -98,8 +98,8 @@ def test_decode_reports_images_that_do_not_fully_decode_or_are_the_wrong_shape(b
     assert r.stdout.count("PROBLEM") == len(bad)
 
 
-def test_decode_checks_the_size_the_manifest_gives(built, tmp_path):
-    out = _copy(built, tmp_path)
+def test_decode_checks_the_size_the_manifest_gives(quirky_build, tmp_path):
+    out = _copy(quirky_build, tmp_path)
     m = manifest(out)
     m["settings"]["image"]["size"] = 128
     (out / "manifest.json").write_text(json.dumps(m))
@@ -107,8 +107,8 @@ def test_decode_checks_the_size_the_manifest_gives(built, tmp_path):
     assert problems and all("expected JPEG RGB 128x128" in p for p in problems)
 
 
-def test_non_file_member_is_reported(built, tmp_path):
-    out = _copy(built, tmp_path)
+def test_non_file_member_is_reported(quirky_build, tmp_path):
+    out = _copy(quirky_build, tmp_path)
     with tarfile.open(out / "train-000000.tar", "a") as tar:
         d = tarfile.TarInfo("zz_extra.cls")
         d.type = tarfile.DIRTYPE
@@ -117,7 +117,7 @@ def test_non_file_member_is_reported(built, tmp_path):
     assert "train-000000.tar: member zz_extra.cls is not a regular file" in verify(out)
 
 
-def test_skip_reason_is_deterministic_and_says_what_was_wrong(built):
-    reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in manifest(built)["splits"]["train"]["skipped"]}
+def test_skip_reason_is_deterministic_and_says_what_was_wrong(quirky_build):
+    reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in manifest(quirky_build)["splits"]["train"]["skipped"]}
     assert reasons["notes.JPEG"] == "UnidentifiedImageError: cannot identify image file <_io.BytesIO object>"
     assert not any(" at 0x" in r for r in reasons.values()), reasons

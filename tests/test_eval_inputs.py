@@ -13,22 +13,14 @@ from data_prep.atomic import TMP_MARK
 from repro.cli import main
 from repro.config import load_config
 from repro.evaluate import EvalError, write_outputs
-from shard_helpers import write_shards
-from test_evaluate import make_checkpoint
+from run_helpers import CLASSES, SMOKE, make_checkpoint
 
-CLASSES = 7
-SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
+SHARDS = dict(classes=CLASSES, train=8, val=6, shard_size=6)
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=8, val=6,
-                        shard_size=6)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "a.pt")
+def model_ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("model_ckpt") / "a.pt")
 
 
 def run(capsys, *argv) -> tuple[int, str]:
@@ -42,12 +34,12 @@ def one_line_error(err: str, *words: str) -> bool:
     return len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words)
 
 
-def test_eval_refuses_an_output_path_before_evaluating(shards, ckpt, tmp_path, capsys):
+def test_eval_refuses_an_output_path_before_evaluating(shards, model_ckpt, tmp_path, capsys):
     afile = tmp_path / "afile.txt"
     afile.write_text("mine")
     for out, words in ((afile, ["afile.txt", "not a directory"]),
                        (afile / "sub", ["afile.txt", "is not a directory"])):
-        code, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", shards, "--device", "cpu",
+        code, err = run(capsys, "eval", "--checkpoint", model_ckpt, "--data", shards, "--device", "cpu",
                         "--out", out)
         assert code == 2 and one_line_error(err, *words), err
     assert afile.read_text() == "mine"
@@ -58,16 +50,16 @@ def test_eval_of_a_run_directory_names_the_checkpoint_to_give(shards, tmp_path, 
     assert code == 2 and one_line_error(err, "is a directory", "checkpoints/best.pt"), err
 
 
-def test_report_refuses_a_directory_as_its_output(shards, ckpt, tmp_path, capsys):
-    code, err = run(capsys, "report", tmp_path, "--data", shards, "--checkpoint", ckpt,
+def test_report_refuses_a_directory_as_its_output(shards, model_ckpt, tmp_path, capsys):
+    code, err = run(capsys, "report", tmp_path, "--data", shards, "--checkpoint", model_ckpt,
                     "--out", tmp_path)
     assert code == 2 and one_line_error(err, "is a directory"), err
 
 
 @pytest.mark.parametrize("option, value", [("--limit", -5), ("--batch-size", -2), ("--worst", -1)])
-def test_negative_counts_are_refused(shards, ckpt, capsys, option, value):
+def test_negative_counts_are_refused(shards, model_ckpt, capsys, option, value):
     with pytest.raises(SystemExit) as e:
-        main(["eval", "--checkpoint", str(ckpt), "--data", str(shards), option, str(value)])
+        main(["eval", "--checkpoint", str(model_ckpt), "--data", str(shards), option, str(value)])
     assert e.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
 
 
@@ -97,13 +89,13 @@ def damaged(shards: Path, tmp_path: Path, name: str, data: bytes) -> Path:
     ("manifest.json", b'{"format_version": 1, "classes": [', ["manifest.json", "not a readable manifest"]),
     ("stats.npz", b"PK\x03\x04 cut short", ["stats.npz", "not the file the build wrote"]),
 ])
-def test_damaged_shard_files_are_one_line_errors(shards, ckpt, tmp_path, capsys, name, data, words):
+def test_damaged_shard_files_are_one_line_errors(shards, model_ckpt, tmp_path, capsys, name, data, words):
     copy = damaged(shards, tmp_path, name, data)
-    code, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", copy, "--device", "cpu")
+    code, err = run(capsys, "eval", "--checkpoint", model_ckpt, "--data", copy, "--device", "cpu")
     assert code == 2 and one_line_error(err, *words), err
 
 
-def test_a_bad_sample_read_by_a_worker_is_one_line_naming_it(shards, ckpt, tmp_path, capsys):
+def test_a_bad_sample_read_by_a_worker_is_one_line_naming_it(shards, model_ckpt, tmp_path, capsys):
     copy = tmp_path / "shards"
     shutil.copytree(shards, copy)
     val = json.loads((copy / "manifest.json").read_text())["splits"]["val"]["shards"][0]["name"]
@@ -111,13 +103,13 @@ def test_a_bad_sample_read_by_a_worker_is_one_line_naming_it(shards, ckpt, tmp_p
     at = data.index(b"\xff\xd8\xff")               # the first JPEG's start of image
     data[at:at + 3] = b"XXX"
     (copy / val).write_bytes(bytes(data))
-    code, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", copy, "--device", "cpu",
+    code, err = run(capsys, "eval", "--checkpoint", model_ckpt, "--data", copy, "--device", "cpu",
                     "--workers", "2")
     assert code == 2 and one_line_error(err, val, "cannot decode its JPEG"), err
 
 
-def test_a_checkpoint_whose_weights_do_not_fit_its_config(shards, ckpt, tmp_path, capsys):
-    state = torch.load(ckpt, weights_only=False)
+def test_a_checkpoint_whose_weights_do_not_fit_its_config(shards, model_ckpt, tmp_path, capsys):
+    state = torch.load(model_ckpt, weights_only=False)
     state["config"]["model"]["groups"] = 1        # conv2/4/5 would be twice as wide
     torch.save(state, tmp_path / "edited.pt")
     state["config"] = "not a config"

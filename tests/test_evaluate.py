@@ -1,114 +1,23 @@
 """repro eval: the 10 crops against torchvision's TenCrop, top-k by hand, ensembles, and the
 checkpoints it must refuse. A random model on 68 px crops (data.crop_size) keeps it fast;
-the architecture is the paper's.
-
-68 leaves an even margin (256 - 68): TenCrop takes the centre crop of the mirrored image,
-which is the mirror of the centre patch only when the margin is even; repro eval mirrors
-the patches themselves, as the paper says, whatever the margin."""
+the architecture is the paper's (tests/run_helpers.py: CROP)."""
 import csv
-import io
 import json
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torchvision.transforms.v2.functional import ten_crop
 
-from repro import checkpoint
 from repro.cli import main
-from repro.config import config_from_dict, load_config, model_kwargs
 from repro.distributed import pick_device
 from repro.augment import eval_views
 from repro.evaluate import EvalError, EvalResult, ensemble_probs, evaluate, load_member
 from repro.metrics import topk_correct
-from repro.model import build_model
+from run_helpers import (CLASSES, EVAL_SHARDS, make_checkpoint, reference_probs,
+                         split_images)
 from shard_helpers import write_shards
 
-ROOT = Path(__file__).parent.parent
-SMOKE = ROOT / "configs" / "smoke.yaml"
-CROP = 68
-CLASSES = 7     # more than 5, so that top-5 can miss
-SMALL = [f"model.num_classes={CLASSES}", f"data.crop_size={CROP}", "model.init=torch",
-         "data.val_batch_size=5"]   # 12 val images: batches of 5, 5, 2
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=8, val=12,
-                        shard_size=5)
-
-
-def make_checkpoint(path: Path, *overrides: str, classes=None, shards=None) -> Path:
-    """A random model, seeded by model.seed. A random net maps every image to nearly the same
-    fc7 vector; given `shards`, fc8 is centred on their training images' mean fc7 and
-    sharpened, so that its predictions vary from image to image."""
-    cfg = load_config(SMOKE, SMALL + list(overrides))
-    model = build_model(model_kwargs(cfg))
-    if shards is not None:
-        with torch.no_grad():
-            common = fc7_by_hand(model.eval(), centre_inputs(shards, "train", CROP)).mean(0)
-            model.fc8.weight *= 100
-            model.fc8.bias.copy_(-model.fc8.weight @ common)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes,
-                "format_version": checkpoint.FORMAT_VERSION}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, shards):
-    d = tmp_path_factory.mktemp("ckpt")
-    classes = json.loads((shards / "manifest.json").read_text())["classes"]
-    return (make_checkpoint(d / "a.pt", classes=classes, shards=shards),
-            make_checkpoint(d / "b.pt", "model.seed=1", classes=classes, shards=shards))
-
-
-def fc7_by_hand(model, x):
-    """The last hidden layer, layer by layer (Figure 2), in eval mode."""
-    x = model.pool1(model.norm1(model.conv1(x)))      # norm1, norm2: ReLU then LRN
-    x = model.pool2(model.norm2(model.conv2(x)))
-    x = model.pool5(F.relu(model.conv5(F.relu(model.conv4(F.relu(model.conv3(x)))))))
-    return F.relu(model.fc7(F.relu(model.fc6(torch.flatten(x, 1)))))
-
-
-def split_images(shards: Path, split: str = "val"):
-    """A split read with tarfile and PIL, in the manifest's and the tars' order."""
-    manifest = json.loads((shards / "manifest.json").read_text())
-    images, labels = [], []
-    for entry in manifest["splits"][split]["shards"]:
-        with tarfile.open(shards / entry["name"]) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in (n for n in members if n.endswith(".jpg")):
-            images.append(np.asarray(Image.open(io.BytesIO(members[name])).convert("RGB")))
-            labels.append(int(members[name[:-4] + ".cls"]))
-    return np.stack(images), torch.tensor(labels)
-
-
-def centre_inputs(shards: Path, split: str, size: int) -> torch.Tensor:
-    """Model inputs: the images minus the mean image, centre crops."""
-    images = split_images(shards, split)[0].astype(np.float32)
-    x = torch.from_numpy(images - np.load(shards / "stats.npz")["mean_image"]).permute(0, 3, 1, 2)
-    c = (256 - size) // 2
-    return x[:, :, c:c + size, c:c + size].contiguous()
-
-
-@torch.no_grad()
-def reference_probs(ckpt: Path, shards: Path, images: np.ndarray) -> torch.Tensor:
-    """The paper's test procedure written out independently: subtract the mean image from
-    the 256x256 image, take torchvision's TenCrop, average the softmax over the 10."""
-    state = torch.load(ckpt, weights_only=False)
-    model = build_model(model_kwargs(config_from_dict(state["config"])))
-    model.load_state_dict(state["model"])
-    model.eval()
-    mean = np.load(shards / "stats.npz")["mean_image"]
-    out = []
-    for img in images:
-        x = torch.from_numpy(img.astype(np.float32) - mean).permute(2, 0, 1)
-        out.append(model(torch.stack(ten_crop(x, CROP))).softmax(1).mean(0))
-    return torch.stack(out)
+SHARDS = EVAL_SHARDS
 
 
 def errors(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -162,7 +162,7 @@ def test_the_generated_set_is_marked_and_readable_by_torchvision(tmp_path):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+    not torch.cuda.is_available(), reason="needs CUDA"))])
 @pytest.mark.parametrize("size", [224, 67, 20])
 def test_d2l_input_is_torchvisions_resize_then_to_tensor(size, device):
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8))

@@ -13,19 +13,13 @@ from repro.cli import main
 from repro.distributed import pick_device
 from repro.evaluate import load_member
 from repro.figures import TITLE_H, filter_grid, nearest_neighbours, top5_predictions
-from shard_helpers import write_shards
-from test_evaluate import (CLASSES, CROP, centre_inputs, fc7_by_hand, make_checkpoint,
-                           reference_probs, split_images)
+from run_helpers import (CLASSES, CROP, centre_inputs, fc7_by_hand, make_checkpoint, reference_probs,
+                         split_images)
 
 # 96 kernels of 11 px, 16 a row, each pixel 4x4, 2 px between kernels, 8 px between towers:
 # a tower is 3 rows: 3*44 + 2*2 = 136 px high; the grid 16*44 + 15*2 = 734 wide.
 GRID_H, GRID_W, TOWER_H = 2 * 136 + 8, 734, 136
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=23, val=12,
-                        shard_size=5)
+SHARDS = dict(classes=CLASSES, train=23, val=12, shard_size=5)
 
 
 @pytest.fixture(scope="module")

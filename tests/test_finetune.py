@@ -5,7 +5,6 @@ is written."""
 import contextlib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +17,9 @@ from repro.model import build_model
 from repro.preempt import StopFlag
 from repro.tracking import read_metrics
 from repro.train import setup_run
+from run_helpers import ROOT, SMOKE
 from shard_helpers import write_shards
 
-ROOT = Path(__file__).parent.parent
-SMOKE = ROOT / "configs" / "smoke.yaml"
 FAST = ["data.crop_size=67", "data.workers=1", "train.deterministic=true"]
 
 

@@ -128,6 +128,7 @@ def test_state_dict_round_trip_continues_identically():
     opt = PaperSGD(model.parameters(), lr=0.1)
     train(model, opt, data[:3], LRS[:3])
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    assert len(saved_opt["state"]) == len(list(model.parameters()))     # not vacuous below
     assert all("momentum_buffer" in s for s in saved_opt["state"].values())
     expected = train(model, opt, data[3:], LRS[3:])
 

@@ -1,5 +1,5 @@
 """docs/paper_results.md stays runnable: every command in it parses with the project's own
-argument parsers, every config it names loads, every test it names exists."""
+argument parsers, every config it names loads, every row names the tests behind it and they exist."""
 import importlib
 import re
 import shlex
@@ -54,11 +54,39 @@ def test_every_command_parses_and_its_config_loads(command):
         load_config(ROOT / config, getattr(args, "overrides", []))
 
 
-def test_every_named_test_exists():
-    current = None
-    for file, name in re.findall(r"(?:(test_\w+\.py))?::(test_\w+)", DOC.read_text()):
-        current = file or current
-        source = (ROOT / "tests" / current).read_text()
-        assert re.search(rf"^def {name}\(", source, re.M), f"{current}::{name}"
-    for file in set(re.findall(r"`(test_\w+\.py)`", DOC.read_text())):
-        assert (ROOT / "tests" / file).is_file(), file
+def result_rows() -> list[dict[str, str]]:
+    """The rows of the results tables (those with a test column), as {column: cell}."""
+    rows, header = [], None
+    for line in DOC.read_text().splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not set("".join(cells)) <= set("-") and "test" in header:
+            rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def test_every_row_names_its_tests_and_they_exist():
+    """A row with a command names at least one test (a file, or file::test; `::test` is
+    the file named before it in the cell); a row without one (a result not provided) says
+    "-"; every test named exists."""
+    rows = result_rows()
+    assert len(rows) > 25
+    for row in rows:
+        named = re.findall(r"`([^`]*)`", row["test"])
+        if "`" not in row["command"]:
+            assert row["test"] == "-", row["result"]
+            continue
+        assert named, f"no test for {row['result']!r}"
+        current = None
+        for item in named:
+            m = re.fullmatch(r"(test_\w+\.py)?(?:::(test_\w+))?", item)
+            assert m and any(m.groups()), f"{item!r} is not test_FILE.py[::test_NAME] ({row['result']!r})"
+            current = m[1] or current
+            assert current and (ROOT / "tests" / current).is_file(), f"{item} ({row['result']!r})"
+            if m[2]:
+                source = (ROOT / "tests" / current).read_text()
+                assert re.search(rf"^def {m[2]}\(", source, re.M), f"{current}::{m[2]}"

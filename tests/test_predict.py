@@ -10,7 +10,7 @@ from PIL import Image
 from repro.cli import main
 from repro.predict import predict
 from shard_helpers import class_image, write_shards
-from test_evaluate import CLASSES, make_checkpoint, reference_probs
+from run_helpers import CLASSES, make_checkpoint, reference_probs
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from data_prep_helpers import ROOT, fixture
 from repro.cli import main
 from repro.config import load_config
 from shard_helpers import write_shards
-from test_evaluate import make_checkpoint
+from run_helpers import make_checkpoint
 
 LINE = re.compile(r"^(?P<desc>[^:]+): (?P<n>\d+)/(?P<total>\d+) img \((?P<pct>\d+)%\), "
                   r"(?P<rate>[\d.]+) img/s, ETA (?P<eta>\S+)$")

@@ -1,6 +1,5 @@
 """repro report: the run's numbers beside the paper's, and exactly the settings that differ."""
 import json
-from pathlib import Path
 
 import pytest
 
@@ -8,22 +7,16 @@ from repro.cli import main
 from repro.config import load_config
 from repro.evaluate import evaluate
 from repro.report import ANCHORS, PAPER_CONFIG, differences
+from run_helpers import CLASSES, SMOKE, make_checkpoint
 from shard_helpers import write_shards
-from test_evaluate import CLASSES, make_checkpoint
 
-SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
 CHANGED = {"model.num_classes": (CLASSES, 1000), "data.crop_size": (68, 227), "optim.lr": (0.02, 0.01),
            "model.lrn": ("none", "paper"), "logging.wandb": ("disabled", "online")}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=8, val=12,
-                        shard_size=6)
+SHARDS = dict(classes=CLASSES, train=8, val=12, shard_size=6)
 
 
 @pytest.fixture
-def run_dir(tmp_path, shards):
+def report_run(tmp_path, shards):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     cfg = load_config(PAPER_CONFIG, [f"{k}={a}" for k, (a, _) in CHANGED.items()])
@@ -43,11 +36,11 @@ def test_differences_are_exactly_the_changed_keys():
     assert {k: (a, b) for k, a, b in differences(run, load_config(PAPER_CONFIG))} == CHANGED
 
 
-def test_report_table_and_settings(run_dir, shards, capsys):
-    assert main(["report", str(run_dir), "--data", str(shards), "--device", "cpu"]) == 0
-    text = (run_dir / "report.md").read_text()
+def test_report_table_and_settings(report_run, shards, capsys):
+    assert main(["report", str(report_run), "--data", str(shards), "--device", "cpu"]) == 0
+    text = (report_run / "report.md").read_text()
     assert capsys.readouterr().out == text
-    s = evaluate([run_dir / "checkpoints" / "best.pt"], shards, ten_crop=True, device="cpu").summary()
+    s = evaluate([report_run / "checkpoints" / "best.pt"], shards, ten_crop=True, device="cpu").summary()
     rows = [line for line in text.splitlines() if line.startswith("| this run")]
     assert rows[0] == (f"| this run: 1 CNN (checkpoints/best.pt), 10 crops, 12 val images | "
                        f"{s['top1_err']:.2f} | {s['top5_err']:.2f} | repro eval |")
@@ -69,9 +62,9 @@ def test_report_table_and_settings(run_dir, shards, capsys):
     assert "3 of 90 epochs, 15 steps" in text and f"chance is {100 - 100 / CLASSES:.1f}% top-1" in text
 
 
-def test_report_without_data_or_run(run_dir, tmp_path, capsys):
+def test_report_without_data_or_run(report_run, tmp_path, capsys):
     out = tmp_path / "r.md"
-    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    assert main(["report", str(report_run), "--out", str(out)]) == 0
     text = out.read_text()
     assert "repro eval |" not in text and "--data SHARDS" in text
     assert main(["report", str(tmp_path / "nowhere")]) == 2
@@ -111,11 +104,11 @@ def test_ablation_runs_beside_the_claims(tmp_path, capsys):
                           "more | 80.00 | 50.00 |"), row
 
 
-def test_a_test_split_run_is_reported_as_such(run_dir, tmp_path, capsys):
+def test_a_test_split_run_is_reported_as_such(report_run, tmp_path, capsys):
     """An ILSVRC-2010-style shard set has labelled test images (Table 1): `repro report
     --split test` evaluates them and says so in its row."""
     shards = write_shards(tmp_path / "s", classes=CLASSES, train=8, val=6, test=7, shard_size=6)
-    assert main(["report", str(run_dir), "--data", str(shards), "--split", "test",
+    assert main(["report", str(report_run), "--data", str(shards), "--split", "test",
                  "--device", "cpu", "--centre"]) == 0
-    text = (run_dir / "report.md").read_text()
+    text = (report_run / "report.md").read_text()
     assert "| this run: 1 CNN (checkpoints/best.pt), centre crop, 7 test images |" in text

@@ -11,10 +11,7 @@ node advertises gpu:2 backed by fake device files, and DEVICE=cpu is passed to t
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,16 +21,10 @@ import torch
 
 from repro.checkpoint import FORMAT_VERSION, load
 from repro.tracking import read_metrics
-from shard_helpers import write_shards
-from slurm_cluster import SlurmCluster, free_port, started_or_skip
+from run_helpers import ROOT, SMOKE, assert_same_weights, final_weights, metrics_so_far
+from slurm_cluster import SlurmCluster, started_or_skip
+from slurm_jobs import SLURM, TRAIN, job_env, torchrun, wait_both, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-SLURM = ROOT / "slurm"
-SMOKE = ROOT / "configs" / "smoke.yaml"
-CLASSES = 4
-# The smoke config at 67 px with every training image used (tests/test_train.py's FAST).
-TRAIN = [f"model.num_classes={CLASSES}", "data.crop_size=67", "data.steps_per_epoch=0",
-         "train.deterministic=true", "checkpoint.every_minutes=1000", "logging.wandb=offline"]
 EPOCHS = 4
 MAX_REQUEUES = 8
 
@@ -45,26 +36,8 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=CLASSES, train=44, val=12,
-                        shard_size=10)
-
-
-def job_env(**kw) -> dict:
-    return {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true",
-            "DEVICE": "cpu", **{k: str(v) for k, v in kw.items()}}
-
-
 def log_of(logs: Path, name: str, job: str) -> str:
     return (logs / f"{name}-{job}.out").read_text()
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load(a)["model"], load(b)["model"]
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
 
 
 # ---- build_shards.sbatch: an array against the single-process build ---------------------
@@ -150,25 +123,32 @@ def test_build_array_equals_single_process_build(cluster, tmp_path):
 # ---- train.sbatch: time limit -> USR1 -> checkpoint -> requeue -> exact resume -----------
 @pytest.fixture(scope="module")
 def requeued(cluster, shards, tmp_path_factory):
-    """A train.sbatch job with a 1-minute limit and --signal=B:USR1@45, whose training is
-    held (SIGSTOP to its step) from its first logged step until Slurm's warning has reached
-    the batch shell, so the warning always lands mid-training however fast this machine
-    is; and an uninterrupted torchrun run of the same config (world size 2) meanwhile."""
+    """A train.sbatch job with --signal=B:USR1@105 whose time limit is cut only once its
+    training is under way: it starts with 10 minutes (the warning is 8 minutes off, however
+    slowly a loaded machine starts it); at its first logged step the training is held
+    (SIGSTOP to its step) and the limit set to the whole minute 60-120 s ahead, so that the
+    warning is due within 15 s and the trainer has over 60 s to checkpoint; once the
+    warning has reached the batch shell, the training goes on and the limit is 10 minutes
+    again, for the requeued run. Meanwhile, an uninterrupted torchrun run of the same
+    config (world size 2)."""
     base = tmp_path_factory.mktemp("train")
     run, ref, logs = base / "run", base / "reference", base / "logs"
     logs.mkdir()
     overrides = [*TRAIN, f"schedule.epochs={EPOCHS}"]
     t0 = time.time()
-    job = cluster.sbatch("--time=1", "--signal=B:USR1@45", "--cpus-per-task=1",
+    job = cluster.sbatch("--time=10", "--signal=B:USR1@105", "--cpus-per-task=1",
                          f"--output={logs}/%x-%j.out", SLURM / "train.sbatch", *overrides,
                          env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE,
                                      MAX_REQUEUES=MAX_REQUEUES), cwd=ROOT)
     reference = torchrun(2, shards, ref, overrides)
     log = logs / f"alexnet-train-{job}.out"
-    wait_for(lambda: any(r["event"] == "train" for r in _metrics(run)), 120, cluster, job)
+    wait_for(lambda: any(r["event"] == "train" for r in metrics_so_far(run)), 300, cluster, job)
     cluster.run(["scancel", "--signal=STOP", f"{job}.0"])          # hold the training
     held = time.time()
+    ran = seconds(cluster.job(job)[0]["RunTime"])
+    cluster.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={ran // 60 + 2}"])
     wait_for(lambda: "got SIGUSR1" in log.read_text(), 90, cluster, job)   # Slurm's warning
+    cluster.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"])
     cluster.run(["scancel", "--signal=CONT", f"{job}.0"])
     warned = time.time()
     info = wait_both(cluster, job, reference, timeout=300)
@@ -177,29 +157,11 @@ def requeued(cluster, shards, tmp_path_factory):
     return {"job": job, "info": info, "run": run, "ref": ref, "log": log.read_text()}
 
 
-def torchrun(world: int, shards: Path, out: Path, overrides: list[str]) -> subprocess.Popen:
-    """The uninterrupted reference: `repro train` under torchrun, `world` CPU ranks here."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-         f"--master-port={free_port()}", "-m", "repro.cli", "train", "--config", str(SMOKE),
-         "--data", str(shards), "--out", str(out), *overrides, "train.device=cpu"],
-        cwd=ROOT, env={**os.environ, **job_env()}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-
-
-def wait_both(cluster, job: str, reference: subprocess.Popen, timeout: float) -> dict:
-    """The job's end (its `scontrol show job`), and the reference's, which must succeed."""
-    (info,) = cluster.wait(job, timeout=timeout)
-    out = reference.communicate(timeout=timeout)[0]
-    assert reference.returncode == 0, out
-    return info
-
-
-def wait_for(condition, timeout: float, cluster, job) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, cluster.job(job)
-        time.sleep(0.2)
+def seconds(run_time: str) -> int:
+    """Slurm's [D-]HH:MM:SS as seconds."""
+    days, _, hms = run_time.rpartition("-")
+    h, m, sec = map(int, hms.split(":"))
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + sec
 
 
 @pytest.mark.slurm
@@ -220,7 +182,7 @@ def test_time_limit_signal_requeues_and_resumes_exactly(requeued):
     assert {r["slurm_job_id"] for r in starts} == {requeued["job"]}
     counts = [r["restart_count"] for r in starts]
     assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == restarts
-    assert_same_weights(run / "checkpoints" / "last.pt", requeued["ref"] / "checkpoints" / "last.pt")
+    assert_same_weights(final_weights(run), final_weights(requeued["ref"]))
 
 
 @pytest.mark.slurm
@@ -247,7 +209,7 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
             *TRAIN, "schedule.epochs=2", "logging.wandb=disabled")
     env = job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE, MAX_REQUEUES=0)
     job = cluster.sbatch(*args, env=env, cwd=ROOT)
-    wait_for(lambda: any(r["event"] == "train" for r in _metrics(run)), 120, cluster, job)
+    wait_for(lambda: any(r["event"] == "train" for r in metrics_so_far(run)), 120, cluster, job)
     cluster.run(["scancel", "--signal=USR1", "--batch", job])
     (info,) = cluster.wait(job, timeout=120)
     log = log_of(logs, "alexnet-train", job)
@@ -255,7 +217,7 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
     assert "after 0 time-limit requeues = MAX_REQUEUES; not requeueing" in log
     state = load(run / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) < (2, 0)
-    assert "preempted" in [r["event"] for r in _metrics(run)]
+    assert "preempted" in [r["event"] for r in metrics_so_far(run)]
 
     again = cluster.sbatch(*args, env={**env, "MAX_REQUEUES": "3"}, cwd=ROOT)
     (info,) = cluster.wait(again, timeout=120)
@@ -263,7 +225,7 @@ def test_guard_stops_at_max_requeues_and_resubmit_resumes(cluster, shards, tmp_p
     assert info["JobState"] == "COMPLETED", log
     assert f"resuming {run}/checkpoints/last.pt at epoch 1 step " in log
     assert load(run / "checkpoints" / "last.pt")["epoch"] == 2
-    assert _metrics(run)[-1]["event"] == "done"
+    assert metrics_so_far(run)[-1]["event"] == "done"
 
 
 @pytest.mark.slurm
@@ -276,7 +238,7 @@ def test_scancel_still_cancels_the_job(cluster, shards, tmp_path):
     job = cluster.sbatch("--cpus-per-task=1", f"--output={logs}/%x-%j.out",
                          SLURM / "train.sbatch", *TRAIN, "logging.wandb=disabled",
                          env=job_env(DATA=shards, RUN_DIR=run, CONFIG=SMOKE), cwd=ROOT)
-    wait_for(lambda: any(r["event"] == "train" for r in _metrics(run)), 120, cluster, job)
+    wait_for(lambda: any(r["event"] == "train" for r in metrics_so_far(run)), 120, cluster, job)
     cluster.run(["scancel", job])
     log = logs / f"alexnet-train-{job}.out"
     wait_for(lambda: "not requeueing" in log.read_text(), 60, cluster, job)
@@ -286,13 +248,6 @@ def test_scancel_still_cancels_the_job(cluster, shards, tmp_path):
     assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0"), text
     assert re.search(r"after SIGTERM, and Slurm is ending the job \(JobState=(COMPLETING|"
                      r"CANCELLED)\): not requeueing", text) and "requeueing job" not in text, text
-
-
-def _metrics(run: Path) -> list[dict]:
-    try:
-        return read_metrics(run)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
 
 
 # ---- eval.sbatch ---------------------------------------------------------------------------

@@ -23,32 +23,24 @@ import pytest
 
 from repro.checkpoint import load
 from repro.tracking import read_metrics
-from shard_helpers import write_shards
+from run_helpers import ROOT, SMOKE, assert_same_weights, final_weights, metrics_so_far
 from slurm_cluster import MultiNodeCluster, SlurmUnavailable, started_or_skip
-from test_slurm import (SLURM, SMOKE, TRAIN, _metrics, assert_same_weights, job_env, torchrun,
-                        wait_both)
+from slurm_jobs import SLURM, TRAIN, job_env, torchrun, wait_both
 
-ROOT = Path(__file__).resolve().parents[1]
 NODES = ["node1", "node2"]
 WORLD = 4                       # 2 nodes x 2 tasks
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def two_nodes(tmp_path_factory):
     c = started_or_skip(MultiNodeCluster(tmp_path_factory.mktemp("slurm2"), nodes=len(NODES)))
     yield c
     c.stop()
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=44, val=12,
-                        shard_size=10)
-
-
 def trained_in_attempt(run: Path, attempt: int, global_step: int) -> bool:
     """Whether attempt `attempt` (0 = the first) of the job has logged step `global_step`."""
-    records = _metrics(run)
+    records = metrics_so_far(run)
     starts = [i for i, r in enumerate(records) if r["event"] == "start"]
     return len(starts) > attempt and any(r["event"] == "train" and r["global_step"] >= global_step
                                          for r in records[starts[attempt]:])
@@ -74,7 +66,8 @@ def stop_mid_training(cluster, job: str, run: Path, log: Path, sig: str, attempt
 
 
 @pytest.fixture(scope="module")
-def two_node_run(cluster, shards, tmp_path_factory):
+def two_node_run(two_nodes, shards, tmp_path_factory):
+    cluster = two_nodes
     base = tmp_path_factory.mktemp("train2")
     run, ref, logs = base / "run", base / "reference", base / "logs"
     logs.mkdir()
@@ -114,7 +107,7 @@ def test_two_node_training_equals_torchrun_of_the_same_world_size(two_node_run):
     assert hosts_of_tasks(log) == {0: "node1", 1: "node1", 2: "node2", 3: "node2"}, log
     state = load(run / "checkpoints" / "last.pt")
     assert state["stream"]["world"] == WORLD and state["epoch"] == 2
-    assert_same_weights(run / "checkpoints" / "last.pt", two_node_run["ref"] / "checkpoints" / "last.pt")
+    assert_same_weights(final_weights(run), final_weights(two_node_run["ref"]))
 
 
 @pytest.mark.slurm
@@ -136,7 +129,7 @@ def test_sigterm_then_usr1_requeue_and_resume_exactly(two_node_run):
 
 
 @pytest.mark.slurm
-def test_build_array_over_both_nodes_equals_single_process_build(cluster, tmp_path):
+def test_build_array_over_both_nodes_equals_single_process_build(two_nodes, tmp_path):
     """Three array tasks, each given a whole node (its 2 CPUs): two run at once, one on
     each node, the third after; the last to finish merges."""
     from data_prep.make_fixture import make_fixture
@@ -146,6 +139,7 @@ def test_build_array_over_both_nodes_equals_single_process_build(cluster, tmp_pa
     logs.mkdir()
     make_fixture(src, "official", classes=5, train_per_class=6, val_per_class=2, quirks=True)
     build(src, single, shard_size=4, workers=1)
+    cluster = two_nodes
     job = cluster.sbatch("--array=0-2", f"--cpus-per-task={cluster.cpus}",
                          f"--output={logs}/%x-%A_%a.out",
                          SLURM / "build_shards.sbatch",

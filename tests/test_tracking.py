@@ -5,8 +5,8 @@ import json
 from repro import d2l, fashion_mnist
 from repro.config import load_config
 from repro.tracking import read_metrics
+from run_helpers import D2L_CONFIG, D2L_TINY
 from stops import StopAfter
-from test_d2l import CONFIG, TINY
 
 
 def test_a_damaged_line_is_skipped_and_named_once(tmp_path, capsys):
@@ -24,7 +24,7 @@ def test_a_damaged_line_is_skipped_and_named_once(tmp_path, capsys):
 
 def test_a_run_with_a_damaged_record_resumes_and_finishes(tmp_path, capsys):
     fashion_mnist.generate(tmp_path / "data", 24, 8, seed=0)
-    cfg = load_config(CONFIG, TINY + ["schedule.epochs=2"])
+    cfg = load_config(D2L_CONFIG, D2L_TINY + ["schedule.epochs=2"])
     run = tmp_path / "run"
     assert d2l.run(cfg, tmp_path / "data", run, stop=StopAfter(4)) == 75
     lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -24,34 +24,17 @@ from repro.tracking import read_metrics
 from repro.placement import make_normalizer
 from repro.exits import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_PREEMPTED, Refused
 from repro.imagenet import train, validate
+from run_helpers import (ROOT, SMALL_RUN, SMOKE, assert_same_weights, centre_inputs,
+                         final_weights)
 from shard_helpers import other_stats, write_shards
 
-ROOT = Path(__file__).parent.parent
-SMOKE = ROOT / "configs" / "smoke.yaml"
-FAST = ["model.num_classes=4", "data.crop_size=67", "data.steps_per_epoch=0",
-        "train.deterministic=true", "checkpoint.every_minutes=1e-9"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=44, val=12,
-                        shard_size=10)
+FAST = [*SMALL_RUN, "checkpoint.every_minutes=1e-9"]
 
 
 def cli(shards, run, *overrides):
     return [sys.executable, "-m", "repro.cli", "train", "--config", str(SMOKE), "--data",
             str(shards), "--out", str(run), *FAST, "data.workers=2", "schedule.epochs=2",
             *overrides]
-
-
-def final_weights(run: Path) -> dict:
-    return load(run / "checkpoints" / "last.pt")["model"]
-
-
-def assert_same_weights(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture(scope="module")
@@ -351,8 +334,6 @@ def test_validation_is_on_the_centre_crop_unmirrored_without_colour_noise(shards
     """What validate() feeds the model: each val image's centre window minus the mean
     image there (section 6's single-crop figure), never mirrored, no PCA noise; written
     out here from the shards read with PIL."""
-    from test_evaluate import centre_inputs
-
     cfg = load_config(SMOKE, FAST + ["data.val_batch_size=5"])
     normalizer = make_normalizer(cfg, Path(shards) / "stats.npz", torch.device("cpu"))
     model = build_model(model_kwargs(cfg))

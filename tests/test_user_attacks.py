@@ -26,11 +26,10 @@ from repro.cli import main
 from repro.exits import EXIT_NO_SPACE
 from repro import figures
 from repro.predict import predict
+from run_helpers import CLASSES, EVAL_SHARDS, ROOT, split_images, tmpfs
 from shard_helpers import class_image, write_shards
-from test_checkpoint_errors import tmpfs
-from test_evaluate import CLASSES, ckpts, shards, split_images  # noqa: F401 (fixtures)
 
-ROOT = Path(__file__).parent.parent
+SHARDS = EVAL_SHARDS
 EMPTY = "n09999999"        # a synset that sorts last: no label before it would shift
 
 

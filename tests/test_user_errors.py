@@ -29,17 +29,11 @@ from repro.exits import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NO_SPACE, EXIT_N
                          EXIT_PREEMPTED, EXIT_TERMINATED, Refused, ReproError)
 from repro.model import build_model
 from repro.tracking import Tracker
-from shard_helpers import write_shards
+from run_helpers import SMOKE
 
-SMOKE = ROOT / "configs" / "smoke.yaml"
 FAST = ["model.num_classes=4", "data.crop_size=67", "data.steps_per_epoch=1", "data.workers=1",
         "schedule.epochs=1", "checkpoint.every_minutes=1000"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"), classes=4, train=20, val=4,
-                        shard_size=10)
+SHARDS = dict(classes=4, train=20, val=4, shard_size=10)
 
 
 def train(capsys, data, out, *overrides) -> tuple[int, str]:

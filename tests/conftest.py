@@ -1,0 +1,64 @@
+"""Fixtures shared by the test files. What the tests only read (shard sets, a trained smoke
+run) is built once a session; a test that changes one works on a copy."""
+from __future__ import annotations
+
+import pytest
+
+from repro.data.shards import read_manifest, split_shards
+from run_helpers import SMALL_RUN, SMOKE, TRAINED_SHARDS, make_checkpoint
+from shard_helpers import write_shards
+
+# The trainer tests' set: 44 training images are 3 steps of the smoke config's batch of 16.
+TRAINER_SHARDS = dict(classes=4, train=44, val=12, shard_size=10)
+
+
+@pytest.fixture(scope="session")
+def make_shards(tmp_path_factory):
+    """write_shards(**sizes), built once a session for each distinct `sizes`: read only."""
+    built = {}
+
+    def make(**sizes):
+        key = tuple(sorted(sizes.items()))
+        if key not in built:
+            built[key] = write_shards(tmp_path_factory.mktemp("shards"), **sizes)
+        return built[key]
+    return make
+
+
+@pytest.fixture(scope="module")
+def shards(request, make_shards):
+    """The shard set of the test module: its SHARDS (write_shards's sizes), else the
+    trainer tests' set."""
+    return make_shards(**getattr(request.module, "SHARDS", TRAINER_SHARDS))
+
+
+@pytest.fixture(scope="module")
+def ckpts(shards, tmp_path_factory):
+    """Two random models (seeds 0 and 1, run_helpers.make_checkpoint) for the module's
+    shards: their class list, and fc8 fitted so that predictions vary from image to image."""
+    d = tmp_path_factory.mktemp("ckpt")
+    classes = read_manifest(shards)["classes"]
+    return (make_checkpoint(d / "a.pt", classes=classes, shards=shards),
+            make_checkpoint(d / "b.pt", "model.seed=1", classes=classes, shards=shards))
+
+
+@pytest.fixture(scope="session")
+def train_split(make_shards):
+    """The loader tests' training split, as Shard entries: 37 images of 3 classes in shards of
+    8, so that the last shard is part full and no batch size divides the epoch."""
+    return split_shards(make_shards(classes=3, train=37, val=9, shard_size=8), "train")
+
+
+@pytest.fixture(scope="session")
+def trained(make_shards, tmp_path_factory):
+    """One epoch of `repro train` (the smoke config at 67 px) on TRAINED_SHARDS: last.pt and
+    best.pt are the same step-000000003.pt. Read only: copy it to change it."""
+    from repro.cli import main
+
+    data = make_shards(**TRAINED_SHARDS)
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    assert main(["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run),
+                 *SMALL_RUN, "checkpoint.every_minutes=1000", "data.workers=1",
+                 "schedule.epochs=1"]) == 0
+    return run
+
