@@ -26,7 +26,7 @@ FILES = ("ILSVRC2010_images_train.tar", "ILSVRC2010_images_val.tar", "ILSVRC2010
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def release_2010(tmp_path_factory):
     """(source, out, fixture description, build log) of a 2010 fixture made by the CLI."""
     root = tmp_path_factory.mktemp("ilsvrc2010")
     r = cli("data_prep.make_fixture", "--out", str(root / "src"), "--layout", "ilsvrc2010", "--classes", "4",
@@ -53,8 +53,8 @@ def devkit(source):
     return id_to_wnid, words, dk["devkit-1.0/data/ILSVRC2010_validation_ground_truth.txt"].split()
 
 
-def test_the_layout_is_detected_and_what_it_found_is_said(built):
-    source, out, desc, log = built
+def test_the_layout_is_detected_and_what_it_found_is_said(release_2010):
+    source, out, desc, log = release_2010
     assert "layout: ilsvrc2010, 4 classes" in log[0]
     for name in FILES:
         assert name in log[0]
@@ -65,8 +65,8 @@ def test_the_layout_is_detected_and_what_it_found_is_said(built):
     assert verify(out, decode=True) == []
 
 
-def test_labels_are_sorted_wnid_indices_of_the_devkit_and_test_ground_truth(built):
-    source, out, desc, _ = built
+def test_labels_are_sorted_wnid_indices_of_the_devkit_and_test_ground_truth(release_2010):
+    source, out, desc, _ = release_2010
     id_to_wnid, words, val_truth = devkit(source)
     wnids = sorted(id_to_wnid.values())
     assert [id_to_wnid[i] for i in sorted(id_to_wnid)] != wnids  # ID order is not sorted-WNID order
@@ -87,9 +87,9 @@ def test_labels_are_sorted_wnid_indices_of_the_devkit_and_test_ground_truth(buil
     assert all(cls == wnids.index(w) for _, _, cls, w in samples)
 
 
-def test_patch_images_replace_the_originals_in_the_shards(built):
+def test_patch_images_replace_the_originals_in_the_shards(release_2010):
     """The tars hold blank grey images where patch_images.tar has the real ones."""
-    source, out, desc, _ = built
+    source, out, desc, _ = release_2010
     patches = {tuple(n.split("/")[-2:]): b for n, b in members(source / "patch_images.tar").items()}
     assert sorted(patches) == sorted((s, f"{k}.JPEG") for s, keys in desc["patched"].items() for k in keys)
     for split, tar in zip(("train", "val", "test"), FILES):
@@ -104,8 +104,8 @@ def test_patch_images_replace_the_originals_in_the_shards(built):
             assert np.abs(got - patch).mean() < 3 < 20 < np.abs(got - blank).mean()
 
 
-def test_gzipped_train_jpegs_are_unzipped(built):
-    source, out, desc, _ = built
+def test_gzipped_train_jpegs_are_unzipped(release_2010):
+    source, out, desc, _ = release_2010
     (key,) = [k for k, kind in desc["quirks"]["train"].items() if kind == "gzip"]
     wnid = desc["labels"]["train"][key]
     data = members(io.BytesIO(members(source / FILES[0])[f"{wnid}.tar"]))[f"{key}.JPEG"]
@@ -129,14 +129,14 @@ def _linked(source, tmp_path, drop=()):
 
 @pytest.mark.parametrize("gone", ["ILSVRC2010_test_ground_truth.txt", "patch_images.tar",
                                   "ILSVRC2010_devkit-1.0.tar.gz"])
-def test_a_missing_file_is_named(built, tmp_path, gone):
-    src = _linked(built[0], tmp_path, drop=[gone])
+def test_a_missing_file_is_named(release_2010, tmp_path, gone):
+    src = _linked(release_2010[0], tmp_path, drop=[gone])
     with pytest.raises(SourceError, match=f"looks like the ilsvrc2010 layout but lacks {gone}"):
         build(src, tmp_path / "out")
 
 
-def test_without_the_test_split_its_ground_truth_is_not_needed(built, tmp_path):
-    src = _linked(built[0], tmp_path, drop=["ILSVRC2010_test_ground_truth.txt", "ILSVRC2010_images_test.tar"])
+def test_without_the_test_split_its_ground_truth_is_not_needed(release_2010, tmp_path):
+    src = _linked(release_2010[0], tmp_path, drop=["ILSVRC2010_test_ground_truth.txt", "ILSVRC2010_images_test.tar"])
     m = build(src, tmp_path / "out", splits=["train", "val"], limit=2)
     assert list(m["splits"]) == ["train", "val"]
 
@@ -150,9 +150,9 @@ def test_without_the_test_split_its_ground_truth_is_not_needed(built, tmp_path):
                                   r"\(first: patch_images/val/ILSVRC2010_val_09999999.JPEG\)"),
     ("ILSVRC2010_images_val.tar", "cut", r"ILSVRC2010_images_val.tar: truncated"),
 ])
-def test_a_bad_file_is_named(built, tmp_path, name, data, message):
-    src = _linked(built[0], tmp_path, drop=[name])
-    original = (built[0] / name).read_bytes()
+def test_a_bad_file_is_named(release_2010, tmp_path, name, data, message):
+    src = _linked(release_2010[0], tmp_path, drop=[name])
+    original = (release_2010[0] / name).read_bytes()
     if data == "extra":  # one more replacement, for an image the val tar does not have
         with tarfile.open(fileobj=io.BytesIO(original)) as t:
             data = _append(t, "patch_images/val/ILSVRC2010_val_09999999.JPEG", b"\xff\xd8")

@@ -232,7 +232,7 @@ def test_a_second_cifar_run_on_a_locked_out_is_one_line_exit_2(tmp_path):
         r = subprocess.run([sys.executable, "-m", "repro.cifar", "lrn",
                             "--root", str(tmp_path / "data"), "--out", str(out),
                             "--generate", "40,10", "--epochs", "1", "--drop-epochs", "0",
-                            "train.device=cpu", "logging.progress=off", "data.batch_size=8"],
+                            "train.device=cpu", "logging.progress=off", "train.batch_size=8"],
                            cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     finally:
