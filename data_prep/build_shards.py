@@ -67,6 +67,9 @@ def _init_worker(ctx: dict, parent: int | None = None) -> None:
     _ctx.update(ctx)
     if parent is not None:  # a pool worker: die with the parent, never finish a shard for a dead build
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Pool.terminate ends workers with SIGTERM, which a parent that ignores it would
+        # have passed on (an ignored signal survives exec)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:

@@ -72,8 +72,10 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.resume and latest(args.out) is None:
         raise exits.Refused(f"--resume: no checkpoint in {args.out}/checkpoints")
-    return train(cfg, args.data, args.out, init_from=args.init_from,
-                 allow_other_shards=args.allow_other_shards, stop=args.stop)
+    status = train(cfg, args.data, args.out, init_from=args.init_from,
+                   allow_other_shards=args.allow_other_shards, stop=args.stop)
+    preempt.ignore_late_signals()     # the run is over: a late warning must not kill the exit
+    return status
 
 
 # ---- eval, report, figures, predict, demo: their options are in their modules -------------

@@ -165,7 +165,9 @@ def main(argv=None) -> int:
     if args.download:
         from torchvision.datasets import FashionMNIST
         FashionMNIST(root=str(args.root), download=True)
-    return run(cfg, args.root, args.out, stop)
+    status = run(cfg, args.root, args.out, stop)
+    preempt.ignore_late_signals()     # the run is over: a late warning must not kill the exit
+    return status
 
 
 if __name__ == "__main__":

@@ -57,9 +57,11 @@ class StopFlag:
 
 
 def ignore_late_signals() -> None:
-    """For a run that has finished: a late time-limit warning must not kill the exiting
-    process (Python drops its handlers during shutdown, and SIGUSR1's default action
-    is to terminate)."""
+    """For a command whose run has finished: a late time-limit warning must not kill the
+    exiting process (Python drops its handlers during shutdown, and SIGUSR1's default
+    action is to terminate). Only the commands call it, as they exit: an ignored signal
+    is inherited by every process started after it (a library caller's pool workers
+    would outlive Pool.terminate)."""
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
 

@@ -136,7 +136,6 @@ def train(make_task: MakeTask, cfg, run_dir: str | Path, *, stop: preempt.StopFl
             return nonfinite(run, e)
         finally:
             distributed.shutdown(run.dist)
-        preempt.ignore_late_signals()
         if run.tracker:
             run.tracker.log({"event": "done", "epoch": run.pos.epoch,
                              "global_step": run.pos.global_step,

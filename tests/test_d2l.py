@@ -102,6 +102,9 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path):
     assert d2l.run(cfg, tmp_path / "data", parts, stop=StopAfter(3)) == 75
     assert d2l.run(cfg, tmp_path / "data", parts, stop=StopAfter(5)) == 75
     assert d2l.run(cfg, tmp_path / "data", parts) == 0
+    # a library caller's process takes SIGTERM as before: processes it starts later (a
+    # build's pool workers) inherit an ignored signal, and Pool.terminate would hang
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (whole, parts))
     assert_same_weights(a["model"], b["model"])
     vals = [[(r["epoch"], r["top1_err"]) for r in read_metrics(d) if r["event"] == "val"]

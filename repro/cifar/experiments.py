@@ -228,6 +228,8 @@ def main(argv=None) -> int:
                 drop_epochs=args.drop_epochs)
     except SystemExit as e:          # a run stopped by a signal: its status (75, 130)
         return e.code
+    finally:
+        preempt.ignore_late_signals()  # the runs are over: a late warning must not kill the exit
     return 0
 
 
