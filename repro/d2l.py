@@ -38,7 +38,7 @@ from repro.step import build_optimizer
 from repro.tracking import read_metrics
 
 
-class D2LTask(loop.TaskDefaults):
+class D2LTask(loop.Task):
     """Fashion-MNIST held on the device, and the config's net."""
     data_name = "Fashion-MNIST"
 

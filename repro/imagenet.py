@@ -31,7 +31,7 @@ from repro.schedule import Schedule
 from repro.step import build_optimizer
 
 
-class ImageNetTask(loop.TaskDefaults):
+class ImageNetTask(loop.Task):
     """The shards at `data_dir` and the config's AlexNet, on this process's device."""
 
     def __init__(self, cfg: Config, data_dir: str | Path, dist: DistContext,
@@ -46,6 +46,7 @@ class ImageNetTask(loop.TaskDefaults):
                           f"world size {dist.world}")
         self.cfg, self.data_dir, self.dist, self.device = cfg, data_dir, dist, device
         self.allow_other_shards = allow_other_shards
+        self.init: dict | None = None       # plan_init's record: fine-tuning from a checkpoint
         manifest = read_manifest(data_dir)
         self.classes = manifest["classes"]
         # before the slow start-up: stats.npz checked against the manifest
@@ -160,6 +161,10 @@ class ImageNetTask(loop.TaskDefaults):
                      "normalised_with": "these shards' stats.npz (mean image and PCA)"}
         self.init_weights = {k: source["model"][k] for k in fits}
 
+    def start(self) -> list[dict]:
+        """A new run: the planned layers copied in (fine-tuning), if any."""
+        return [self.init_from()] if self.init else []
+
     def init_from(self) -> dict:
         """Copy the planned layers into a new run's model; print and return the record."""
         state = self.placed.model.state_dict()
@@ -235,6 +240,4 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path,
             task.plan_init(Path(init_from))
         return task
 
-    def events(run):
-        return [run.task.init_from()] if hasattr(run.task, "init") else []
-    return loop.train(make, cfg, run_dir, stop=stop, events=events)
+    return loop.train(make, cfg, run_dir, stop=stop)

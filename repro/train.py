@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -36,40 +36,30 @@ from repro.resume import Position, resume
 from repro.step import NonFiniteLoss, StepStats, set_determinism, train_step
 from repro.tracking import Tracker
 
-class Task(Protocol):
-    """What an experiment brings to the loop. `cfg` has the sections train (seed, log_every,
-    deterministic), checkpoint and logging, and to_dict()/to_yaml()."""
-    cfg: object
-    placed: Placed
-    optimizer: torch.optim.Optimizer
-    schedule: object            # .lr, .apply(optimizer), .step(epoch, val_top1_err), state_dict()
-    epochs: int
-    batch_size: int             # the global batch
-    data_path: Path
-    data: dict                  # what the data is (real or generated, digests): recorded, checked
-    stream: dict                # what fixes an epoch's sample order (a resume checks it)
-    log_every: int              # steps between train records
-    val_name: str               # what validate() measures, for the last line
 
-    def epoch_steps(self, epoch: int) -> int: ...
-    def batches(self, epoch: int, skip: int) -> Iterator[tuple]:
-        """This rank's (x, labels, global batch size) for each step from `skip` on."""
-    def validate(self, epoch: int, stop: preempt.StopFlag) -> dict | None:
-        """{"top1_err", ...} over the val/test split; {} when the task does not validate
-        (nothing to compare); None when a stop signal came meanwhile."""
-    def state(self) -> dict: ...                                 # more for the checkpoint
-    def check_resume(self, state: dict, path: Path) -> None: ...  # refuse other data
-    def describe(self) -> list[str]: ...                          # the banner's data lines
-    def epoch_line(self, run: Run, val: dict) -> str: ...          # the line an epoch ends with
-    def done(self, run: Run) -> bool: ...                         # finished before `epochs`
-    def next_steps(self, checkpoint: Path) -> list[str]: ...      # lines after the last
+class Task:
+    """What an experiment brings to the loop: a data source and a net. A task sets these
+    attributes and methods; the defaults below are what most tasks do alike.
 
-
-class TaskDefaults:
-    """What most tasks do alike; a task overrides what it does otherwise."""
+    cfg         the config, with sections train (seed, deterministic), checkpoint and
+                logging, and to_dict()/to_yaml()
+    placed      repro.placement.Placed: the model, what runs it, its autocast
+    optimizer, schedule (.lr, .apply(optimizer), .step(epoch, val_top1_err), state_dict())
+    epochs, batch_size (global), log_every (steps between train records)
+    data_path, data  where the data is, and what (real or generated, digests): recorded,
+                checked on resume
+    stream      what fixes an epoch's sample order (a resume checks it)
+    val_name    what validate() measures, for the last line
+    epoch_steps(epoch), batches(epoch, skip): this rank's (x, labels, global batch size)
+                for each step from `skip` on
+    validate(epoch, stop): {"top1_err", ...}; {} when nothing is measured this epoch;
+                None when a stop signal came meanwhile
+    describe()  the banner's data lines
+    """
     data_name: str = "data"          # what its data files are, for the refusal below
 
     def state(self) -> dict:
+        """More for the checkpoint."""
         return {}
 
     def check_resume(self, state: dict, ckpt_path: Path) -> None:
@@ -77,13 +67,19 @@ class TaskDefaults:
             raise Refused(f"{ckpt_path} was trained on other {self.data_name} files than "
                           f"those in {self.data_path}; resume on those")
 
+    def start(self) -> list[dict]:
+        """A new run's first records, after its data record (e.g. fine-tuning's init)."""
+        return []
+
     def epoch_line(self, run: Run, val: dict) -> str:
         return console.val_line(run, val)
 
     def done(self, run: Run) -> bool:
+        """Finished before `epochs` (e.g. a target error reached)."""
         return False
 
     def next_steps(self, checkpoint: Path) -> list[str]:
+        """Lines after a run's last."""
         return []
 
 
@@ -114,16 +110,15 @@ class Run:
 MakeTask = Callable[[DistContext, torch.device], Task]
 
 
-def train(make_task: MakeTask, cfg, run_dir: str | Path, *, stop: preempt.StopFlag | None = None,
-          events: Callable[[Run], list[dict]] = lambda run: []) -> int:
+def train(make_task: MakeTask, cfg, run_dir: str | Path, *,
+          stop: preempt.StopFlag | None = None) -> int:
     """Train (or resume) the task `make_task(dist, device)` builds into run_dir; returns the
     process exit status. `stop`: the stop signals' flag, if the caller installed it
-    earlier (repro.cli does, before torch loads). `events`: records a new or resumed run
-    logs after its data record (e.g. fine-tuning's init)."""
+    earlier (repro.cli does, before torch loads)."""
     with contextlib.ExitStack() as cleanup:     # the run dir's lock, however train ends
         stop = stop or preempt.StopFlag()
         cleanup.callback(stop.close)
-        run = setup_run(make_task, cfg, Path(run_dir), cleanup, stop, events)
+        run = setup_run(make_task, cfg, Path(run_dir), cleanup, stop)
         already = run.finished()
         try:
             while not run.finished():
@@ -147,7 +142,7 @@ def train(make_task: MakeTask, cfg, run_dir: str | Path, *, stop: preempt.StopFl
 
 
 def setup_run(make_task: MakeTask, cfg, run_dir: Path, cleanup: contextlib.ExitStack,
-              stop: preempt.StopFlag, events: Callable[[Run], list[dict]]) -> Run:
+              stop: preempt.StopFlag) -> Run:
     """Processes and devices, the task, the run dir's lock, the resumed position, and the
     tracker: everything the loop needs."""
     check_output(run_dir, directory=True)
@@ -173,7 +168,7 @@ def setup_run(make_task: MakeTask, cfg, run_dir: Path, cleanup: contextlib.ExitS
                              "step": p.step, "global_step": p.global_step,
                              **({"epoch_restarted": True, "stream": run.task.stream}
                                 if restarted else {})})
-    for record in events(run) if resumed_from is None else ():
+    for record in run.task.start() if resumed_from is None else ():
         if run.tracker:
             run.tracker.log(record)
     if dist.is_main:

@@ -45,7 +45,7 @@ def start(cfg, shards, out, source_path):
     with contextlib.ExitStack() as stack:
         stop = StopFlag()
         stack.callback(stop.close)
-        run = setup_run(make, cfg, out, stack, stop, events=lambda run: [run.task.init_from()])
+        run = setup_run(make, cfg, out, stack, stop)
         run.tracker.finish(0)
     return run.task.placed.model.state_dict(), next(
         r for r in read_metrics(out) if r["event"] == "init_from")

@@ -399,20 +399,17 @@ class Session:
             return [d2l_command(self.stash / "fashion-mnist", d / "run", self.sizes.d2l)]
 
         def summarise(d):
+            from repro.d2l import summary      # d2l's own last lines, from its records
+
             rows = jsonl(d / "run" / "metrics.jsonl")
-            epochs = [r for r in rows if r["event"] == "val"]
+            epochs = sum(r["event"] == "val" for r in rows)
             done = any(r["event"] == "done" for r in rows)
-            last = epochs[-1]
-            seconds = sum(r["train_images"] / r["train_images_per_s"] for r in epochs)
-            ips = sum(r["train_images"] for r in epochs) / seconds
             data = next(r["data"] for r in rows if r["event"] == "data")
-            train_acc = 1 - last["train_top1_err"] / 100
-            return {"epochs": len(epochs), "finished": done, "data": data,
-                    "loss": last["train_loss"], "train_acc": train_acc,
-                    "test_acc": last["test_acc"], "examples_per_s": ips}, [
-                f"{plural(len(epochs), 'epoch')}{'' if done else ' (unfinished)'} on {data} data: "
-                f"loss {last['train_loss']:.3f}, train acc {train_acc:.3f}, test acc "
-                f"{last['test_acc']:.3f}; {ips:,.1f} examples/s", SEEDS]
+            s = summary(d / "run")
+            return {"epochs": epochs, "finished": done, "data": data, **s}, [
+                f"{plural(epochs, 'epoch')}{'' if done else ' (unfinished)'} on {data} data: "
+                f"loss {s['loss']:.3f}, train acc {s['train_acc']:.3f}, test acc "
+                f"{s['test_acc']:.3f}; {s['examples_per_s']:,.1f} examples/s", SEEDS]
         return self.part("d2l", commands, summarise)
 
     def cifar(self) -> dict:

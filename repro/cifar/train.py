@@ -114,7 +114,7 @@ class PhaseSchedule:
         self.epoch = state["epoch"]
 
 
-class CifarTask(loop.TaskDefaults):
+class CifarTask(loop.Task):
     """A CIFAR-10 net on the device-held set (`data`, read once for a whole experiment)."""
     data_name = "CIFAR-10"
 
