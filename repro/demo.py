@@ -93,34 +93,44 @@ def run_demo(out: str | Path, device: str = "auto", fast: bool = False, **sizes)
 
     stage(4, "eval: 10 crops, softmax averaged")
     ckpt = default_checkpoint(run)
-    evaluated = out / "eval" / "eval.json"
-    summary = json.loads(evaluated.read_text()) if done([evaluated], [ckpt]) else {}
-    if summary.get("checkpoints") == [str(ckpt)]:
-        print(f"{evaluated} is newer than {ckpt}: kept")
-    else:
-        result = evaluate([ckpt], shards, ten_crop=True, device=device)
-        summary = result.summary()
-        write_breakdown(result, out / "eval")
-    print(format_result(summary))
+    summary = ten_crop_eval(ckpt, shards, out / "eval", device)
 
     stage(5, "report")
     report = write_report(run, [summary])
     print("\n".join(line for line in report.read_text().splitlines() if line.startswith("|")))
 
     stage(6, "figures")
-    figures = [run / "figures" / f"{name}.png"
-               for name in ("filters", "predictions", "neighbours", "curves")]
-    if done(figures, [ckpt, run / "metrics.jsonl"]):
-        print(f"{run / 'figures'} is newer than {ckpt}: kept")
-    else:
-        figures = make_figures(run, shards, ckpt, queries=s["queries"], scan=s["scan"],
-                               device=device)
+    figures = figures_of(run, shards, ckpt, s, device)
     paths = {"fixture": fixture, "shards": shards, "run": run, "checkpoint": ckpt,
              "eval": out / "eval", "report": report, "figures": run / "figures"}
     print("\n" + "\n".join(f"{k:>10}: {v}" for k, v in paths.items()))
     print(f"\n{', '.join(p.name for p in figures)} in {run / 'figures'}; "
           f"demo done in {time.time() - t0:.0f} s")
     return {"paths": paths, "summary": summary, "figures": figures}
+
+
+def ten_crop_eval(ckpt: Path, shards: Path, out: Path, device: str) -> dict:
+    """The eval summary: kept when out/eval.json is newer than the checkpoint and of it."""
+    evaluated = out / "eval.json"
+    summary = json.loads(evaluated.read_text()) if done([evaluated], [ckpt]) else {}
+    if summary.get("checkpoints") == [str(ckpt)]:
+        print(f"{evaluated} is newer than {ckpt}: kept")
+    else:
+        result = evaluate([ckpt], shards, ten_crop=True, device=device)
+        summary = result.summary()
+        write_breakdown(result, out)
+    print(format_result(summary))
+    return summary
+
+
+def figures_of(run: Path, shards: Path, ckpt: Path, s: dict, device: str) -> list[Path]:
+    """The run's figures: kept when newer than the checkpoint and the records."""
+    figures = [run / "figures" / f"{name}.png"
+               for name in ("filters", "predictions", "neighbours", "curves")]
+    if done(figures, [ckpt, run / "metrics.jsonl"]):
+        print(f"{run / 'figures'} is newer than {ckpt}: kept")
+        return figures
+    return make_figures(run, shards, ckpt, queries=s["queries"], scan=s["scan"], device=device)
 
 
 # ---- `repro demo`'s options (repro.cli runs it) --------------------------------------------
