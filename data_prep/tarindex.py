@@ -6,9 +6,9 @@ image's absolute (offset, size), so images are read with one ``os.pread``
 each: random access, in parallel, with nothing extracted to disk.
 
 ``members`` parses the tar headers itself (ustar, GNU and pax; checksums and
-truncation checked): indexing a 1,000-member tar takes 13 ms, tarfile's
-``getmembers`` and ``offset_data`` 20 ms; the shard reader
-(``shardfile.read_samples``) uses it too, ~8x faster than tarfile there.
+truncation checked): indexing a 1,000-member tar is 1.15-1.25x faster than
+tarfile's ``getmembers`` and ``offset_data`` (BENCHMARKS.md: tools/tarindex_bench.py);
+the shard reader (``shardfile.read_samples``) uses it too, ~8x faster than tarfile there.
 ``cached_index`` streams the index of many tars (21,841 inner tars for Fall
 2011) and caches it on disk, never holding it all in memory.
 """
