@@ -275,17 +275,6 @@ def test_pad_input_channels_below_the_input_is_refused():
                                                     pad_input_channels=2))
 
 
-def test_towers_refuse_the_conv_switches():
-    from repro.config import load_config
-    from repro.exits import Refused
-    from repro.placement import place_model
-
-    cfg = load_config(None, ["train.parallel=towers", "train.split_groups=true", "data.crop_size=67",
-                             "model.num_classes=10"])
-    with pytest.raises(Refused, match="apply to the one-device model"):
-        place_model(cfg, torch.device("cpu"))
-
-
 def written_out(m: AlexNet, x, act, middle) -> torch.Tensor:
     """A variant's forward written out: conv1/conv2 as in the paper with `act` before
     each LRN, then `middle` as (layer, groups, pooled after) with `act` after each."""
