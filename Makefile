@@ -13,7 +13,7 @@ demo: $(VENV)/.ready
 test: $(VENV)/.ready
 	bash tools/setup_slurm.sh
 	bash tools/setup_datasets.sh
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --durations=15
 
 # The lent GPU's session (docs/gpu_session.md): gather what travels, then rehearse it on this CPU.
 .PHONY: gpu-session

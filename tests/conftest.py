@@ -2,11 +2,49 @@
 run) is built once a session; a test that changes one works on a copy."""
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from repro.data.shards import read_manifest, split_shards
 from run_helpers import SMALL_RUN, SMOKE, TRAINED_SHARDS, make_checkpoint
 from shard_helpers import write_shards
+
+# `make test` runs the suite on two pytest-xdist workers, CI's two cores: one thread each,
+# in the worker and in every process its tests start, or the two oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+# The units a worker takes whole, longest first so that the two end together: a module (its
+# module-scoped fixtures are built once), and both Slurm files as one (one cluster at a time).
+LONGEST_FIRST = ("test_slurm", "test_train.py", "test_gpu_session.py")
+
+
+def unit(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return "slurm" if "/test_slurm" in module else module
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST)
+                     if item.path.name.startswith(prefix)), len(LONGEST_FIRST))
+    items.sort(key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Units(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit(nodeid)
+
+    config.option.loadscopereorder = False      # the order is the collection's, above
+    return Units(config, log)
+
 
 # The trainer tests' set: 44 training images are 3 steps of the smoke config's batch of 16.
 TRAINER_SHARDS = dict(classes=4, train=44, val=12, shard_size=10)
