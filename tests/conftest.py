@@ -17,14 +17,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
 
-# The units a worker takes whole, longest first so that the two end together: a module (its
-# module-scoped fixtures are built once), and both Slurm files as one (one cluster at a time).
+# The longest units (below) first, so that the two workers end together.
 LONGEST_FIRST = ("test_slurm", "test_train.py", "test_gpu_session.py")
-
-
-def unit(nodeid: str) -> str:
-    module = nodeid.split("::", 1)[0]
-    return "slurm" if "/test_slurm" in module else module
 
 
 def pytest_collection_modifyitems(items):
@@ -36,13 +30,18 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
+    """The units a worker takes whole, in the collection's order: a module, so that its
+    module-scoped fixtures are built once, and both Slurm files as one, so that one cluster
+    runs at a time. (xdist_group marks would say so, but pytest 9.2 drops the nodeid suffix
+    they rely on.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class Units(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return unit(nodeid)
+            module = nodeid.split("::", 1)[0]
+            return "slurm" if "/test_slurm" in module else module
 
-    config.option.loadscopereorder = False      # the order is the collection's, above
+    config.option.loadscopereorder = False
     return Units(config, log)
 
 
