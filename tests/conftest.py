@@ -95,7 +95,7 @@ def trained(make_shards, tmp_path_factory):
     data = make_shards(**TRAINED_SHARDS)
     run = tmp_path_factory.mktemp("smoke") / "run"
     assert main(["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run),
-                 *SMALL_RUN, "checkpoint.every_minutes=1000", "data.workers=1",
+                 *SMALL_RUN, "data.workers=1",
                  "schedule.epochs=1"]) == 0
     return run
 

@@ -25,9 +25,11 @@ from repro.tracking import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 # The smoke config on the 4-class shard sets: the paper's architecture on 67 px crops (fast
-# on a CPU), every training image used each epoch, and a run that repeats bit for bit.
+# on a CPU), every training image used each epoch, a run that repeats bit for bit, and
+# checkpoints at epoch ends only (one is ~140 MB at these sizes: fc6-fc8 and their momentum;
+# a save per step doubled a run's time). A test of mid-epoch saves asks for them.
 SMALL_RUN = ["model.num_classes=4", "data.crop_size=67", "data.steps_per_epoch=0",
-             "train.deterministic=true"]
+             "train.deterministic=true", "checkpoint.every_minutes=1000"]
 # The shards of conftest's `trained` run: 48 training images, 3 steps of 16 an epoch.
 TRAINED_SHARDS = dict(classes=4, train=48, val=4, shard_size=16)
 

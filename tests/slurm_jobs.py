@@ -14,7 +14,7 @@ from slurm_cluster import free_port
 
 SLURM = ROOT / "slurm"
 # The smoke config at 67 px with every training image used (run_helpers.SMALL_RUN).
-TRAIN = [*SMALL_RUN, "checkpoint.every_minutes=1000", "logging.wandb=offline"]
+TRAIN = [*SMALL_RUN, "logging.wandb=offline"]
 
 
 def job_env(**kw) -> dict:

@@ -24,7 +24,7 @@ from shard_helpers import other_stats
 
 # `trained` (conftest) is one epoch of train(shards, run) on these shards.
 SHARDS = TRAINED_SHARDS
-SMALL = [*SMALL_RUN, "checkpoint.every_minutes=1000", "data.workers=1"]
+SMALL = [*SMALL_RUN, "data.workers=1"]
 
 
 @pytest.fixture(scope="module")

@@ -69,11 +69,12 @@ def test_close_gives_ctrl_c_back_and_install_rearms():
 
 def blocked(status: str) -> set[int]:
     """The signals blocked in /proc/PID/status's text."""
-    mask = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+    line = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    mask = int(line.split()[1], 16)
     return {s for s in range(1, 65) if mask >> (s - 1) & 1}
 
 
-def test_processes_started_with_the_signals_blocked_inherit_the_mask_and_the_caller_gets_its_own_back():
+def test_processes_started_with_the_stop_signals_blocked_inherit_the_mask_and_the_caller_not():
     read_mask = ["cat", "/proc/self/status"]
     with stop_signals_blocked():
         inside = blocked(subprocess.run(read_mask, capture_output=True, text=True).stdout)

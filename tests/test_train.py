@@ -28,16 +28,12 @@ from run_helpers import (ROOT, SMALL_RUN, SMOKE, assert_same_weights, centre_inp
                          final_weights)
 from shard_helpers import other_stats, write_shards
 
-# Checkpoints at each epoch's end only: one is ~140 MB at these sizes (fc6-fc8 and their
-# momentum), and a save per step doubled the time of every run. A test of mid-epoch saves
-# asks for them.
-FAST = [*SMALL_RUN, "checkpoint.every_minutes=1000"]
 EVERY_STEP = "checkpoint.every_minutes=1e-9"
 
 
 def cli(shards, run, *overrides):
     return [sys.executable, "-m", "repro.cli", "train", "--config", str(SMOKE), "--data",
-            str(shards), "--out", str(run), *FAST, "data.workers=2", "schedule.epochs=2",
+            str(shards), "--out", str(run), *SMALL_RUN, "data.workers=2", "schedule.epochs=2",
             *overrides]
 
 
@@ -50,7 +46,7 @@ def uninterrupted(shards, tmp_path_factory):
 
 def test_loss_falls_on_learnable_data(tmp_path):
     d = write_shards(tmp_path / "s", classes=4, train=128, val=32, shard_size=32)
-    cfg = load_config(SMOKE, FAST[:3] + ["model.init=torch", "optim.lr=0.005",
+    cfg = load_config(SMOKE, SMALL_RUN[:3] + ["model.init=torch", "optim.lr=0.005",
                                          "schedule.epochs=3", "train.log_every=4"])
     assert train(cfg, d, tmp_path / "run") == 0
     m = read_metrics(tmp_path / "run")
@@ -88,9 +84,8 @@ def test_stop_signal_checkpoints_and_exits_with_documented_status(shards, uninte
     step, its loader workers too (how SLURM preempts or cancels a job step), and Ctrl-C
     (SIGINT to the terminal's foreground group): a checkpoint, one line, no traceback."""
     run = tmp_path / "signalled"
-    proc = subprocess.Popen(cli(shards, run), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cli(shards, run), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     for line in proc.stdout:                 # wait until training is under way
         if line.startswith("epoch 1 step 2/"):
             break
@@ -119,8 +114,8 @@ def test_stop_during_validation_checkpoints_at_once_and_resumes_exactly(shards, 
     and its validation pending (no waiting for the val pass, no second save), and exits 75
     within seconds; the resume validates that epoch first and ends on the same weights."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli(shards, run, "data.val_batch_size=2"), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cli(shards, run, "data.val_batch_size=2"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = ""
     for line in proc.stdout:        # the epoch's last step is logged, then validation starts
         out += line
@@ -171,7 +166,7 @@ def test_resume_refuses_other_settings(shards, uninterrupted, tmp_path, override
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     before = (run / "config.yaml").read_text()
-    cfg = load_config(SMOKE, FAST + ["data.workers=2", "schedule.epochs=2", override])
+    cfg = load_config(SMOKE, SMALL_RUN + ["data.workers=2", "schedule.epochs=2", override])
     with pytest.raises(Refused, match=f"belongs to a run with other settings .*{named}"):
         train(cfg, shards, run)
     assert (run / "config.yaml").read_text() == before
@@ -180,7 +175,8 @@ def test_resume_refuses_other_settings(shards, uninterrupted, tmp_path, override
 def test_resume_may_change_how_it_runs_and_how_long(shards, uninterrupted, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
-    cfg = load_config(SMOKE, FAST + ["data.workers=1", "schedule.epochs=3", "logging.progress=off"])
+    cfg = load_config(SMOKE, SMALL_RUN + ["data.workers=1", "schedule.epochs=3",
+                                          "logging.progress=off"])
     assert train(cfg, shards, run) == 0
     assert load(run / "checkpoints" / "last.pt")["epoch"] == 3
     steps = [r for r in read_metrics(run) if r.get("event") == "train"]
@@ -195,7 +191,7 @@ def test_resume_refuses_shards_with_other_classes(shards, uninterrupted, tmp_pat
     (other / "manifest.json").write_text(json.dumps(manifest))
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
-    cfg = load_config(SMOKE, FAST + ["data.workers=2", "schedule.epochs=2"])
+    cfg = load_config(SMOKE, SMALL_RUN + ["data.workers=2", "schedule.epochs=2"])
     with pytest.raises(Refused, match="lists other classes than the shards"):
         train(cfg, other, run)
 
@@ -212,7 +208,7 @@ def test_resume_refuses_shards_with_other_stats_unless_allowed(shards, uninterru
     shutil.copytree(uninterrupted, run)
     assert load(run / "checkpoints" / "last.pt")["data"] == {"data": "generated",
                                                              **data_fingerprint(shards)}
-    cfg = load_config(SMOKE, FAST + ["data.workers=2", "schedule.epochs=2"])
+    cfg = load_config(SMOKE, SMALL_RUN + ["data.workers=2", "schedule.epochs=2"])
     with pytest.raises(Refused, match=r"was trained on shards with another stats.npz \(mean "
                                          r"image and PCA\) and another manifest.json \(shard "
                                          r"set\) than .*other; resume on those shards, or pass "
@@ -220,13 +216,13 @@ def test_resume_refuses_shards_with_other_stats_unless_allowed(shards, uninterru
         train(cfg, other, run)
     capsys.readouterr()
     assert main(["train", "--config", str(SMOKE), "--data", str(other), "--out", str(run),
-                 "--allow-other-shards", *FAST, "data.workers=2", "schedule.epochs=2"]) == 0
+                 "--allow-other-shards", *SMALL_RUN, "data.workers=2", "schedule.epochs=2"]) == 0
     assert f"going on with {other} (--allow-other-shards)" in capsys.readouterr().err
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, capsys):
     run = tmp_path / "run"
-    good = FAST + ["schedule.epochs=1"]
+    good = SMALL_RUN + ["schedule.epochs=1"]
     assert train(load_config(SMOKE, good), shards, run) == 0
     # Weights that are finite but overflow the forward pass of the next epoch's first step.
     state = load(run / "checkpoints" / "last.pt")
@@ -243,7 +239,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, c
 
 def test_nonfinite_loss_before_any_checkpoint_says_there_is_none(shards, tmp_path, capsys):
     run = tmp_path / "run"
-    cfg = load_config(SMOKE, FAST + ["schedule.epochs=1", "optim.lr=1e30"])          # NaN at step 2 of 4
+    # NaN at step 2 of 4
+    cfg = load_config(SMOKE, SMALL_RUN + ["schedule.epochs=1", "optim.lr=1e30"])
     assert train(cfg, shards, run) == EXIT_NONFINITE
     err = capsys.readouterr().err
     assert "no checkpoint had been written yet, so there is none to resume" in err, err
@@ -254,7 +251,7 @@ def test_offline_wandb_run_holds_the_metrics(shards, tmp_path):
     from wandb_records import history    # imports wandb, which the GPU machine lacks
 
     run = tmp_path / "run"
-    cfg = load_config(SMOKE, FAST + ["logging.wandb=offline", "schedule.epochs=1"])
+    cfg = load_config(SMOKE, SMALL_RUN + ["logging.wandb=offline", "schedule.epochs=1"])
     os.environ["WANDB_SILENT"] = "true"
     assert train(cfg, shards, run) == 0
     files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -271,7 +268,7 @@ def test_offline_wandb_run_holds_the_metrics(shards, tmp_path):
 def test_checkpoint_moves_between_single_device_and_towers(shards, tmp_path):
     """Epoch 1 on one device, epoch 2 as the paper's two towers (two CPU 'devices'),
     equals two epochs on one device: same weights layout, optimizer state carried over."""
-    base = FAST + ["data.workers=1", "schedule.epochs=2"]
+    base = SMALL_RUN + ["data.workers=1", "schedule.epochs=2"]
     single = tmp_path / "single"
     assert train(load_config(SMOKE, base), shards, single) == 0
     mixed = tmp_path / "mixed"
@@ -302,7 +299,7 @@ def test_two_ranks_end_to_end_with_an_empty_last_batch(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "repro.cli", "train", "--config", str(SMOKE), "--data", str(shards),
-           "--out", str(run), *FAST, "data.batch_size=8", "schedule.epochs=1",
+           "--out", str(run), *SMALL_RUN, "data.batch_size=8", "schedule.epochs=1",
            "train.log_every=1"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -336,7 +333,7 @@ def test_validation_is_on_the_centre_crop_unmirrored_without_colour_noise(shards
     """What validate() feeds the model: each val image's centre window minus the mean
     image there (section 6's single-crop figure), never mirrored, no PCA noise; written
     out here from the shards read with PIL."""
-    cfg = load_config(SMOKE, FAST + ["data.val_batch_size=5"])
+    cfg = load_config(SMOKE, SMALL_RUN + ["data.val_batch_size=5"])
     normalizer = make_normalizer(cfg, Path(shards) / "stats.npz", torch.device("cpu"))
     model = build_model(model_kwargs(cfg))
     seen = []
@@ -366,7 +363,7 @@ def test_repro_eval_of_a_checkpoint_equals_the_trainers_validation_record(shards
     hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
         run = tmp_path / "run"
-        cfg = load_config(SMOKE, FAST + ["data.workers=1", "schedule.epochs=1",
+        cfg = load_config(SMOKE, SMALL_RUN + ["data.workers=1", "schedule.epochs=1",
                                          "data.val_batch_size=5"])
         assert train(cfg, shards, run) == 0
         trained = next(r for r in read_metrics(run) if r["event"] == "val")
@@ -396,7 +393,7 @@ def test_a_second_trainer_on_the_same_run_dir_is_refused(shards, tmp_path):
     assert f"{run} is being trained by pid {os.getpid()}" in r.stderr
     assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
     held.close()
-    cfg = load_config(SMOKE, FAST + ["data.workers=1", "schedule.epochs=1"])
+    cfg = load_config(SMOKE, SMALL_RUN + ["data.workers=1", "schedule.epochs=1"])
     assert train(cfg, shards, run) == 0
     assert train(cfg, shards, run) == 0  # its own lock was let go when train returned
 
@@ -410,7 +407,7 @@ def test_the_run_says_what_it_is_how_far_and_where_its_best_checkpoint_is(shards
     from repro.cli import main
 
     run = tmp_path / "run"
-    cfg = load_config(SMOKE, FAST + ["schedule.epochs=2", "train.log_every=50"])
+    cfg = load_config(SMOKE, SMALL_RUN + ["schedule.epochs=2", "train.log_every=50"])
     assert train(cfg, shards, run) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"new run: {run}"
@@ -439,7 +436,7 @@ def test_the_run_says_what_it_is_how_far_and_where_its_best_checkpoint_is(shards
     assert capsys.readouterr().out.splitlines() == [
         "already finished: " + out[-3].removeprefix("done: "), *out[-2:]]
     assert (run / "metrics.jsonl").read_bytes() == before
-    assert train(load_config(SMOKE, FAST + ["schedule.epochs=3", "train.log_every=50"]),
+    assert train(load_config(SMOKE, SMALL_RUN + ["schedule.epochs=3", "train.log_every=50"]),
                  shards, run) == 0
     again = capsys.readouterr().out.splitlines()
     assert again[0] == f"resuming {run}/checkpoints/last.pt at epoch 3 step 0"
